@@ -1,0 +1,40 @@
+//! wardgate: an Envoy external-authorization sidecar that enforces SPIFFE identity-based
+//! segmentation at request time.
+//!
+//! Envoy terminates mTLS with SPIFFE X.509 SVIDs and asks wardgate, over gRPC
+//! (`envoy.service.auth.v3.Authorization/Check`), whether the caller may make this call.
+//! wardgate answers from a compiled rule bundle ([`policy::Policy`]) that places workloads in
+//! segments (zones) and says which segment may reach which, with which methods and paths.
+//!
+//! # Design overview
+//!
+//! * A bundle is parsed, validated and compiled once into an immutable [`policy::Policy`].
+//!   Compilation builds indexes keyed by source and destination, so the per-request check
+//!   touches only the rules that can apply to that pair of identities.
+//! * [`policy::Policy::decide`] is pure and synchronous. The gRPC server, every CLI verb and the
+//!   benches call the same function, so what `wardgate check` prints is what the server does.
+//! * Everything fails closed: no policy, a malformed request, an unparseable identity or an
+//!   ambiguous path is a denial with a named reason, never an error left to Envoy.
+//!
+//! # Layout
+//!
+//! * [`policy`]: bundle model, validation, compilation and `decide`. Pure: no async, no I/O.
+//! * [`normalize`]: raw `:path` to the one unambiguous form rules are matched against.
+//! * [`identity`]: SPIFFE ID syntax and the facts read from a forwarded peer certificate.
+//! * [`server`]: the tonic ext_authz and gRPC health services, listeners and graceful shutdown.
+//! * [`cli`]: the `wardgate` command line (serve, validate, check).
+#![forbid(unsafe_code)]
+#![deny(
+    missing_debug_implementations,
+    rust_2018_idioms,
+    unreachable_pub,
+    clippy::unwrap_used,
+    clippy::dbg_macro
+)]
+#![warn(missing_docs)]
+
+pub mod cli;
+pub mod identity;
+pub mod normalize;
+pub mod policy;
+pub mod server;

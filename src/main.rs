@@ -1,0 +1,5 @@
+//! The `wardgate` binary: parse the command line and hand over to [`wardgate::cli`].
+
+fn main() -> std::process::ExitCode {
+    wardgate::cli::main()
+}

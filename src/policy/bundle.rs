@@ -1,0 +1,220 @@
+//! The raw bundle model (format version 1) as it is written in YAML, with source locations.
+//!
+//! This is plain data deserialised with serde: every key is known (unknown keys are errors) and
+//! every value keeps its line and column, so validation in [`super::compile`] can point at the
+//! exact place of each problem. Loading reads one file or the `*.yaml` files of one directory;
+//! nothing here interprets the values.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::path::Path;
+
+use serde::de::{MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
+use serde_saphyr::Spanned;
+
+use super::error::Diagnostics;
+
+/// A value with its source position.
+pub(crate) type S<T> = Spanned<T>;
+
+/// One bundle file (a directory bundle is several of these, merged by the compiler).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawBundle {
+    pub(crate) version: Option<S<u64>>,
+    pub(crate) revision: Option<S<u64>>,
+    #[serde(default)]
+    pub(crate) trust_domains: Vec<S<String>>,
+    #[serde(default)]
+    pub(crate) segments: OrderedMap<RawSegment>,
+    #[serde(default)]
+    pub(crate) rules: Vec<S<RawRule>>,
+    pub(crate) break_glass: Option<S<RawBreakGlass>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSegment {
+    #[serde(default)]
+    pub(crate) members: Vec<S<String>>,
+    pub(crate) max_svid_lifetime: Option<S<String>>,
+}
+
+/// A rule, or a break-glass entry (which may not carry `action`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRule {
+    pub(crate) name: Option<S<String>>,
+    pub(crate) action: Option<S<String>>,
+    pub(crate) from: Option<S<Vec<S<String>>>>,
+    pub(crate) to: Option<S<Vec<S<String>>>>,
+    pub(crate) methods: Option<S<Vec<S<String>>>>,
+    pub(crate) paths: Option<S<Vec<S<String>>>>,
+    pub(crate) hosts: Option<S<Vec<S<String>>>>,
+    pub(crate) when: Option<S<RawWhen>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawWhen {
+    pub(crate) schedule: Option<S<RawSchedule>>,
+    pub(crate) headers: Option<OrderedMap<Vec<S<String>>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSchedule {
+    pub(crate) days: Option<S<Vec<S<String>>>>,
+    pub(crate) hours: Option<S<String>>,
+    pub(crate) timezone: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawBreakGlass {
+    pub(crate) header: Option<S<String>>,
+    #[serde(default)]
+    pub(crate) allow: Vec<S<RawRule>>,
+}
+
+/// A YAML mapping kept in source order, keys with their positions.
+#[derive(Debug)]
+pub(crate) struct OrderedMap<V>(pub(crate) Vec<(S<String>, V)>);
+
+impl<V> Default for OrderedMap<V> {
+    fn default() -> Self {
+        OrderedMap(Vec::new())
+    }
+}
+
+impl<'de, V: Deserialize<'de>> Deserialize<'de> for OrderedMap<V> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct MapVisitor<V>(PhantomData<V>);
+        impl<'de, V: Deserialize<'de>> Visitor<'de> for MapVisitor<V> {
+            type Value = OrderedMap<V>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a mapping")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::new();
+                while let Some(entry) = map.next_entry::<S<String>, V>()? {
+                    out.push(entry);
+                }
+                Ok(OrderedMap(out))
+            }
+        }
+        deserializer.deserialize_map(MapVisitor(PhantomData))
+    }
+}
+
+/// One loaded file: its display name, its text and its parsed form.
+#[derive(Debug)]
+pub(crate) struct SourceFile {
+    pub(crate) name: String,
+    pub(crate) bundle: RawBundle,
+}
+
+/// Parse one YAML text. A parse error (syntax, unknown key, wrong type) is reported with the
+/// position serde-saphyr gives.
+pub(crate) fn parse(name: &str, text: &str, errors: &mut Diagnostics) -> Option<SourceFile> {
+    let only_comments = text
+        .lines()
+        .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'));
+    if only_comments {
+        return Some(SourceFile {
+            name: name.to_string(),
+            bundle: RawBundle::default(),
+        });
+    }
+    match serde_saphyr::from_str::<RawBundle>(text) {
+        Ok(bundle) => Some(SourceFile {
+            name: name.to_string(),
+            bundle,
+        }),
+        Err(e) => {
+            let (line, column) = e
+                .location()
+                .map(|l| (l.line(), l.column()))
+                .unwrap_or((0, 0));
+            errors.push(name, line, column, plain_message(&e));
+            None
+        }
+    }
+}
+
+/// serde-saphyr's message without its source snippet and without a repeated position.
+fn plain_message(e: &serde_saphyr::Error) -> String {
+    let text = e.without_snippet().to_string();
+    let first = text.lines().next().unwrap_or("invalid YAML").trim();
+    // Drop a trailing " at line X, column Y" that would repeat the FILE:LINE:COL prefix.
+    match first.find(" at line ") {
+        Some(i) => first[..i].to_string(),
+        None => first.to_string(),
+    }
+}
+
+/// Largest bundle file wardgate reads; a larger one is refused rather than parsed.
+pub(crate) const MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Read a bundle file, or every `*.yaml` / `*.yml` file (sorted by name) of a directory.
+/// Returns (display name, text) pairs.
+pub(crate) fn read_sources(path: &Path, errors: &mut Diagnostics) -> Vec<(String, String)> {
+    let shown = path.display().to_string();
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) => {
+            errors.push(&shown, 0, 0, format!("cannot read bundle: {e}"));
+            return Vec::new();
+        }
+    };
+    let files = if meta.is_dir() {
+        let entries = match std::fs::read_dir(path) {
+            Ok(entries) => entries,
+            Err(e) => {
+                errors.push(&shown, 0, 0, format!("cannot list bundle directory: {e}"));
+                return Vec::new();
+            }
+        };
+        let mut files: Vec<_> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                !name.starts_with('.')
+                    && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
+                    && p.is_file()
+            })
+            .collect();
+        files.sort();
+        if files.is_empty() {
+            errors.push(&shown, 0, 0, "bundle directory holds no *.yaml files");
+        }
+        files
+    } else {
+        vec![path.to_path_buf()]
+    };
+    let mut out = Vec::new();
+    for file in files {
+        let name = file.display().to_string();
+        match std::fs::metadata(&file) {
+            Ok(m) if m.len() > MAX_FILE_BYTES => {
+                errors.push(
+                    &name,
+                    0,
+                    0,
+                    format!("file is {} bytes, over the {MAX_FILE_BYTES}-byte limit", m.len()),
+                );
+                continue;
+            }
+            _ => {}
+        }
+        match std::fs::read(&file) {
+            Ok(bytes) => match String::from_utf8(bytes) {
+                Ok(text) => out.push((name, text)),
+                Err(_) => errors.push(&name, 0, 0, "file is not valid UTF-8"),
+            },
+            Err(e) => errors.push(&name, 0, 0, format!("cannot read bundle file: {e}")),
+        }
+    }
+    out
+}

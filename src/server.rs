@@ -1,0 +1,921 @@
+//! The gRPC face of wardgate: Envoy's `envoy.service.auth.v3.Authorization` service, the
+//! `grpc.health.v1` health service beside it, the Unix-socket and TCP listeners, and graceful
+//! shutdown.
+//!
+//! This module owns the translation between Envoy's `CheckRequest`/`CheckResponse` and the
+//! policy engine's [`Request`]/[`Decision`]: it borrows every field from the `CheckRequest`
+//! (no string copies on the way in), takes the request time once, calls [`Policy::decide`]
+//! while holding one `arc-swap` guard, and renders the decision as an OK response with
+//! `x-wardgate-rule` (removing every client-sent `x-wardgate-*` header) or as an HTTP 403 with
+//! `x-wardgate-reason` and a JSON body naming the reason only. Both carry dynamic metadata for
+//! Envoy's access log.
+//!
+//! It must never decide anything itself beyond failing closed on a request it cannot read, never
+//! answer a Check with a gRPC error (that would leave the outcome to Envoy's
+//! `failure_mode_allow`), never panic or unwrap on anything that came over the network, never
+//! block or await while holding the policy guard, and never put a rule name in a denial a
+//! client can see.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use envoy_types::ext_authz::v3::pb::{
+    Authorization, AuthorizationServer, CheckRequest, CheckResponse, HeaderAppendAction,
+    HttpStatusCode,
+};
+use envoy_types::ext_authz::v3::{
+    CheckResponseExt, DeniedHttpResponseBuilder, OkHttpResponseBuilder,
+};
+use envoy_types::pb::google::protobuf::{value::Kind, NullValue, Struct, Value};
+use envoy_types::pb::google::rpc;
+use tonic::server::NamedService;
+use tonic::transport::server::TcpIncoming;
+use tonic_health::server::HealthReporter;
+use tonic_health::ServingStatus;
+
+use crate::identity;
+use crate::policy::{
+    CertificateFacts, Decision, PeerCertificate, Policy, Reason, Request, Verdict,
+};
+
+/// Header added to the upstream request on allow, naming the rule that allowed it.
+pub const RULE_HEADER: &str = "x-wardgate-rule";
+/// Header added to the upstream request when a break-glass entry allowed it (value `true`).
+pub const BREAK_GLASS_HEADER: &str = "x-wardgate-break-glass";
+/// Header on a denial, naming the reason (`Reason::as_str`).
+pub const REASON_HEADER: &str = "x-wardgate-reason";
+/// wardgate's own header namespace: client-sent headers with this prefix never reach upstream.
+pub const HEADER_PREFIX: &str = "x-wardgate-";
+
+/// The live policy, swapped atomically on reload. `None` until a bundle is in force.
+pub type PolicyHandle = Arc<ArcSwapOption<Policy>>;
+
+/// Where the gRPC server listens: `unix:/path/to.sock` or `host:port`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAddr {
+    /// A Unix domain socket at this path (recommended beside Envoy in one pod).
+    Unix(PathBuf),
+    /// A TCP address (loopback unless the listener is protected otherwise).
+    Tcp(SocketAddr),
+}
+
+/// Why a listen address did not parse.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenAddrError {
+    /// `unix:` with nothing after it.
+    #[error("`unix:` needs a socket path, as in unix:/run/wardgate/wardgate.sock")]
+    EmptyUnixPath,
+    /// Neither `unix:PATH` nor `IP:PORT` / `localhost:PORT`.
+    #[error("`{0}` is neither unix:PATH nor IP:PORT (or localhost:PORT)")]
+    Invalid(String),
+}
+
+impl FromStr for ListenAddr {
+    type Err = ListenAddrError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Some(path) = s.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err(ListenAddrError::EmptyUnixPath);
+            }
+            return Ok(ListenAddr::Unix(PathBuf::from(path)));
+        }
+        if let Ok(addr) = s.parse::<SocketAddr>() {
+            return Ok(ListenAddr::Tcp(addr));
+        }
+        if let Some(port) = s.strip_prefix("localhost:") {
+            if let Ok(port) = port.parse::<u16>() {
+                return Ok(ListenAddr::Tcp(SocketAddr::from(([127, 0, 0, 1], port))));
+            }
+        }
+        Err(ListenAddrError::Invalid(s.to_owned()))
+    }
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ListenAddr::Unix(path) => write!(f, "unix:{}", path.display()),
+            ListenAddr::Tcp(addr) => write!(f, "{addr}"),
+        }
+    }
+}
+
+/// Settings of the gRPC server that do not come from the bundle.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Destination principal to use when Envoy sends none in
+    /// `attributes.destination.principal` (deployments where Envoy's own certificate carries no
+    /// URI SAN). Envoy's value wins when present.
+    pub destination_principal: Option<String>,
+    /// Permission bits of the Unix socket file. Default `0o660`: Envoy connects as the same user
+    /// or as a member of the socket's group (the usual shared-group arrangement in one pod);
+    /// nobody else may ask for decisions or probe the policy.
+    pub unix_socket_mode: u32,
+    /// After the shutdown signal, how long to wait for in-flight Checks and open connections to
+    /// finish before giving up on them.
+    pub drain_timeout: Duration,
+    /// How often the health service re-reads whether a policy is in force.
+    pub health_poll_interval: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            destination_principal: None,
+            unix_socket_mode: 0o660,
+            drain_timeout: Duration::from_secs(15),
+            health_poll_interval: Duration::from_millis(250),
+        }
+    }
+}
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// Another process is accepting connections on the Unix socket.
+    #[error("{path}: another server is already listening on this socket")]
+    SocketInUse {
+        /// The socket path.
+        path: PathBuf,
+    },
+    /// Something that is not a socket sits where the socket should go; it is never removed.
+    #[error("{path}: exists and is not a socket; refusing to remove it")]
+    NotASocket {
+        /// The offending path.
+        path: PathBuf,
+    },
+    /// Removing a stale socket file failed.
+    #[error("{path}: cannot remove stale socket: {source}")]
+    RemoveStale {
+        /// The socket path.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// Binding the listener failed.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address as given.
+        addr: ListenAddr,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// Setting the socket file's permissions failed.
+    #[error("{path}: cannot set socket permissions: {source}")]
+    Permissions {
+        /// The socket path.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// The gRPC transport failed while serving.
+    #[error("gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// The `Authorization` service: answers Envoy's Checks from the policy in force.
+///
+/// Cheap to clone (two `Arc`s). Construct it in-process to drive decisions without a socket,
+/// through [`Authorization::check`] or [`AuthzService::respond`].
+#[derive(Clone)]
+pub struct AuthzService {
+    policy: PolicyHandle,
+    config: Arc<ServerConfig>,
+}
+
+impl fmt::Debug for AuthzService {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let guard = self.policy.load();
+        f.debug_struct("AuthzService")
+            .field("policy_revision", &guard.as_ref().map(|p| p.revision()))
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl AuthzService {
+    /// A service reading decisions from `policy`.
+    pub fn new(policy: PolicyHandle, config: ServerConfig) -> Self {
+        AuthzService {
+            policy,
+            config: Arc::new(config),
+        }
+    }
+
+    /// Decide one Check and render Envoy's answer. Synchronous and infallible: whatever the
+    /// request holds, the answer is an allow or a denial with a reason.
+    pub fn respond(&self, check: &CheckRequest) -> CheckResponse {
+        let started = Instant::now();
+        let guard = self.policy.load();
+        let policy: Option<&Policy> = guard.as_deref();
+
+        let attributes = check.attributes.as_ref();
+        let source = attributes.and_then(|a| a.source.as_ref());
+        let request = attributes.and_then(|a| a.request.as_ref());
+        let http = request.and_then(|r| r.http.as_ref());
+        let source_principal = source.map(|p| p.principal.as_str()).filter(|p| !p.is_empty());
+        let destination_principal = attributes
+            .and_then(|a| a.destination.as_ref())
+            .map(|p| p.principal.as_str())
+            .filter(|p| !p.is_empty())
+            .or(self.config.destination_principal.as_deref());
+
+        // Storage for the parsed peer certificate; `PeerCertificate` borrows from it.
+        let mut facts: Option<CertificateFacts> = None;
+        let mut unreadable: Option<String> = None;
+
+        let decision = match (policy, http) {
+            (None, _) => Decision::NO_POLICY,
+            (Some(_), None) => Decision {
+                verdict: Verdict::Deny,
+                // Envoy always sends the HTTP attributes for an HTTP filter; without them the
+                // call cannot be judged. Say why as precisely as the request allows.
+                reason: if source_principal.is_none() {
+                    Reason::Unauthenticated
+                } else {
+                    Reason::BadPath
+                },
+                rule: None,
+                source_segment: None,
+                destination_segment: None,
+            },
+            (Some(policy), Some(http)) => {
+                let certificate = source.map(|p| p.certificate.as_str()).unwrap_or_default();
+                let peer_certificate = if certificate.is_empty() {
+                    PeerCertificate::NotForwarded
+                } else {
+                    match identity::certificate_facts(certificate) {
+                        Ok(parsed) => PeerCertificate::Parsed(facts.insert(parsed)),
+                        Err(error) => PeerCertificate::Unreadable(unreadable.insert(error.to_string())),
+                    }
+                };
+                let time = request
+                    .and_then(|r| r.time.as_ref())
+                    .and_then(|t| jiff::Timestamp::new(t.seconds, t.nanos).ok())
+                    .unwrap_or_else(jiff::Timestamp::now);
+                let request = Request {
+                    source: source_principal,
+                    destination: destination_principal,
+                    method: &http.method,
+                    path: &http.path,
+                    host: &http.host,
+                    headers: &http.headers,
+                    time,
+                    peer_certificate,
+                };
+                let decision = policy.decide(&request);
+                if decision.reason == Reason::BreakGlass {
+                    log_break_glass(policy, &request, &decision, &http.headers);
+                }
+                decision
+            }
+        };
+        let elapsed = started.elapsed();
+        let revision = policy.map(Policy::revision);
+
+        tracing::debug!(
+            decision = decision.verdict.as_str(),
+            reason = decision.reason.as_str(),
+            rule = decision.rule,
+            source = source_principal,
+            destination = destination_principal,
+            "check"
+        );
+
+        let headers = http.map(|h| &h.headers);
+        render(&decision, revision, elapsed, headers)
+    }
+}
+
+#[tonic::async_trait]
+impl Authorization for AuthzService {
+    async fn check(
+        &self,
+        request: tonic::Request<CheckRequest>,
+    ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
+        Ok(tonic::Response::new(self.respond(request.get_ref())))
+    }
+}
+
+/// A break-glass allow is rare and audited: log it at warning level with the stated reason
+/// (the only header value wardgate ever logs).
+fn log_break_glass(
+    policy: &Policy,
+    request: &Request<'_>,
+    decision: &Decision<'_>,
+    headers: &HashMap<String, String>,
+) {
+    let stated = policy
+        .break_glass_header()
+        .and_then(|name| headers.get(&name.to_ascii_lowercase()))
+        .map(String::as_str)
+        .unwrap_or_default();
+    let path = request.path.split(['?', '#']).next().unwrap_or_default();
+    tracing::warn!(
+        rule = decision.rule,
+        source = request.source,
+        destination = request.destination,
+        method = request.method,
+        path,
+        break_glass_reason = stated,
+        "break-glass allow"
+    );
+}
+
+/// Render a decision as Envoy's `CheckResponse`.
+fn render(
+    decision: &Decision<'_>,
+    revision: Option<u64>,
+    elapsed: Duration,
+    client_headers: Option<&HashMap<String, String>>,
+) -> CheckResponse {
+    let mut response = CheckResponse::new();
+    let metadata = metadata(decision, revision, elapsed);
+    response.set_dynamic_metadata(Some(metadata));
+
+    match decision.verdict {
+        Verdict::Allow => {
+            response.status = Some(rpc::Status {
+                code: tonic::Code::Ok as i32,
+                message: String::new(),
+                details: Vec::new(),
+            });
+            let mut ok = OkHttpResponseBuilder::new();
+            let overwrite = Some(HeaderAppendAction::OverwriteIfExistsOrAdd);
+            let mut set_by_us: [Option<&str>; 2] = [None, None];
+            if let Some(rule) = decision.rule {
+                ok.add_header(RULE_HEADER, rule, overwrite, false);
+                set_by_us[0] = Some(RULE_HEADER);
+            }
+            if decision.reason == Reason::BreakGlass {
+                ok.add_header(BREAK_GLASS_HEADER, "true", overwrite, false);
+                set_by_us[1] = Some(BREAK_GLASS_HEADER);
+            }
+            // Every client-sent header in our namespace goes, except those we overwrite above
+            // (listing those too could remove our own value, depending on the order in which
+            // Envoy applies removals and additions).
+            let mut forged: Vec<&String> = client_headers
+                .into_iter()
+                .flat_map(HashMap::keys)
+                .filter(|name| is_wardgate_header(name))
+                .filter(|name| {
+                    !set_by_us
+                        .iter()
+                        .flatten()
+                        .any(|ours| name.eq_ignore_ascii_case(ours))
+                })
+                .collect();
+            forged.sort_unstable();
+            for name in forged {
+                ok.remove_header(name.as_str());
+            }
+            response.set_http_response(ok);
+        }
+        Verdict::Deny => {
+            response.status = Some(rpc::Status {
+                code: tonic::Code::PermissionDenied as i32,
+                message: String::new(),
+                details: Vec::new(),
+            });
+            let reason = decision.reason.as_str();
+            let overwrite = Some(HeaderAppendAction::OverwriteIfExistsOrAdd);
+            let mut denied = DeniedHttpResponseBuilder::new();
+            denied.set_http_status(HttpStatusCode::Forbidden);
+            denied.add_header(REASON_HEADER, reason, overwrite, false);
+            denied.add_header("content-type", "application/json", overwrite, false);
+            // Reason names are fixed snake_case identifiers: nothing to escape.
+            denied.set_body(format!("{{\"reason\":\"{reason}\"}}"));
+            response.set_http_response(denied);
+        }
+    }
+    response
+}
+
+/// Whether `name` is in wardgate's header namespace (case-insensitive).
+fn is_wardgate_header(name: &str) -> bool {
+    name.len() >= HEADER_PREFIX.len()
+        && name.as_bytes()[..HEADER_PREFIX.len()].eq_ignore_ascii_case(HEADER_PREFIX.as_bytes())
+}
+
+/// The dynamic metadata Envoy attaches to the request (namespace
+/// `envoy.filters.http.ext_authz`), for access logs and later filters.
+fn metadata(decision: &Decision<'_>, revision: Option<u64>, elapsed: Duration) -> Struct {
+    fn string(s: &str) -> Value {
+        Value {
+            kind: Some(Kind::StringValue(s.to_owned())),
+        }
+    }
+    fn optional(s: Option<&str>) -> Value {
+        s.map_or(
+            Value {
+                kind: Some(Kind::NullValue(NullValue::NullValue as i32)),
+            },
+            string,
+        )
+    }
+    fn number(n: f64) -> Value {
+        Value {
+            kind: Some(Kind::NumberValue(n)),
+        }
+    }
+
+    let mut fields = HashMap::with_capacity(7);
+    fields.insert("decision".to_owned(), string(decision.verdict.as_str()));
+    fields.insert("reason".to_owned(), string(decision.reason.as_str()));
+    fields.insert("rule".to_owned(), optional(decision.rule));
+    fields.insert("source_segment".to_owned(), optional(decision.source_segment));
+    fields.insert(
+        "destination_segment".to_owned(),
+        optional(decision.destination_segment),
+    );
+    // Revisions are small integers in practice; f64 holds every integer below 2^53 exactly.
+    #[allow(clippy::cast_precision_loss)]
+    let revision = revision.map_or(
+        Value {
+            kind: Some(Kind::NullValue(NullValue::NullValue as i32)),
+        },
+        |r| number(r as f64),
+    );
+    fields.insert("bundle_revision".to_owned(), revision);
+    fields.insert("evaluation_us".to_owned(), number(elapsed.as_secs_f64() * 1e6));
+    Struct { fields }
+}
+
+/// Serve `Authorization` and `grpc.health.v1` on `addr` until `shutdown` completes, then stop
+/// accepting, let in-flight Checks finish (bounded by [`ServerConfig::drain_timeout`]) and
+/// return. A Unix socket file is removed on the way out.
+///
+/// Health: the overall service (`""`) and `envoy.service.auth.v3.Authorization` report SERVING
+/// while a policy is in force and NOT_SERVING otherwise, re-read every
+/// [`ServerConfig::health_poll_interval`].
+pub async fn run(
+    addr: ListenAddr,
+    policy: PolicyHandle,
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let drain_timeout = config.drain_timeout;
+    let poll_interval = config.health_poll_interval;
+    let socket_mode = config.unix_socket_mode;
+
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let serving = policy.load().is_some();
+    set_health(&reporter, serving).await;
+    let health_task = tokio::spawn(follow_policy(
+        reporter,
+        Arc::clone(&policy),
+        poll_interval,
+        serving,
+    ));
+
+    let authz = AuthorizationServer::new(AuthzService::new(policy, config));
+    let mut builder = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        // Envoy keeps a few long-lived HTTP/2 connections and multiplexes Checks over them;
+        // keepalive pings find a dead peer without waiting for TCP timeouts.
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .accept_http1(false);
+    let router = builder.add_service(health_service).add_service(authz);
+
+    let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
+    let signal = async move {
+        shutdown.await;
+        tracing::info!("shutdown requested: no new connections, draining in-flight checks");
+        let _ = drain_tx.send(());
+    };
+    let drain_deadline = async move {
+        if drain_rx.await.is_err() {
+            std::future::pending::<()>().await;
+        }
+        tokio::time::sleep(drain_timeout).await;
+    };
+
+    let result = match &addr {
+        ListenAddr::Unix(path) => {
+            let listener = bind_unix(&addr, path, socket_mode)?;
+            tracing::info!(listen = %addr, "serving ext_authz");
+            let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+            let served = tokio::select! {
+                served = router.serve_with_incoming_shutdown(incoming, signal) => served,
+                () = drain_deadline => {
+                    tracing::warn!(?drain_timeout, "drain timeout: closing remaining connections");
+                    Ok(())
+                }
+            };
+            if let Err(error) = std::fs::remove_file(path) {
+                if error.kind() != io::ErrorKind::NotFound {
+                    tracing::warn!(path = %path.display(), %error, "cannot remove socket file");
+                }
+            }
+            served
+        }
+        ListenAddr::Tcp(socket_addr) => {
+            let listener = tokio::net::TcpListener::bind(socket_addr)
+                .await
+                .map_err(|source| ServerError::Bind {
+                    addr: addr.clone(),
+                    source,
+                })?;
+            tracing::info!(listen = %addr, "serving ext_authz");
+            let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+            tokio::select! {
+                served = router.serve_with_incoming_shutdown(incoming, signal) => served,
+                () = drain_deadline => {
+                    tracing::warn!(?drain_timeout, "drain timeout: closing remaining connections");
+                    Ok(())
+                }
+            }
+        }
+    };
+    health_task.abort();
+    result.map_err(ServerError::from)
+}
+
+/// Bind a Unix socket at `path`: refuse to steal it from a live server, remove a stale socket
+/// file, never remove anything that is not a socket, then set the permission bits.
+fn bind_unix(
+    addr: &ListenAddr,
+    path: &Path,
+    mode: u32,
+) -> Result<tokio::net::UnixListener, ServerError> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(ServerError::SocketInUse {
+                    path: path.to_owned(),
+                });
+            }
+            std::fs::remove_file(path).map_err(|source| ServerError::RemoveStale {
+                path: path.to_owned(),
+                source,
+            })?;
+        }
+        Ok(_) => {
+            return Err(ServerError::NotASocket {
+                path: path.to_owned(),
+            })
+        }
+        Err(_) => {}
+    }
+    let listener = tokio::net::UnixListener::bind(path).map_err(|source| ServerError::Bind {
+        addr: addr.clone(),
+        source,
+    })?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|source| {
+        ServerError::Permissions {
+            path: path.to_owned(),
+            source,
+        }
+    })?;
+    Ok(listener)
+}
+
+/// Keep the health status in step with whether a policy is in force.
+async fn follow_policy(
+    reporter: HealthReporter,
+    policy: PolicyHandle,
+    interval: Duration,
+    mut serving: bool,
+) {
+    let mut ticker = tokio::time::interval(interval.max(Duration::from_millis(10)));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let now = policy.load().is_some();
+        if now != serving {
+            serving = now;
+            set_health(&reporter, serving).await;
+        }
+    }
+}
+
+async fn set_health(reporter: &HealthReporter, serving: bool) {
+    let status = if serving {
+        ServingStatus::Serving
+    } else {
+        ServingStatus::NotServing
+    };
+    reporter.set_service_status("", status).await;
+    reporter
+        .set_service_status(<AuthorizationServer<AuthzService> as NamedService>::NAME, status)
+        .await;
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use envoy_types::ext_authz::v3::pb::{DeniedHttpResponse, HttpResponse, OkHttpResponse};
+    use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
+        HttpRequest, Peer, Request as AttrRequest,
+    };
+    use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
+
+    const POLICY: &str = r#"
+version: 1
+revision: 7
+trust_domains: [hospital.example, partner-lab.example]
+segments:
+  clinical:
+    members: ["spiffe://hospital.example/ns/clinical/**"]
+  vendor:
+    members: ["spiffe://partner-lab.example/**"]
+rules:
+  - name: vendor-never-reaches-clinical
+    action: deny
+    from: [vendor]
+    to: [clinical]
+  - name: ehr-reads-lab-results
+    from: ["spiffe://hospital.example/ns/clinical/sa/ehr"]
+    to: ["spiffe://hospital.example/ns/clinical/sa/lab"]
+    methods: [GET]
+    paths: ["/results/**"]
+"#;
+
+    const EHR: &str = "spiffe://hospital.example/ns/clinical/sa/ehr";
+    const LAB: &str = "spiffe://hospital.example/ns/clinical/sa/lab";
+    const VENDOR: &str = "spiffe://partner-lab.example/ns/vendor/sa/reflab";
+
+    fn service() -> AuthzService {
+        let policy = Policy::from_yaml_str("test.yaml", POLICY).unwrap();
+        let handle: PolicyHandle = Arc::new(ArcSwapOption::from_pointee(policy));
+        AuthzService::new(handle, ServerConfig::default())
+    }
+
+    fn check(source: &str, destination: &str, method: &str, path: &str) -> CheckRequest {
+        check_with_headers(source, destination, method, path, &[])
+    }
+
+    fn check_with_headers(
+        source: &str,
+        destination: &str,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> CheckRequest {
+        CheckRequest {
+            attributes: Some(AttributeContext {
+                source: Some(Peer {
+                    principal: source.to_owned(),
+                    ..Default::default()
+                }),
+                destination: Some(Peer {
+                    principal: destination.to_owned(),
+                    ..Default::default()
+                }),
+                request: Some(AttrRequest {
+                    time: None,
+                    http: Some(HttpRequest {
+                        method: method.to_owned(),
+                        path: path.to_owned(),
+                        host: "lab.clinical.svc".to_owned(),
+                        headers: headers
+                            .iter()
+                            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                            .collect(),
+                        ..Default::default()
+                    }),
+                }),
+                ..Default::default()
+            }),
+        }
+    }
+
+    fn ok_response(response: &CheckResponse) -> &OkHttpResponse {
+        match response.http_response.as_ref() {
+            Some(HttpResponse::OkResponse(ok)) => ok,
+            other => panic!("expected an OK response, got {other:?}"),
+        }
+    }
+
+    fn denied_response(response: &CheckResponse) -> &DeniedHttpResponse {
+        match response.http_response.as_ref() {
+            Some(HttpResponse::DeniedResponse(denied)) => denied,
+            other => panic!("expected a denied response, got {other:?}"),
+        }
+    }
+
+    fn header<'r>(
+        headers: &'r [envoy_types::ext_authz::v3::pb::HeaderValueOption],
+        name: &str,
+    ) -> Option<&'r str> {
+        headers
+            .iter()
+            .filter_map(|h| h.header.as_ref())
+            .find(|h| h.key == name)
+            .map(|h| h.value.as_str())
+    }
+
+    fn meta<'m>(response: &'m CheckResponse, key: &str) -> &'m Kind {
+        response
+            .dynamic_metadata
+            .as_ref()
+            .and_then(|m| m.fields.get(key))
+            .and_then(|v| v.kind.as_ref())
+            .unwrap_or_else(|| panic!("metadata has no {key}"))
+    }
+
+    fn status_code(response: &CheckResponse) -> i32 {
+        response.status.as_ref().map_or(-1, |s| s.code)
+    }
+
+    #[test]
+    fn allow_adds_rule_header_and_overwrites() {
+        let response = service().respond(&check(EHR, LAB, "GET", "/results/42?full=1"));
+        assert_eq!(status_code(&response), 0);
+        let ok = ok_response(&response);
+        assert_eq!(header(&ok.headers, RULE_HEADER), Some("ehr-reads-lab-results"));
+        let added = ok.headers.iter().find(|h| {
+            h.header.as_ref().is_some_and(|h| h.key == RULE_HEADER)
+        });
+        assert_eq!(
+            added.map(|h| h.append_action),
+            Some(HeaderAppendAction::OverwriteIfExistsOrAdd as i32)
+        );
+        assert!(ok.headers_to_remove.is_empty());
+    }
+
+    #[test]
+    fn allow_removes_forged_wardgate_headers() {
+        let request = check_with_headers(
+            EHR,
+            LAB,
+            "GET",
+            "/results/42",
+            &[
+                ("x-wardgate-rule", "admin-everything"),
+                ("x-wardgate-break-glass", "true"),
+                ("x-wardgate-anything", "1"),
+                ("x-purpose-of-use", "TREAT"),
+            ],
+        );
+        let response = service().respond(&request);
+        let ok = ok_response(&response);
+        // The forged rule header is overwritten, never listed for removal (that could remove
+        // our own value); the others are removed; unrelated headers are left alone.
+        assert_eq!(header(&ok.headers, RULE_HEADER), Some("ehr-reads-lab-results"));
+        assert_eq!(
+            ok.headers_to_remove,
+            vec!["x-wardgate-anything".to_owned(), "x-wardgate-break-glass".to_owned()]
+        );
+    }
+
+    #[test]
+    fn deny_has_reason_header_and_json_body_without_rule() {
+        let response = service().respond(&check(VENDOR, LAB, "GET", "/results/42"));
+        assert_eq!(status_code(&response), tonic::Code::PermissionDenied as i32);
+        let denied = denied_response(&response);
+        assert_eq!(denied.status.as_ref().map(|s| s.code), Some(403));
+        assert_eq!(header(&denied.headers, REASON_HEADER), Some("rule"));
+        assert_eq!(header(&denied.headers, "content-type"), Some("application/json"));
+        assert_eq!(denied.body, r#"{"reason":"rule"}"#);
+        assert!(!denied.body.contains("vendor-never-reaches-clinical"));
+        assert!(header(&denied.headers, RULE_HEADER).is_none());
+        // The rule is in the metadata for Envoy's access log, not in what the client sees.
+        assert_eq!(
+            meta(&response, "rule"),
+            &Kind::StringValue("vendor-never-reaches-clinical".into())
+        );
+    }
+
+    #[test]
+    fn default_deny_and_bad_path() {
+        let service = service();
+        let response = service.respond(&check(EHR, LAB, "GET", "/admin"));
+        assert_eq!(denied_response(&response).body, r#"{"reason":"default_deny"}"#);
+        let response = service.respond(&check(EHR, LAB, "GET", "/results%2F..%2Fadmin"));
+        assert_eq!(denied_response(&response).body, r#"{"reason":"bad_path"}"#);
+        let response = service.respond(&check(EHR, LAB, "GET", "/results/../admin"));
+        assert_eq!(denied_response(&response).body, r#"{"reason":"default_deny"}"#);
+    }
+
+    #[test]
+    fn metadata_names_decision_segments_revision_and_time() {
+        let response = service().respond(&check(EHR, LAB, "GET", "/results/1"));
+        assert_eq!(meta(&response, "decision"), &Kind::StringValue("allow".into()));
+        assert_eq!(meta(&response, "reason"), &Kind::StringValue("rule".into()));
+        assert_eq!(
+            meta(&response, "rule"),
+            &Kind::StringValue("ehr-reads-lab-results".into())
+        );
+        assert_eq!(
+            meta(&response, "source_segment"),
+            &Kind::StringValue("clinical".into())
+        );
+        assert_eq!(
+            meta(&response, "destination_segment"),
+            &Kind::StringValue("clinical".into())
+        );
+        assert_eq!(meta(&response, "bundle_revision"), &Kind::NumberValue(7.0));
+        assert!(matches!(meta(&response, "evaluation_us"), Kind::NumberValue(us) if *us >= 0.0));
+    }
+
+    #[test]
+    fn no_policy_denies() {
+        let service = AuthzService::new(Arc::new(ArcSwapOption::empty()), ServerConfig::default());
+        let response = service.respond(&check(EHR, LAB, "GET", "/results/1"));
+        assert_eq!(denied_response(&response).body, r#"{"reason":"no_policy"}"#);
+        assert!(matches!(meta(&response, "bundle_revision"), Kind::NullValue(_)));
+    }
+
+    #[test]
+    fn malformed_requests_deny_never_error() {
+        let service = service();
+        let empty = service.respond(&CheckRequest::default());
+        assert_eq!(denied_response(&empty).body, r#"{"reason":"unauthenticated"}"#);
+
+        let mut no_http = check(EHR, LAB, "GET", "/results/1");
+        if let Some(request) = no_http
+            .attributes
+            .as_mut()
+            .and_then(|a| a.request.as_mut())
+        {
+            request.http = None;
+        }
+        let response = service.respond(&no_http);
+        assert_eq!(denied_response(&response).body, r#"{"reason":"bad_path"}"#);
+
+        let response = service.respond(&check("", LAB, "GET", "/results/1"));
+        assert_eq!(denied_response(&response).body, r#"{"reason":"unauthenticated"}"#);
+    }
+
+    #[test]
+    fn pinned_destination_applies_only_when_envoy_sends_none() {
+        let policy = Policy::from_yaml_str("test.yaml", POLICY).unwrap();
+        let handle: PolicyHandle = Arc::new(ArcSwapOption::from_pointee(policy));
+        let service = AuthzService::new(
+            handle,
+            ServerConfig {
+                destination_principal: Some(LAB.to_owned()),
+                ..ServerConfig::default()
+            },
+        );
+        let response = service.respond(&check(EHR, "", "GET", "/results/1"));
+        assert_eq!(status_code(&response), 0);
+        let response = service.respond(&check(
+            EHR,
+            "spiffe://hospital.example/ns/clinical/sa/imaging",
+            "GET",
+            "/results/1",
+        ));
+        assert_eq!(denied_response(&response).body, r#"{"reason":"default_deny"}"#);
+    }
+
+    #[test]
+    fn unreadable_forwarded_certificate_is_refused() {
+        let mut request = check(EHR, LAB, "GET", "/results/1");
+        if let Some(source) = request
+            .attributes
+            .as_mut()
+            .and_then(|a| a.source.as_mut())
+        {
+            source.certificate = "-----BEGIN%20CERTIFICATE-----%0Agarbage".to_owned();
+        }
+        let response = service().respond(&request);
+        assert_eq!(denied_response(&response).body, r#"{"reason":"bad_certificate"}"#);
+    }
+
+    #[tokio::test]
+    async fn grpc_entry_point_never_errors() {
+        let response = service()
+            .check(tonic::Request::new(CheckRequest::default()))
+            .await;
+        assert!(response.is_ok());
+    }
+
+    #[test]
+    fn listen_addr_round_trips() {
+        let unix: ListenAddr = "unix:/run/wardgate/wardgate.sock".parse().unwrap();
+        assert_eq!(unix, ListenAddr::Unix("/run/wardgate/wardgate.sock".into()));
+        assert_eq!(unix.to_string(), "unix:/run/wardgate/wardgate.sock");
+        let tcp: ListenAddr = "127.0.0.1:9191".parse().unwrap();
+        assert_eq!(tcp.to_string(), "127.0.0.1:9191");
+        let v6: ListenAddr = "[::1]:9191".parse().unwrap();
+        assert_eq!(v6.to_string(), "[::1]:9191");
+        let local: ListenAddr = "localhost:9191".parse().unwrap();
+        assert_eq!(local.to_string(), "127.0.0.1:9191");
+        assert!("unix:".parse::<ListenAddr>().is_err());
+        assert!("nonsense".parse::<ListenAddr>().is_err());
+        assert!("example.com:80".parse::<ListenAddr>().is_err());
+    }
+
+    #[test]
+    fn wardgate_header_prefix_is_case_insensitive() {
+        assert!(is_wardgate_header("x-wardgate-rule"));
+        assert!(is_wardgate_header("X-Wardgate-Rule"));
+        assert!(!is_wardgate_header("x-wardgate"));
+        assert!(!is_wardgate_header("x-ward"));
+    }
+}

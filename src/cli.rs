@@ -23,7 +23,11 @@ pub const EMBEDDED_BUNDLE: &str = include_str!("../deploy/bundles/hospital.yaml"
 pub const EMBEDDED_BUNDLE_NAME: &str = "<embedded>/hospital.yaml";
 
 #[derive(Debug, Parser)]
-#[command(name = "wardgate", version, about = "Envoy ext_authz sidecar for SPIFFE identity-based segmentation")]
+#[command(
+    name = "wardgate",
+    version,
+    about = "Envoy ext_authz sidecar for SPIFFE identity-based segmentation"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -228,7 +232,10 @@ fn serve(args: ServeArgs) -> ExitCode {
                 listen = %args.listen,
                 "no --bundle given: serving the example bundle embedded in the binary (deploy/bundles/hospital.yaml)"
             );
-            (Policy::from_yaml_str(EMBEDDED_BUNDLE_NAME, EMBEDDED_BUNDLE), EMBEDDED_BUNDLE_NAME.to_string())
+            (
+                Policy::from_yaml_str(EMBEDDED_BUNDLE_NAME, EMBEDDED_BUNDLE),
+                EMBEDDED_BUNDLE_NAME.to_string(),
+            )
         }
         Some(path) => (Policy::from_path(path), path.display().to_string()),
     };
@@ -255,7 +262,10 @@ fn serve(args: ServeArgs) -> ExitCode {
         destination_principal: args.destination_principal,
         ..ServerConfig::default()
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!("cannot start the async runtime: {e}");

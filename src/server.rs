@@ -223,7 +223,9 @@ impl AuthzService {
         let source = attributes.and_then(|a| a.source.as_ref());
         let request = attributes.and_then(|a| a.request.as_ref());
         let http = request.and_then(|r| r.http.as_ref());
-        let source_principal = source.map(|p| p.principal.as_str()).filter(|p| !p.is_empty());
+        let source_principal = source
+            .map(|p| p.principal.as_str())
+            .filter(|p| !p.is_empty());
         let destination_principal = attributes
             .and_then(|a| a.destination.as_ref())
             .map(|p| p.principal.as_str())
@@ -256,7 +258,9 @@ impl AuthzService {
                 } else {
                     match identity::certificate_facts(certificate) {
                         Ok(parsed) => PeerCertificate::Parsed(facts.insert(parsed)),
-                        Err(error) => PeerCertificate::Unreadable(unreadable.insert(error.to_string())),
+                        Err(error) => {
+                            PeerCertificate::Unreadable(unreadable.insert(error.to_string()))
+                        }
                     }
                 };
                 let time = request
@@ -433,7 +437,10 @@ fn metadata(decision: &Decision<'_>, revision: Option<u64>, elapsed: Duration) -
     fields.insert("decision".to_owned(), string(decision.verdict.as_str()));
     fields.insert("reason".to_owned(), string(decision.reason.as_str()));
     fields.insert("rule".to_owned(), optional(decision.rule));
-    fields.insert("source_segment".to_owned(), optional(decision.source_segment));
+    fields.insert(
+        "source_segment".to_owned(),
+        optional(decision.source_segment),
+    );
     fields.insert(
         "destination_segment".to_owned(),
         optional(decision.destination_segment),
@@ -447,7 +454,10 @@ fn metadata(decision: &Decision<'_>, revision: Option<u64>, elapsed: Duration) -
         |r| number(r as f64),
     );
     fields.insert("bundle_revision".to_owned(), revision);
-    fields.insert("evaluation_us".to_owned(), number(elapsed.as_secs_f64() * 1e6));
+    fields.insert(
+        "evaluation_us".to_owned(),
+        number(elapsed.as_secs_f64() * 1e6),
+    );
     Struct { fields }
 }
 
@@ -608,7 +618,10 @@ async fn set_health(reporter: &HealthReporter, serving: bool) {
     };
     reporter.set_service_status("", status).await;
     reporter
-        .set_service_status(<AuthorizationServer<AuthzService> as NamedService>::NAME, status)
+        .set_service_status(
+            <AuthorizationServer<AuthzService> as NamedService>::NAME,
+            status,
+        )
         .await;
 }
 
@@ -736,10 +749,14 @@ rules:
         let response = service().respond(&check(EHR, LAB, "GET", "/results/42?full=1"));
         assert_eq!(status_code(&response), 0);
         let ok = ok_response(&response);
-        assert_eq!(header(&ok.headers, RULE_HEADER), Some("ehr-reads-lab-results"));
-        let added = ok.headers.iter().find(|h| {
-            h.header.as_ref().is_some_and(|h| h.key == RULE_HEADER)
-        });
+        assert_eq!(
+            header(&ok.headers, RULE_HEADER),
+            Some("ehr-reads-lab-results")
+        );
+        let added = ok
+            .headers
+            .iter()
+            .find(|h| h.header.as_ref().is_some_and(|h| h.key == RULE_HEADER));
         assert_eq!(
             added.map(|h| h.append_action),
             Some(HeaderAppendAction::OverwriteIfExistsOrAdd as i32)
@@ -765,10 +782,16 @@ rules:
         let ok = ok_response(&response);
         // The forged rule header is overwritten, never listed for removal (that could remove
         // our own value); the others are removed; unrelated headers are left alone.
-        assert_eq!(header(&ok.headers, RULE_HEADER), Some("ehr-reads-lab-results"));
+        assert_eq!(
+            header(&ok.headers, RULE_HEADER),
+            Some("ehr-reads-lab-results")
+        );
         assert_eq!(
             ok.headers_to_remove,
-            vec!["x-wardgate-anything".to_owned(), "x-wardgate-break-glass".to_owned()]
+            vec![
+                "x-wardgate-anything".to_owned(),
+                "x-wardgate-break-glass".to_owned()
+            ]
         );
     }
 
@@ -779,7 +802,10 @@ rules:
         let denied = denied_response(&response);
         assert_eq!(denied.status.as_ref().map(|s| s.code), Some(403));
         assert_eq!(header(&denied.headers, REASON_HEADER), Some("rule"));
-        assert_eq!(header(&denied.headers, "content-type"), Some("application/json"));
+        assert_eq!(
+            header(&denied.headers, "content-type"),
+            Some("application/json")
+        );
         assert_eq!(denied.body, r#"{"reason":"rule"}"#);
         assert!(!denied.body.contains("vendor-never-reaches-clinical"));
         assert!(header(&denied.headers, RULE_HEADER).is_none());
@@ -794,17 +820,26 @@ rules:
     fn default_deny_and_bad_path() {
         let service = service();
         let response = service.respond(&check(EHR, LAB, "GET", "/admin"));
-        assert_eq!(denied_response(&response).body, r#"{"reason":"default_deny"}"#);
+        assert_eq!(
+            denied_response(&response).body,
+            r#"{"reason":"default_deny"}"#
+        );
         let response = service.respond(&check(EHR, LAB, "GET", "/results%2F..%2Fadmin"));
         assert_eq!(denied_response(&response).body, r#"{"reason":"bad_path"}"#);
         let response = service.respond(&check(EHR, LAB, "GET", "/results/../admin"));
-        assert_eq!(denied_response(&response).body, r#"{"reason":"default_deny"}"#);
+        assert_eq!(
+            denied_response(&response).body,
+            r#"{"reason":"default_deny"}"#
+        );
     }
 
     #[test]
     fn metadata_names_decision_segments_revision_and_time() {
         let response = service().respond(&check(EHR, LAB, "GET", "/results/1"));
-        assert_eq!(meta(&response, "decision"), &Kind::StringValue("allow".into()));
+        assert_eq!(
+            meta(&response, "decision"),
+            &Kind::StringValue("allow".into())
+        );
         assert_eq!(meta(&response, "reason"), &Kind::StringValue("rule".into()));
         assert_eq!(
             meta(&response, "rule"),
@@ -827,28 +862,33 @@ rules:
         let service = AuthzService::new(Arc::new(ArcSwapOption::empty()), ServerConfig::default());
         let response = service.respond(&check(EHR, LAB, "GET", "/results/1"));
         assert_eq!(denied_response(&response).body, r#"{"reason":"no_policy"}"#);
-        assert!(matches!(meta(&response, "bundle_revision"), Kind::NullValue(_)));
+        assert!(matches!(
+            meta(&response, "bundle_revision"),
+            Kind::NullValue(_)
+        ));
     }
 
     #[test]
     fn malformed_requests_deny_never_error() {
         let service = service();
         let empty = service.respond(&CheckRequest::default());
-        assert_eq!(denied_response(&empty).body, r#"{"reason":"unauthenticated"}"#);
+        assert_eq!(
+            denied_response(&empty).body,
+            r#"{"reason":"unauthenticated"}"#
+        );
 
         let mut no_http = check(EHR, LAB, "GET", "/results/1");
-        if let Some(request) = no_http
-            .attributes
-            .as_mut()
-            .and_then(|a| a.request.as_mut())
-        {
+        if let Some(request) = no_http.attributes.as_mut().and_then(|a| a.request.as_mut()) {
             request.http = None;
         }
         let response = service.respond(&no_http);
         assert_eq!(denied_response(&response).body, r#"{"reason":"bad_path"}"#);
 
         let response = service.respond(&check("", LAB, "GET", "/results/1"));
-        assert_eq!(denied_response(&response).body, r#"{"reason":"unauthenticated"}"#);
+        assert_eq!(
+            denied_response(&response).body,
+            r#"{"reason":"unauthenticated"}"#
+        );
     }
 
     #[test]
@@ -870,21 +910,23 @@ rules:
             "GET",
             "/results/1",
         ));
-        assert_eq!(denied_response(&response).body, r#"{"reason":"default_deny"}"#);
+        assert_eq!(
+            denied_response(&response).body,
+            r#"{"reason":"default_deny"}"#
+        );
     }
 
     #[test]
     fn unreadable_forwarded_certificate_is_refused() {
         let mut request = check(EHR, LAB, "GET", "/results/1");
-        if let Some(source) = request
-            .attributes
-            .as_mut()
-            .and_then(|a| a.source.as_mut())
-        {
+        if let Some(source) = request.attributes.as_mut().and_then(|a| a.source.as_mut()) {
             source.certificate = "-----BEGIN%20CERTIFICATE-----%0Agarbage".to_owned();
         }
         let response = service().respond(&request);
-        assert_eq!(denied_response(&response).body, r#"{"reason":"bad_certificate"}"#);
+        assert_eq!(
+            denied_response(&response).body,
+            r#"{"reason":"bad_certificate"}"#
+        );
     }
 
     #[tokio::test]

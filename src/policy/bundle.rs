@@ -202,7 +202,10 @@ pub(crate) fn read_sources(path: &Path, errors: &mut Diagnostics) -> Vec<(String
                     &name,
                     0,
                     0,
-                    format!("file is {} bytes, over the {MAX_FILE_BYTES}-byte limit", m.len()),
+                    format!(
+                        "file is {} bytes, over the {MAX_FILE_BYTES}-byte limit",
+                        m.len()
+                    ),
                 );
                 continue;
             }

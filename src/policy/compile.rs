@@ -154,7 +154,11 @@ impl IdTrie {
             };
         }
         let leaf = &mut self.nodes[node as usize];
-        let list = if pattern.more() { &mut leaf.more } else { &mut leaf.exact };
+        let list = if pattern.more() {
+            &mut leaf.more
+        } else {
+            &mut leaf.exact
+        };
         if !list.contains(&payload) {
             list.push(payload);
         }
@@ -179,7 +183,12 @@ impl IdTrie {
         }
     }
 
-    fn walk<'s>(&self, node: u32, mut segs: std::str::Split<'s, char>, found: &mut impl FnMut(u32)) {
+    fn walk<'s>(
+        &self,
+        node: u32,
+        mut segs: std::str::Split<'s, char>,
+        found: &mut impl FnMut(u32),
+    ) {
         let n = &self.nodes[node as usize];
         match segs.next() {
             None => n.exact.iter().for_each(|&p| found(p)),
@@ -223,8 +232,12 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     fn err<T>(&mut self, at: &S<T>, message: impl Into<String>) {
-        self.errors
-            .push(self.file, at.referenced.line(), at.referenced.column(), message);
+        self.errors.push(
+            self.file,
+            at.referenced.line(),
+            at.referenced.column(),
+            message,
+        );
     }
 }
 
@@ -342,7 +355,10 @@ fn compile(files: &[SourceFile], digest: String, errors: &mut Diagnostics) -> Op
         segments: FnvHashMap::default(),
     };
     for f in files {
-        let mut cx = Ctx { errors, file: &f.name };
+        let mut cx = Ctx {
+            errors,
+            file: &f.name,
+        };
         let b: &RawBundle = &f.bundle;
         if let Some(v) = &b.version {
             if v.value != FORMAT_VERSION {
@@ -370,9 +386,18 @@ fn compile(files: &[SourceFile], digest: String, errors: &mut Diagnostics) -> Op
         }
         for (name, _) in &b.segments.0 {
             if !valid_name(&name.value) {
-                cx.err(name, format!("segment name `{}` must match [a-z0-9][a-z0-9-]*", name.value));
+                cx.err(
+                    name,
+                    format!(
+                        "segment name `{}` must match [a-z0-9][a-z0-9-]*",
+                        name.value
+                    ),
+                );
             } else if names.segments.contains_key(&name.value) {
-                cx.err(name, format!("segment `{}` is defined more than once", name.value));
+                cx.err(
+                    name,
+                    format!("segment `{}` is defined more than once", name.value),
+                );
             } else {
                 let id = names.segments.len() as u32;
                 names.segments.insert(name.value.clone(), id);
@@ -381,22 +406,42 @@ fn compile(files: &[SourceFile], digest: String, errors: &mut Diagnostics) -> Op
     }
     let first = files.first().map(|f| f.name.as_str()).unwrap_or("bundle");
     if version.is_none() {
-        errors.push(first, 0, 0, "missing `version` (this wardgate reads `version: 1`)");
+        errors.push(
+            first,
+            0,
+            0,
+            "missing `version` (this wardgate reads `version: 1`)",
+        );
     }
     if revision.is_none() {
-        errors.push(first, 0, 0, "missing `revision` (an integer that grows with every release of the bundle)");
+        errors.push(
+            first,
+            0,
+            0,
+            "missing `revision` (an integer that grows with every release of the bundle)",
+        );
     }
     if names.trust_domains.is_empty() {
-        errors.push(first, 0, 0, "missing `trust_domains`: list at least one trust domain");
+        errors.push(
+            first,
+            0,
+            0,
+            "missing `trust_domains`: list at least one trust domain",
+        );
     }
 
     // Pass 2: segments with their members.
     let mut segments: Vec<Segment> = Vec::new();
     let mut member_sites: Vec<(Pattern, u32, String, u64, u64)> = Vec::new();
     for f in files {
-        let mut cx = Ctx { errors, file: &f.name };
+        let mut cx = Ctx {
+            errors,
+            file: &f.name,
+        };
         for (name, raw) in &f.bundle.segments.0 {
-            let Some(&id) = names.segments.get(&name.value) else { continue };
+            let Some(&id) = names.segments.get(&name.value) else {
+                continue;
+            };
             if id as usize != segments.len() {
                 continue; // a duplicate, already reported
             }
@@ -406,7 +451,13 @@ fn compile(files: &[SourceFile], digest: String, errors: &mut Diagnostics) -> Op
             }
             for m in &raw.members {
                 if let Some(p) = spiffe_pattern(&mut cx, m, &names.trust_domains) {
-                    member_sites.push((p.clone(), id, f.name.clone(), m.referenced.line(), m.referenced.column()));
+                    member_sites.push((
+                        p.clone(),
+                        id,
+                        f.name.clone(),
+                        m.referenced.line(),
+                        m.referenced.column(),
+                    ));
                     members.push(p);
                 }
             }
@@ -449,7 +500,10 @@ fn compile(files: &[SourceFile], digest: String, errors: &mut Diagnostics) -> Op
     let mut break_glass = Vec::new();
     let mut break_glass_header: Option<Box<str>> = None;
     for f in files {
-        let mut cx = Ctx { errors, file: &f.name };
+        let mut cx = Ctx {
+            errors,
+            file: &f.name,
+        };
         for raw in &f.bundle.rules {
             if let Some(rule) = compile_rule(&mut cx, raw, &names, &mut rule_names, false) {
                 rules.push(rule);
@@ -457,7 +511,10 @@ fn compile(files: &[SourceFile], digest: String, errors: &mut Diagnostics) -> Op
         }
         if let Some(bg) = &f.bundle.break_glass {
             if break_glass_header.is_some() {
-                cx.err(bg, "`break_glass` is defined in more than one file of this bundle");
+                cx.err(
+                    bg,
+                    "`break_glass` is defined in more than one file of this bundle",
+                );
             }
             match &bg.value.header {
                 None => cx.err(bg, "`break_glass` needs a `header` naming the request header that carries the reason"),
@@ -556,10 +613,17 @@ fn compile(files: &[SourceFile], digest: String, errors: &mut Diagnostics) -> Op
     })
 }
 
-fn spiffe_pattern(cx: &mut Ctx<'_>, text: &S<String>, trust_domains: &[Box<str>]) -> Option<Pattern> {
+fn spiffe_pattern(
+    cx: &mut Ctx<'_>,
+    text: &S<String>,
+    trust_domains: &[Box<str>],
+) -> Option<Pattern> {
     match Pattern::parse_spiffe(&text.value) {
         Err(e) => {
-            cx.err(text, format!("`{}` is not a valid SPIFFE ID pattern: {e}", text.value));
+            cx.err(
+                text,
+                format!("`{}` is not a valid SPIFFE ID pattern: {e}", text.value),
+            );
             None
         }
         Ok(p) => {
@@ -574,7 +638,12 @@ fn spiffe_pattern(cx: &mut Ctx<'_>, text: &S<String>, trust_domains: &[Box<str>]
     }
 }
 
-fn endpoints(cx: &mut Ctx<'_>, list: &S<Vec<S<String>>>, names: &Names, key: &str) -> Vec<Endpoint> {
+fn endpoints(
+    cx: &mut Ctx<'_>,
+    list: &S<Vec<S<String>>>,
+    names: &Names,
+    key: &str,
+) -> Vec<Endpoint> {
     let mut out = Vec::new();
     for e in &list.value {
         if e.value.starts_with("spiffe://") || e.value.to_ascii_lowercase().starts_with("spiffe:") {
@@ -584,17 +653,30 @@ fn endpoints(cx: &mut Ctx<'_>, list: &S<Vec<S<String>>>, names: &Names, key: &st
         } else {
             match names.segments.get(&e.value) {
                 Some(&id) => out.push(Endpoint::Segment(id)),
-                None => cx.err(e, format!("`{key}` names segment `{}`, which is not defined under `segments`", e.value)),
+                None => cx.err(
+                    e,
+                    format!(
+                        "`{key}` names segment `{}`, which is not defined under `segments`",
+                        e.value
+                    ),
+                ),
             }
         }
     }
     out
 }
 
-fn non_empty<'a>(cx: &mut Ctx<'_>, list: &'a Option<S<Vec<S<String>>>>, key: &str) -> Option<&'a S<Vec<S<String>>>> {
+fn non_empty<'a>(
+    cx: &mut Ctx<'_>,
+    list: &'a Option<S<Vec<S<String>>>>,
+    key: &str,
+) -> Option<&'a S<Vec<S<String>>>> {
     let list = list.as_ref()?;
     if list.value.is_empty() {
-        cx.err(list, format!("`{key}` is empty: omit it to mean any, or list at least one entry"));
+        cx.err(
+            list,
+            format!("`{key}` is empty: omit it to mean any, or list at least one entry"),
+        );
         return None;
     }
     Some(list)
@@ -609,7 +691,11 @@ fn compile_rule(
 ) -> Option<Rule> {
     let r = &raw.value;
     let before = cx.errors.0.len();
-    let what = if break_glass { "break-glass entry" } else { "rule" };
+    let what = if break_glass {
+        "break-glass entry"
+    } else {
+        "rule"
+    };
     let name = match &r.name {
         None => {
             cx.err(raw, format!("{what} without a `name`"));
@@ -617,7 +703,10 @@ fn compile_rule(
         }
         Some(n) => {
             if !valid_name(&n.value) {
-                cx.err(n, format!("{what} name `{}` must match [a-z0-9][a-z0-9-]*", n.value));
+                cx.err(
+                    n,
+                    format!("{what} name `{}` must match [a-z0-9][a-z0-9-]*", n.value),
+                );
             } else if !seen.insert(n.value.clone()) {
                 cx.err(n, format!("duplicate rule name `{}`: names must be unique across the bundle, break-glass entries included", n.value));
             }
@@ -658,7 +747,10 @@ fn compile_rule(
                 if !m.value.is_empty() && m.value.bytes().all(|b| b.is_ascii_alphabetic()) {
                     Some(m.value.to_ascii_uppercase().into_boxed_str())
                 } else {
-                    cx.err(m, format!("method `{}` is not an HTTP method token", m.value));
+                    cx.err(
+                        m,
+                        format!("method `{}` is not an HTTP method token", m.value),
+                    );
                     None
                 }
             })
@@ -670,7 +762,13 @@ fn compile_rule(
             .filter_map(|p| match Pattern::parse_path(&p.value) {
                 Ok(p) => Some(p),
                 Err(e) => {
-                    cx.err(p, format!("path `{}` is not a valid normalised path pattern: {e}", p.value));
+                    cx.err(
+                        p,
+                        format!(
+                            "path `{}` is not a valid normalised path pattern: {e}",
+                            p.value
+                        ),
+                    );
                     None
                 }
             })
@@ -684,7 +782,13 @@ fn compile_rule(
                 if valid_host(&lower) {
                     Some(lower.into_boxed_str())
                 } else {
-                    cx.err(h, format!("host `{}` must be a host name without port or scheme", h.value));
+                    cx.err(
+                        h,
+                        format!(
+                            "host `{}` must be a host name without port or scheme",
+                            h.value
+                        ),
+                    );
                     None
                 }
             })
@@ -699,17 +803,27 @@ fn compile_rule(
                 for day in &d.value {
                     match schedule::parse_day(&day.value) {
                         Some(bit) => days |= bit,
-                        None => cx.err(day, format!("day `{}` is not one of mon, tue, wed, thu, fri, sat, sun", day.value)),
+                        None => cx.err(
+                            day,
+                            format!(
+                                "day `{}` is not one of mon, tue, wed, thu, fri, sat, sun",
+                                day.value
+                            ),
+                        ),
                     }
                 }
             }
-            let hours = s.value.hours.as_ref().and_then(|h| match schedule::parse_hours(&h.value) {
-                Ok(v) => Some(v),
-                Err(e) => {
-                    cx.err(h, e);
-                    None
-                }
-            });
+            let hours =
+                s.value
+                    .hours
+                    .as_ref()
+                    .and_then(|h| match schedule::parse_hours(&h.value) {
+                        Ok(v) => Some(v),
+                        Err(e) => {
+                            cx.err(h, e);
+                            None
+                        }
+                    });
             let tz = s.value.timezone.as_ref();
             match Schedule::new(days, hours, tz.map(|t| t.value.as_str())) {
                 Ok(v) => schedule = Some(v),
@@ -723,10 +837,16 @@ fn compile_rule(
             for (hname, values) in &h.0 {
                 let lower = hname.value.to_ascii_lowercase();
                 if !valid_header_name(&lower) {
-                    cx.err(hname, format!("`{}` is not a valid header name", hname.value));
+                    cx.err(
+                        hname,
+                        format!("`{}` is not a valid header name", hname.value),
+                    );
                 }
                 if values.is_empty() {
-                    cx.err(hname, format!("header condition `{}` lists no allowed values", hname.value));
+                    cx.err(
+                        hname,
+                        format!("header condition `{}` lists no allowed values", hname.value),
+                    );
                 }
                 headers.push((
                     lower.into_boxed_str(),

@@ -74,16 +74,28 @@ fn outcome(rule: &Rule, m: Option<Mismatch>) -> RuleOutcome {
         Some(Mismatch::Path) => RuleOutcome::Path,
         Some(Mismatch::Host) => RuleOutcome::Host,
         Some(Mismatch::Schedule) => RuleOutcome::Schedule(
-            rule.schedule.as_ref().map(|s| s.describe()).unwrap_or_default(),
+            rule.schedule
+                .as_ref()
+                .map(|s| s.describe())
+                .unwrap_or_default(),
         ),
-        Some(Mismatch::Header(i)) => {
-            RuleOutcome::Header(rule.headers.get(i).map(|h| h.0.to_string()).unwrap_or_default())
-        }
+        Some(Mismatch::Header(i)) => RuleOutcome::Header(
+            rule.headers
+                .get(i)
+                .map(|h| h.0.to_string())
+                .unwrap_or_default(),
+        ),
     }
 }
 
 /// The lowest-numbered matching rule across the buckets of every key pair.
-fn first_match(index: &PairIndex, rules: &[Rule], src: &Keys, dst: &Keys, cx: &Ctx<'_>) -> Option<u32> {
+fn first_match(
+    index: &PairIndex,
+    rules: &[Rule],
+    src: &Keys,
+    dst: &Keys,
+    cx: &Ctx<'_>,
+) -> Option<u32> {
     let mut best = u32::MAX;
     for &s in src {
         for &d in dst {
@@ -141,12 +153,14 @@ impl Policy {
 
     fn segment_of(&self, trust_domain: &str, path: &str) -> Option<u32> {
         let mut seg = None;
-        self.segment_trie.lookup(trust_domain, path, &mut |s| seg = Some(s));
+        self.segment_trie
+            .lookup(trust_domain, path, &mut |s| seg = Some(s));
         seg
     }
 
     fn segment_name(&self, id: Option<u32>) -> Option<&str> {
-        id.and_then(|i| self.segments.get(i as usize)).map(|s| &*s.name)
+        id.and_then(|i| self.segments.get(i as usize))
+            .map(|s| &*s.name)
     }
 
     fn evaluate<'p, T: Tracer>(&'p self, req: &Request<'_>, t: &mut T) -> Decision<'p> {
@@ -160,19 +174,25 @@ impl Policy {
 
         // 2. Source identity.
         let Some(raw_source) = req.source.filter(|s| !s.is_empty()) else {
-            t.step(|| TraceStep::SourceRejected { why: "no source principal (the caller presented no SPIFFE identity)".into() });
+            t.step(|| TraceStep::SourceRejected {
+                why: "no source principal (the caller presented no SPIFFE identity)".into(),
+            });
             return deny(Reason::Unauthenticated, None, None);
         };
         let source = match identity::parse_spiffe_id(raw_source) {
             Ok(id) => id,
             Err(e) => {
-                t.step(|| TraceStep::SourceRejected { why: format!("`{raw_source}` is not a valid SPIFFE ID: {e}") });
+                t.step(|| TraceStep::SourceRejected {
+                    why: format!("`{raw_source}` is not a valid SPIFFE ID: {e}"),
+                });
                 return deny(Reason::Unauthenticated, None, None);
             }
         };
         let src_td = source.trust_domain_name();
         if !self.trust_domains.iter().any(|td| **td == *src_td) {
-            t.step(|| TraceStep::SourceRejected { why: format!("trust domain `{src_td}` is not one of the bundle's trust_domains") });
+            t.step(|| TraceStep::SourceRejected {
+                why: format!("trust domain `{src_td}` is not one of the bundle's trust_domains"),
+            });
             return deny(Reason::Unauthenticated, None, None);
         }
         let src_seg = self.segment_of(src_td, source.path());
@@ -182,9 +202,17 @@ impl Policy {
         });
 
         // Destination: unusable means unknown, and only rules without `to` can apply.
-        let destination = req.destination.filter(|d| !d.is_empty()).map(identity::parse_spiffe_id);
+        let destination = req
+            .destination
+            .filter(|d| !d.is_empty())
+            .map(identity::parse_spiffe_id);
         let (dst_seg, dst_id) = match &destination {
-            Some(Ok(id)) if self.trust_domains.iter().any(|td| **td == *id.trust_domain_name()) => {
+            Some(Ok(id))
+                if self
+                    .trust_domains
+                    .iter()
+                    .any(|td| **td == *id.trust_domain_name()) =>
+            {
                 (self.segment_of(id.trust_domain_name(), id.path()), Some(id))
             }
             _ => (None, None),
@@ -195,7 +223,9 @@ impl Policy {
             note: match &destination {
                 None => Some("no destination principal".into()),
                 Some(Err(e)) => Some(format!("not a valid SPIFFE ID: {e}")),
-                Some(Ok(_)) if dst_id.is_none() => Some("outside the bundle's trust_domains".into()),
+                Some(Ok(_)) if dst_id.is_none() => {
+                    Some("outside the bundle's trust_domains".into())
+                }
                 Some(Ok(_)) => None,
             },
         });
@@ -204,11 +234,16 @@ impl Policy {
         let path = match normalize::path(req.path) {
             Ok(p) => p,
             Err(e) => {
-                t.step(|| TraceStep::PathRejected { why: format!("`{}`: {e}", req.path) });
+                t.step(|| TraceStep::PathRejected {
+                    why: format!("`{}`: {e}", req.path),
+                });
                 return deny(Reason::BadPath, src_seg, dst_seg);
             }
         };
-        t.step(|| TraceStep::Path { raw: req.path.to_string(), normalized: path.to_string() });
+        t.step(|| TraceStep::Path {
+            raw: req.path.to_string(),
+            normalized: path.to_string(),
+        });
 
         // 4. Forwarded certificate and SVID lifetime.
         let max_lifetime = src_seg
@@ -224,18 +259,29 @@ impl Policy {
                 }
             }
             PeerCertificate::Unreadable(why) => {
-                t.step(|| TraceStep::Certificate { result: format!("unreadable: {why}") });
+                t.step(|| TraceStep::Certificate {
+                    result: format!("unreadable: {why}"),
+                });
                 return deny(Reason::BadCertificate, src_seg, dst_seg);
             }
             PeerCertificate::Parsed(cert) => {
                 let problem = if cert.uri_sans.len() != 1 {
-                    Some(format!("has {} URI SANs, exactly one is required", cert.uri_sans.len()))
+                    Some(format!(
+                        "has {} URI SANs, exactly one is required",
+                        cert.uri_sans.len()
+                    ))
                 } else if cert.uri_sans[0] != raw_source {
-                    Some(format!("URI SAN `{}` differs from the principal", cert.uri_sans[0]))
+                    Some(format!(
+                        "URI SAN `{}` differs from the principal",
+                        cert.uri_sans[0]
+                    ))
                 } else if cert.is_ca {
                     Some("is a CA certificate, not a leaf".to_string())
                 } else if req.time < cert.not_before || req.time > cert.not_after {
-                    Some(format!("is outside its validity ({} to {})", cert.not_before, cert.not_after))
+                    Some(format!(
+                        "is outside its validity ({} to {})",
+                        cert.not_before, cert.not_after
+                    ))
                 } else {
                     None
                 };
@@ -252,7 +298,9 @@ impl Policy {
                         return deny(Reason::SvidLifetime, src_seg, dst_seg);
                     }
                 }
-                t.step(|| TraceStep::Certificate { result: format!("ok (valid for {lifetime:#})") });
+                t.step(|| TraceStep::Certificate {
+                    result: format!("ok (valid for {lifetime:#})"),
+                });
             }
         }
 
@@ -261,17 +309,25 @@ impl Policy {
         if let Some(s) = src_seg {
             src_keys.push(s);
         }
-        self.from_trie.lookup(src_td, source.path(), &mut |k| src_keys.push(k));
+        self.from_trie
+            .lookup(src_td, source.path(), &mut |k| src_keys.push(k));
         let mut dst_keys = Keys::new();
         if let Some(d) = dst_id {
             if let Some(s) = dst_seg {
                 dst_keys.push(s);
             }
-            self.to_trie.lookup(d.trust_domain_name(), d.path(), &mut |k| dst_keys.push(k));
+            self.to_trie
+                .lookup(d.trust_domain_name(), d.path(), &mut |k| dst_keys.push(k));
         }
         dst_keys.push(ANY);
         let host = normalize::host(req.host);
-        let cx = Ctx { method: req.method, path: &path, host, headers: req.headers, time: req.time };
+        let cx = Ctx {
+            method: req.method,
+            path: &path,
+            host,
+            headers: req.headers,
+            time: req.time,
+        };
 
         let decided = |verdict, reason, rule: &'p Rule| Decision {
             verdict,
@@ -301,10 +357,20 @@ impl Policy {
                         result: format!("ignored: `{header}` must be non-empty printable text of at most {MAX_BREAK_GLASS_REASON} bytes"),
                     });
                 } else {
-                    let hit = first_match(&self.break_glass_index, &self.break_glass, &src_keys, &dst_keys, &cx);
+                    let hit = first_match(
+                        &self.break_glass_index,
+                        &self.break_glass,
+                        &src_keys,
+                        &dst_keys,
+                        &cx,
+                    );
                     self.trace_break_glass(t, &src_keys, &dst_keys, &cx);
                     if let Some(i) = hit {
-                        return decided(Verdict::Allow, Reason::BreakGlass, &self.break_glass[i as usize]);
+                        return decided(
+                            Verdict::Allow,
+                            Reason::BreakGlass,
+                            &self.break_glass[i as usize],
+                        );
                     }
                 }
             }
@@ -315,19 +381,29 @@ impl Policy {
     }
 
     /// Record every indexed rule for this pair in bundle order (traced runs only).
-    fn trace_rules<T: Tracer>(&self, t: &mut T, src: &Keys, dst: &Keys, cx: &Ctx<'_>, decided_by: Option<u32>) {
+    fn trace_rules<T: Tracer>(
+        &self,
+        t: &mut T,
+        src: &Keys,
+        dst: &Keys,
+        cx: &Ctx<'_>,
+        decided_by: Option<u32>,
+    ) {
         let mut shown = 0usize;
         t.step(|| {
             // Build all rule steps inside one closure so the untraced path does no work; the
             // last step pushed here is the "not applicable" summary.
             let list = candidates(&[&self.deny_index, &self.allow_index], src, dst);
             shown = list.len();
-            TraceStep::NotApplicable { rules: self.rules.len() - list.len() }
+            TraceStep::NotApplicable {
+                rules: self.rules.len() - list.len(),
+            }
         });
         if shown == 0 {
             return;
         }
-        let denied_first = decided_by.is_some_and(|i| self.rules[i as usize].action == Action::Deny);
+        let denied_first =
+            decided_by.is_some_and(|i| self.rules[i as usize].action == Action::Deny);
         for i in candidates(&[&self.deny_index, &self.allow_index], src, dst) {
             let rule = &self.rules[i as usize];
             let reached = match rule.action {
@@ -340,7 +416,11 @@ impl Policy {
                     Action::Allow => "allow",
                     Action::Deny => "deny",
                 },
-                outcome: if reached { outcome(rule, mismatch(rule, cx)) } else { RuleOutcome::NotReached },
+                outcome: if reached {
+                    outcome(rule, mismatch(rule, cx))
+                } else {
+                    RuleOutcome::NotReached
+                },
             });
         }
     }
@@ -349,7 +429,12 @@ impl Policy {
         let mut list = Vec::new();
         t.step(|| {
             list = candidates(&[&self.break_glass_index], src, dst);
-            TraceStep::BreakGlass { result: format!("requested; {} entry(ies) apply to these identities", list.len()) }
+            TraceStep::BreakGlass {
+                result: format!(
+                    "requested; {} entry(ies) apply to these identities",
+                    list.len()
+                ),
+            }
         });
         for i in list {
             let rule = &self.break_glass[i as usize];

@@ -43,6 +43,8 @@ mod compile;
 mod error;
 mod eval;
 mod pattern;
+#[cfg(test)]
+mod reference;
 mod schedule;
 pub mod trace;
 
@@ -50,8 +52,8 @@ use std::collections::HashMap;
 use std::fmt;
 
 pub use compile::{Action, Policy, RuleInfo, FORMAT_VERSION};
-pub use eval::{valid_break_glass_reason, MAX_BREAK_GLASS_REASON};
 pub use error::{Diagnostic, Diagnostics};
+pub use eval::{valid_break_glass_reason, MAX_BREAK_GLASS_REASON};
 pub use pattern::{Pattern, PatternError};
 pub use trace::{RuleOutcome, Trace, TraceStep};
 

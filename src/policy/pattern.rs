@@ -298,7 +298,10 @@ mod tests {
 
     #[test]
     fn rejects_malformed_patterns() {
-        assert_eq!(Pattern::parse_spiffe("SPIFFE://td/a"), Err(PatternError::Scheme));
+        assert_eq!(
+            Pattern::parse_spiffe("SPIFFE://td/a"),
+            Err(PatternError::Scheme)
+        );
         assert!(matches!(
             Pattern::parse_spiffe("spiffe://TD/a"),
             Err(PatternError::TrustDomain(_))
@@ -315,14 +318,26 @@ mod tests {
             Pattern::parse_spiffe("spiffe://td/a*"),
             Err(PatternError::PartialWildcard(_))
         ));
-        assert_eq!(Pattern::parse_spiffe("spiffe://td/a/"), Err(PatternError::EmptySegment));
-        assert_eq!(Pattern::parse_spiffe("spiffe://td/../a"), Err(PatternError::DotSegment));
+        assert_eq!(
+            Pattern::parse_spiffe("spiffe://td/a/"),
+            Err(PatternError::EmptySegment)
+        );
+        assert_eq!(
+            Pattern::parse_spiffe("spiffe://td/../a"),
+            Err(PatternError::DotSegment)
+        );
         assert!(matches!(
             Pattern::parse_spiffe("spiffe://td/a%20b"),
             Err(PatternError::SpiffeSegmentChars(_))
         ));
-        assert_eq!(Pattern::parse_path("results"), Err(PatternError::NoLeadingSlash));
-        assert_eq!(Pattern::parse_path("/a//b"), Err(PatternError::EmptySegment));
+        assert_eq!(
+            Pattern::parse_path("results"),
+            Err(PatternError::NoLeadingSlash)
+        );
+        assert_eq!(
+            Pattern::parse_path("/a//b"),
+            Err(PatternError::EmptySegment)
+        );
         assert!(matches!(
             Pattern::parse_path("/a?x=1"),
             Err(PatternError::PathNotNormal(_))

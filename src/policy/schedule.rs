@@ -64,17 +64,24 @@ pub(crate) fn parse_hours(text: &str) -> Result<(u16, u16), String> {
         return Err(format!("hours `{text}`: a window cannot start at 24:00"));
     }
     if start == end {
-        return Err(format!("hours `{text}` is an empty window (start equals end)"));
+        return Err(format!(
+            "hours `{text}` is an empty window (start equals end)"
+        ));
     }
     Ok((start, end))
 }
 
 impl Schedule {
     /// Build a schedule; `days` is a bit set from [`parse_day`] (0 = every day).
-    pub(crate) fn new(days: u8, hours: Option<(u16, u16)>, tz_name: Option<&str>) -> Result<Self, String> {
+    pub(crate) fn new(
+        days: u8,
+        hours: Option<(u16, u16)>,
+        tz_name: Option<&str>,
+    ) -> Result<Self, String> {
         let tz = match tz_name {
-            Some(name) => TimeZone::get(name)
-                .map_err(|_| format!("unknown time zone `{name}` (use an IANA name such as Europe/Berlin)"))?,
+            Some(name) => TimeZone::get(name).map_err(|_| {
+                format!("unknown time zone `{name}` (use an IANA name such as Europe/Berlin)")
+            })?,
             None => TimeZone::UTC,
         };
         let (start, end) = hours.unwrap_or((0, 1440));
@@ -146,14 +153,15 @@ mod tests {
 
     #[test]
     fn berlin_window_follows_dst() {
-        let s = Schedule::new(weekdays(), Some((6 * 60, 20 * 60)), Some("Europe/Berlin")).expect("schedule");
+        let s = Schedule::new(weekdays(), Some((6 * 60, 20 * 60)), Some("Europe/Berlin"))
+            .expect("schedule");
         // Winter (CET, UTC+1): 06:30 local = 05:30Z.
         assert!(s.matches(at("2026-03-27T05:30:00Z")));
         assert!(!s.matches(at("2026-03-27T04:30:00Z"))); // 05:30 local
-        // Summer (CEST, UTC+2) after the 2026-03-29 change: 06:30 local = 04:30Z.
+                                                         // Summer (CEST, UTC+2) after the 2026-03-29 change: 06:30 local = 04:30Z.
         assert!(s.matches(at("2026-03-30T04:30:00Z")));
         assert!(!s.matches(at("2026-03-30T03:30:00Z"))); // 05:30 local
-        // 19:59 local is in, 20:00 local is out (end exclusive).
+                                                         // 19:59 local is in, 20:00 local is out (end exclusive).
         assert!(s.matches(at("2026-03-30T17:59:00Z")));
         assert!(!s.matches(at("2026-03-30T18:00:00Z")));
         // Sunday is never in.

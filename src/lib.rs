@@ -22,6 +22,7 @@
 //! * [`normalize`]: raw `:path` to the one unambiguous form rules are matched against.
 //! * [`identity`]: SPIFFE ID syntax and the facts read from a forwarded peer certificate.
 //! * [`server`]: the tonic ext_authz and gRPC health services, listeners and graceful shutdown.
+//! * [`decision_log`]: the JSON decision-log record shared by the writer and `replay`.
 //! * [`cli`]: the `wardgate` command line (serve, validate, check).
 #![forbid(unsafe_code)]
 #![deny(
@@ -34,6 +35,7 @@
 #![warn(missing_docs)]
 
 pub mod cli;
+pub mod decision_log;
 pub mod identity;
 pub mod normalize;
 pub mod policy;

@@ -45,6 +45,11 @@ pub enum PathError {
     /// A raw byte outside ASCII (it must arrive percent-encoded).
     #[error("path contains a raw non-ASCII character")]
     NonAscii,
+    /// A raw `;`: servlet containers and some frameworks treat `;…` as path parameters and
+    /// strip them, so `/admin;x/secret` could reach `/admin/secret` past a deny rule.
+    /// (An encoded `%3B` is data and stays encoded.)
+    #[error("path contains `;` (path parameters are ambiguous across upstream servers)")]
+    PathParameter,
     /// A `..` segment that would climb above the root.
     #[error("path climbs above the root with `..`")]
     AboveRoot,
@@ -215,7 +220,7 @@ fn is_canonical(path: &str) -> bool {
                     return false;
                 }
                 i += 3;
-            } else if is_raw_pchar(b) {
+            } else if is_raw_pchar(b) && b != b';' {
                 i += 1;
             } else {
                 return false;
@@ -272,6 +277,7 @@ fn push_segment(out: &mut String, segment: &[u8]) -> Result<(), PathError> {
                 i += 3;
             }
             b'\\' => return Err(PathError::Backslash),
+            b';' => return Err(PathError::PathParameter),
             b if is_control(b) => return Err(PathError::ControlCharacter),
             b if !b.is_ascii() => return Err(PathError::NonAscii),
             b if is_raw_pchar(b) => {
@@ -427,6 +433,8 @@ mod tests {
     #[test]
     fn raw_non_ascii_is_rejected() {
         assert_eq!(err("/caf\u{e9}"), PathError::NonAscii);
+        assert_eq!(err("/admin;x/secret"), PathError::PathParameter);
+        assert_eq!(ok("/a%3bb"), "/a%3Bb");
         assert_eq!(err("/\u{ff0f}admin"), PathError::NonAscii);
     }
 
@@ -471,8 +479,10 @@ mod tests {
 
     #[test]
     fn sub_delims_colon_and_at_stay_raw() {
-        let raw = "/a!$&'()*+,;=:@b";
+        // Every sub-delim but `;`, which is refused as an ambiguous path parameter.
+        let raw = "/a!$&'()*+,=:@b";
         assert!(matches!(path(raw), Ok(Cow::Borrowed(p)) if p == raw));
+        assert_eq!(path("/a;b"), Err(PathError::PathParameter));
     }
 
     #[test]

@@ -119,7 +119,10 @@ pub struct ServerConfig {
     pub destination_principal: Option<String>,
     /// Permission bits of the Unix socket file. Default `0o660`: Envoy connects as the same user
     /// or as a member of the socket's group (the usual shared-group arrangement in one pod);
-    /// nobody else may ask for decisions or probe the policy.
+    /// nobody else may ask for decisions or probe the policy. The bits are set right after
+    /// `bind`, which creates the file under the process umask; keep the socket in a directory
+    /// only wardgate and Envoy can enter (a shared `emptyDir` in Kubernetes) to close that
+    /// window.
     pub unix_socket_mode: u32,
     /// After the shutdown signal, how long to wait for in-flight Checks and open connections to
     /// finish before giving up on them.
@@ -365,9 +368,9 @@ fn render(
                 ok.add_header(BREAK_GLASS_HEADER, "true", overwrite, false);
                 set_by_us[1] = Some(BREAK_GLASS_HEADER);
             }
-            // Every client-sent header in our namespace goes, except those we overwrite above
-            // (listing those too could remove our own value, depending on the order in which
-            // Envoy applies removals and additions).
+            // Every client-sent header in our namespace goes, except those we overwrite above:
+            // Envoy applies `headers_to_remove` after `headers` (verified with Envoy 1.40 in
+            // tests/envoy_e2e.rs), so listing ours as well would remove our own value.
             let mut forged: Vec<&String> = client_headers
                 .into_iter()
                 .flat_map(HashMap::keys)
@@ -959,5 +962,188 @@ rules:
         assert!(is_wardgate_header("X-Wardgate-Rule"));
         assert!(!is_wardgate_header("x-wardgate"));
         assert!(!is_wardgate_header("x-ward"));
+    }
+
+    mod listener {
+        use super::*;
+        use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+        use tonic::transport::{Channel, Endpoint, Uri};
+        use tonic_health::pb::health_check_response::ServingStatus as Status;
+        use tonic_health::pb::health_client::HealthClient;
+        use tonic_health::pb::HealthCheckRequest;
+
+        async fn unix_channel(path: &Path) -> Channel {
+            let path = path.to_owned();
+            Endpoint::try_from("http://wardgate.invalid")
+                .unwrap()
+                .connect_with_connector(tower::service_fn(move |_: Uri| {
+                    let path = path.clone();
+                    async move {
+                        let stream = tokio::net::UnixStream::connect(path).await?;
+                        Ok::<_, io::Error>(hyper_util::rt::TokioIo::new(stream))
+                    }
+                }))
+                .await
+                .unwrap()
+        }
+
+        async fn health(channel: Channel, service: &str) -> Status {
+            let response = HealthClient::new(channel)
+                .check(HealthCheckRequest {
+                    service: service.to_owned(),
+                })
+                .await
+                .unwrap();
+            Status::try_from(response.get_ref().status).unwrap()
+        }
+
+        fn fast_config() -> ServerConfig {
+            ServerConfig {
+                health_poll_interval: Duration::from_millis(10),
+                drain_timeout: Duration::from_secs(5),
+                ..ServerConfig::default()
+            }
+        }
+
+        #[tokio::test]
+        async fn unix_socket_lifecycle() {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("wardgate.sock");
+            // A stale socket left by a crashed server is replaced.
+            drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+            assert!(path.exists());
+
+            let handle: PolicyHandle = Arc::new(ArcSwapOption::empty());
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let server = tokio::spawn(run(
+                ListenAddr::Unix(path.clone()),
+                Arc::clone(&handle),
+                fast_config(),
+                async move {
+                    let _ = stopped.await;
+                },
+            ));
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while std::os::unix::net::UnixStream::connect(&path).is_err() {
+                assert!(Instant::now() < deadline, "server did not come up");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o660);
+
+            // A second server must not steal a live socket.
+            let second = run(
+                ListenAddr::Unix(path.clone()),
+                Arc::new(ArcSwapOption::empty()),
+                fast_config(),
+                std::future::ready(()),
+            )
+            .await;
+            assert!(
+                matches!(second, Err(ServerError::SocketInUse { .. })),
+                "{second:?}"
+            );
+
+            // No policy: NOT_SERVING, and Checks are denied with no_policy.
+            let channel = unix_channel(&path).await;
+            assert_eq!(health(channel.clone(), "").await, Status::NotServing);
+            let authz = "envoy.service.auth.v3.Authorization";
+            assert_eq!(health(channel.clone(), authz).await, Status::NotServing);
+            let mut client = AuthorizationClient::new(channel.clone());
+            let request = check(EHR, LAB, "GET", "/results/1");
+            let response = client.check(request.clone()).await.unwrap().into_inner();
+            assert_eq!(denied_response(&response).body, r#"{"reason":"no_policy"}"#);
+
+            // A policy arrives: SERVING, and the same Check is allowed.
+            handle.store(Some(Arc::new(
+                Policy::from_yaml_str("t.yaml", POLICY).unwrap(),
+            )));
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while health(channel.clone(), authz).await != Status::Serving {
+                assert!(
+                    Instant::now() < deadline,
+                    "health did not follow the policy"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            assert_eq!(health(channel.clone(), "").await, Status::Serving);
+            let response = client.check(request).await.unwrap().into_inner();
+            assert_eq!(status_code(&response), 0);
+            drop(client);
+            drop(channel);
+
+            // Shutdown: run returns and the socket file is gone.
+            stop.send(()).unwrap();
+            let result = tokio::time::timeout(Duration::from_secs(10), server)
+                .await
+                .expect("server did not stop")
+                .unwrap();
+            assert!(result.is_ok(), "{result:?}");
+            assert!(!path.exists());
+        }
+
+        #[tokio::test]
+        async fn never_removes_what_is_not_a_socket() {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("important.txt");
+            std::fs::write(&path, "keep me").unwrap();
+            let result = run(
+                ListenAddr::Unix(path.clone()),
+                Arc::new(ArcSwapOption::empty()),
+                fast_config(),
+                std::future::ready(()),
+            )
+            .await;
+            assert!(
+                matches!(result, Err(ServerError::NotASocket { .. })),
+                "{result:?}"
+            );
+            assert_eq!(std::fs::read_to_string(&path).unwrap(), "keep me");
+        }
+
+        #[tokio::test]
+        async fn tcp_listener_serves_checks() {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let addr = SocketAddr::from(([127, 0, 0, 1], port));
+            let handle: PolicyHandle = Arc::new(ArcSwapOption::from_pointee(
+                Policy::from_yaml_str("t.yaml", POLICY).unwrap(),
+            ));
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let server = tokio::spawn(run(
+                ListenAddr::Tcp(addr),
+                handle,
+                fast_config(),
+                async move {
+                    let _ = stopped.await;
+                },
+            ));
+            let endpoint = Endpoint::try_from(format!("http://{addr}")).unwrap();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let channel = loop {
+                match endpoint.connect().await {
+                    Ok(channel) => break channel,
+                    Err(_) => {
+                        assert!(Instant::now() < deadline, "server did not come up");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+            };
+            let response = AuthorizationClient::new(channel)
+                .check(check(VENDOR, LAB, "GET", "/results/1"))
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(denied_response(&response).body, r#"{"reason":"rule"}"#);
+            stop.send(()).unwrap();
+            let result = tokio::time::timeout(Duration::from_secs(10), server)
+                .await
+                .expect("server did not stop")
+                .unwrap();
+            assert!(result.is_ok(), "{result:?}");
+        }
     }
 }

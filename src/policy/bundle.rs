@@ -127,7 +127,7 @@ pub(crate) fn parse(name: &str, text: &str, errors: &mut Diagnostics) -> Option<
             bundle: RawBundle::default(),
         });
     }
-    match serde_saphyr::from_str::<RawBundle>(text) {
+    match serde_saphyr::from_str_with_options::<RawBundle>(text, parse_options()) {
         Ok(bundle) => Some(SourceFile {
             name: name.to_string(),
             bundle,
@@ -141,6 +141,18 @@ pub(crate) fn parse(name: &str, text: &str, errors: &mut Diagnostics) -> Option<
             None
         }
     }
+}
+
+/// Parser limits. serde-saphyr's defaults (250,000 nodes) stop near 20,000 rules; wardgate
+/// bundles may hold 100,000+, so the node and event budgets scale with the file-size limit while
+/// depth, alias and anchor limits keep their defensive defaults.
+fn parse_options() -> serde_saphyr::Options {
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_nodes = 32_000_000;
+    budget.max_events = 64_000_000;
+    let mut options = serde_saphyr::Options::default();
+    options.budget = Some(budget);
+    options
 }
 
 /// serde-saphyr's message without its source snippet and without a repeated position.

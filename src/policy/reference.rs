@@ -26,6 +26,7 @@ pub(crate) fn parse_files(sources: &[(String, String)]) -> Vec<SourceFile> {
     files
 }
 
+#[allow(clippy::manual_ignore_case_cmp)] // reason: the reference spells comparisons out literally
 pub(crate) fn decide(files: &[SourceFile], req: &Request<'_>) -> RefDecision {
     let deny = |r| (Verdict::Deny, r, None);
     let tds: Vec<&str> = files

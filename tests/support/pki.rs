@@ -11,30 +11,49 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rcgen::string::Ia5String;
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 use super::BoxError;
 
 /// Trust domains whose CAs are in the trust bundle Envoy validates callers against.
-pub const TRUSTED_DOMAINS: [&str; 3] = ["hospital.example", "partner-lab.example", "medtech.example"];
+pub const TRUSTED_DOMAINS: [&str; 3] =
+    ["hospital.example", "partner-lab.example", "medtech.example"];
 
 /// The example bundle's workloads: short name and SPIFFE ID. Each gets an SVID from its trust
 /// domain's CA.
 pub const WORKLOADS: &[(&str, &str)] = &[
     ("ehr", "spiffe://hospital.example/ns/clinical/sa/ehr"),
     ("lab", "spiffe://hospital.example/ns/clinical/sa/lab"),
-    ("imaging", "spiffe://hospital.example/ns/clinical/sa/imaging"),
-    ("pharmacy", "spiffe://hospital.example/ns/clinical/sa/pharmacy"),
+    (
+        "imaging",
+        "spiffe://hospital.example/ns/clinical/sa/imaging",
+    ),
+    (
+        "pharmacy",
+        "spiffe://hospital.example/ns/clinical/sa/pharmacy",
+    ),
     ("billing", "spiffe://hospital.example/ns/admin/sa/billing"),
-    ("scheduling", "spiffe://hospital.example/ns/admin/sa/scheduling"),
+    (
+        "scheduling",
+        "spiffe://hospital.example/ns/admin/sa/scheduling",
+    ),
     ("hr", "spiffe://hospital.example/ns/admin/sa/hr"),
-    ("interface-engine", "spiffe://hospital.example/ns/admin/sa/interface-engine"),
-    ("device-gateway", "spiffe://hospital.example/ns/admin/sa/device-gateway"),
+    (
+        "interface-engine",
+        "spiffe://hospital.example/ns/admin/sa/interface-engine",
+    ),
+    (
+        "device-gateway",
+        "spiffe://hospital.example/ns/admin/sa/device-gateway",
+    ),
     ("reflab", "spiffe://partner-lab.example/ns/vendor/sa/reflab"),
-    ("remote-support", "spiffe://medtech.example/ns/support/sa/remote-support"),
+    (
+        "remote-support",
+        "spiffe://medtech.example/ns/support/sa/remote-support",
+    ),
 ];
 
 /// Trust domains whose workloads get short-lived SVIDs (the bundle's vendor segment caps SVID
@@ -54,7 +73,9 @@ pub struct Ca {
 
 impl std::fmt::Debug for Ca {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Ca").field("name", &self.name).finish_non_exhaustive()
+        f.debug_struct("Ca")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
     }
 }
 
@@ -123,10 +144,13 @@ impl Ca {
         params.subject_alt_names = vec![SanType::URI(Ia5String::try_from(format!(
             "spiffe://{trust_domain}"
         ))?)];
-        set_validity(&mut params, Lifetime {
-            started_ago: Duration::from_secs(2 * 3600),
-            remaining: Duration::from_secs(7 * 24 * 3600),
-        });
+        set_validity(
+            &mut params,
+            Lifetime {
+                started_ago: Duration::from_secs(2 * 3600),
+                remaining: Duration::from_secs(7 * 24 * 3600),
+            },
+        );
         let key = KeyPair::generate()?;
         let cert = params.self_signed(&key)?;
         Ok(Ca {
@@ -252,7 +276,12 @@ impl Pki {
             };
             pki.issue(domain, name, id, lifetime)?;
         }
-        pki.issue("rogue", "rogue-ehr", "spiffe://hospital.example/ns/clinical/sa/ehr", Lifetime::DAY)?;
+        pki.issue(
+            "rogue",
+            "rogue-ehr",
+            "spiffe://hospital.example/ns/clinical/sa/ehr",
+            Lifetime::DAY,
+        )?;
         pki.issue(
             "partner-lab.example",
             "reflab-long-lived",

@@ -1,0 +1,52 @@
+//! Bundle and request generators shared by the benches.
+//!
+//! Bundles have realistic shapes: three segments (clinical, administrative, vendor), a few
+//! segment-wide deny boundaries first, then N workload-to-workload allow rules, each naming one
+//! source service account, one destination service account, methods and path patterns.
+#![allow(dead_code)] // reason: each bench binary uses a different part of this module
+
+/// A generated bundle's YAML text.
+pub fn bundle(rules: usize) -> String {
+    let mut y = String::with_capacity(rules * 220);
+    y.push_str("version: 1\nrevision: 1\ntrust_domains: [hospital.example, partner-lab.example]\n");
+    y.push_str("segments:\n");
+    y.push_str("  clinical:\n    members: [\"spiffe://hospital.example/ns/clinical/**\"]\n");
+    y.push_str("  administrative:\n    members: [\"spiffe://hospital.example/ns/admin/**\"]\n");
+    y.push_str("  vendor:\n    members: [\"spiffe://partner-lab.example/**\"]\n");
+    y.push_str("rules:\n");
+    y.push_str("  - name: vendor-never-clinical\n    action: deny\n    from: [vendor]\n    to: [clinical]\n");
+    y.push_str("  - name: no-admin-consoles\n    action: deny\n    from: [clinical, administrative, vendor]\n    paths: [\"/admin\", \"/admin/**\"]\n");
+    for i in 0..rules.saturating_sub(2) {
+        let (src, dst) = pair(i);
+        y.push_str(&format!(
+            "  - name: r{i}\n    from: [\"{src}\"]\n    to: [\"{dst}\"]\n    methods: [GET, POST]\n    paths: [\"/api/v1/res-{}/**\", \"/api/v1/res-{}\"]\n",
+            i % 50,
+            i % 50
+        ));
+    }
+    y
+}
+
+/// Source and destination SPIFFE IDs of generated rule `i`.
+pub fn pair(i: usize) -> (String, String) {
+    let ns = ["clinical", "admin"];
+    let src = format!("spiffe://hospital.example/ns/{}/sa/svc-{}", ns[i % 2], i);
+    let dst = format!(
+        "spiffe://hospital.example/ns/{}/sa/svc-{}",
+        ns[(i / 2) % 2],
+        i + 1
+    );
+    (src, dst)
+}
+
+/// A request that rule `i` allows: (source, destination, method, path).
+pub fn hit(i: usize) -> (String, String, &'static str, String) {
+    let (s, d) = pair(i);
+    (s, d, "GET", format!("/api/v1/res-{}/items/42", i % 50))
+}
+
+/// A request no rule allows (a real workload pair, a path none of its rules lists).
+pub fn miss(i: usize) -> (String, String, &'static str, String) {
+    let (s, d) = pair(i);
+    (s, d, "GET", "/api/v2/other/1".to_string())
+}

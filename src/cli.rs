@@ -9,11 +9,13 @@ use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
 use crate::identity;
 use crate::policy::{CertificateFacts, PeerCertificate, Policy, Request, Trace};
+use crate::reload::{BundleSource, NoObserver, ReloadConfig, ReloadObserver, Reloader};
 use crate::server::{self, ListenAddr, ServerConfig};
 
 /// The example bundle compiled into the binary; `serve` uses it when no `--bundle` is given.
@@ -48,9 +50,10 @@ enum Command {
 
 #[derive(Debug, Args)]
 struct ServeArgs {
-    /// Bundle file or directory (default: the example bundle embedded in the binary).
+    /// Bundle file, directory or http(s):// URL (default: the example bundle embedded in the
+    /// binary, never reloaded).
     #[arg(long, value_name = "SOURCE")]
-    bundle: Option<PathBuf>,
+    bundle: Option<BundleSource>,
     /// gRPC listen address: `unix:/path/to.sock` or `host:port`.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9191")]
     listen: ListenAddr,
@@ -60,6 +63,41 @@ struct ServeArgs {
     /// Log format for operational logs.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// How often to re-read the bundle (file digest poll; HTTP poll, jittered ±20%).
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    poll_interval: Duration,
+    /// Minisign public key (a `.pub` file) bundles must be signed with; repeatable. With none,
+    /// signatures are not checked.
+    #[arg(long = "trusted-key", value_name = "FILE")]
+    trusted_keys: Vec<PathBuf>,
+    /// Accept a bundle whose revision equals the one in force but whose content differs
+    /// (a lower revision is never accepted).
+    #[arg(long)]
+    allow_equal_revision: bool,
+    /// Keep the last good bundle here, and start from it when the source is unavailable.
+    #[arg(long, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Largest bundle accepted, in bytes (all files of a directory together, or the HTTP body).
+    #[arg(long, value_name = "BYTES", default_value_t = 16 * 1024 * 1024)]
+    max_bundle_bytes: u64,
+    /// Timeout of each HTTP request for the bundle.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    http_timeout: Duration,
+    /// Admin HTTP listener (/metrics, /healthz, /readyz, /v1/bundle, /v1/rules):
+    /// `host:port`, `unix:/path/to.sock` or `off`.
+    #[arg(long, value_name = "ADDR", default_value = crate::admin::DEFAULT_ADMIN_ADDR)]
+    admin: crate::admin::AdminAddr,
+    /// Decision log, one JSON object per line: `stdout`, `off`, or a file to append to.
+    #[arg(long, value_name = "stdout|off|FILE", default_value = "stdout")]
+    decision_log: crate::telemetry::DecisionLogTarget,
+    /// Decision-log queue capacity; entries beyond it are dropped and counted, never waited for.
+    #[arg(long, value_name = "N", default_value_t = 8192,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    decision_log_queue: u32,
+    /// Fraction of allow decisions written to the decision log (0 to 1); denials always are.
+    #[arg(long, value_name = "F", default_value_t = 1.0,
+          value_parser = crate::telemetry::parse_sample_rate)]
+    decision_log_sample_allows: f64,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -100,6 +138,13 @@ struct CheckArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d: jiff::SignedDuration = s
+        .parse()
+        .map_err(|e| format!("`{s}` is not a duration such as 500ms, 5s or 1m: {e}"))?;
+    Duration::try_from(d).map_err(|_| format!("`{s}` must not be negative"))
 }
 
 fn parse_header(s: &str) -> Result<(String, String), String> {
@@ -226,41 +271,12 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     }
-    let (policy, source) = match &args.bundle {
-        None => {
-            tracing::info!(
-                listen = %args.listen,
-                "no --bundle given: serving the example bundle embedded in the binary (deploy/bundles/hospital.yaml)"
-            );
-            (
-                Policy::from_yaml_str(EMBEDDED_BUNDLE_NAME, EMBEDDED_BUNDLE),
-                EMBEDDED_BUNDLE_NAME.to_string(),
-            )
+    let reload = match reload_config(&args) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::from(2);
         }
-        Some(path) => (Policy::from_path(path), path.display().to_string()),
-    };
-    let handle: server::PolicyHandle = Arc::new(arc_swap::ArcSwapOption::empty());
-    match policy {
-        Ok(p) => {
-            tracing::info!(
-                source = %source,
-                revision = p.revision(),
-                digest = p.digest(),
-                rules = p.rule_count(),
-                "bundle loaded"
-            );
-            handle.store(Some(Arc::new(p)));
-        }
-        Err(errors) => {
-            for d in errors.iter() {
-                tracing::error!("bundle refused: {d}");
-            }
-            tracing::error!(source = %source, "no valid bundle: every check is denied with no_policy");
-        }
-    }
-    let config = ServerConfig {
-        destination_principal: args.destination_principal,
-        ..ServerConfig::default()
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -272,14 +288,129 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let result = runtime.block_on(server::run(args.listen, handle, config, shutdown_signal()));
+    runtime.block_on(run_serve(args, reload))
+}
+
+/// The reload settings from the flags; `None` for the embedded bundle.
+fn reload_config(args: &ServeArgs) -> Result<Option<ReloadConfig>, String> {
+    let Some(source) = &args.bundle else {
+        return Ok(None);
+    };
+    let mut cfg = ReloadConfig::new(source.clone());
+    cfg.poll_interval = args.poll_interval.max(Duration::from_millis(50));
+    cfg.allow_equal_revision = args.allow_equal_revision;
+    cfg.cache_dir = args.cache_dir.clone();
+    cfg.max_bytes = args.max_bundle_bytes;
+    cfg.http_timeout = args.http_timeout;
+    for key in &args.trusted_keys {
+        let text = std::fs::read_to_string(key)
+            .map_err(|e| format!("--trusted-key {}: {e}", key.display()))?;
+        cfg.trusted_keys
+            .add(&text)
+            .map_err(|e| format!("--trusted-key {}: {e}", key.display()))?;
+    }
+    Ok(Some(cfg))
+}
+
+/// Waits until the shared stop flag is raised.
+async fn stopped(mut stop: tokio::sync::watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+async fn run_serve(args: ServeArgs, reload: Option<ReloadConfig>) -> ExitCode {
+    let handle: server::PolicyHandle = Arc::new(arc_swap::ArcSwapOption::empty());
+    // One shutdown signal, fanned out to every task; each finishes its work before exiting.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut tasks = Vec::new();
+    // Metrics and the decision log; the admin listener is up (not ready) before the first load.
+    let telemetry = match crate::telemetry::Telemetry::from_flags(
+        &args.decision_log,
+        args.decision_log_queue as usize,
+        args.decision_log_sample_allows,
+    ) {
+        Ok(telemetry) => telemetry,
+        Err(e) => {
+            tracing::error!("--decision-log {}: {e}", args.decision_log);
+            return ExitCode::from(2);
+        }
+    };
+    match crate::admin::start(&args.admin, &telemetry, &handle, stopped(stop_rx.clone())).await {
+        Ok(admin) => tasks.extend(admin),
+        Err(e) => {
+            tracing::error!("--admin {}: {e}", args.admin);
+            return ExitCode::from(2);
+        }
+    }
+    let observer: Arc<dyn ReloadObserver> = telemetry.clone();
+    match reload {
+        None => {
+            tracing::info!(
+                listen = %args.listen,
+                "no --bundle given: serving the example bundle embedded in the binary (deploy/bundles/hospital.yaml)"
+            );
+            match Policy::from_yaml_str(EMBEDDED_BUNDLE_NAME, EMBEDDED_BUNDLE) {
+                Ok(p) => {
+                    tracing::info!(
+                        source = EMBEDDED_BUNDLE_NAME,
+                        revision = p.revision(),
+                        digest = p.digest(),
+                        rules = p.rule_count(),
+                        "bundle swapped in"
+                    );
+                    observer.swapped(&p, EMBEDDED_BUNDLE_NAME, Duration::ZERO);
+                    handle.store(Some(Arc::new(p)));
+                }
+                Err(errors) => tracing::error!("embedded bundle refused: {errors}"),
+            }
+        }
+        Some(cfg) => {
+            let source = cfg.source.to_string();
+            tracing::info!(source = %source, listen = %args.listen, "loading bundle");
+            let mut reloader =
+                Reloader::new(cfg, Arc::clone(&handle), Arc::clone(&observer), "bundle");
+            reloader.initial_load().await;
+            if handle.load().is_none() {
+                tracing::error!(source = %source, "no valid bundle: every check is denied with no_policy until one loads");
+            }
+            tasks.push(tokio::spawn(reloader.run(stopped(stop_rx.clone()))));
+        }
+    }
+    let config = ServerConfig {
+        destination_principal: args.destination_principal,
+        telemetry: Some(Arc::clone(&telemetry)),
+        ..ServerConfig::default()
+    };
+    let mut server = tokio::spawn(server::run(
+        args.listen,
+        handle,
+        config,
+        stopped(stop_rx.clone()),
+    ));
+    let result = tokio::select! {
+        r = &mut server => r,
+        _ = shutdown_signal() => {
+            let _ = stop_tx.send(true);
+            server.await
+        }
+    };
+    let _ = stop_tx.send(true);
+    for t in tasks {
+        let _ = t.await;
+    }
+    telemetry
+        .close_decision_log(crate::telemetry::DECISION_LOG_FLUSH_TIMEOUT)
+        .await;
     match result {
-        Ok(()) => {
+        Ok(Ok(())) => {
             tracing::info!("shut down cleanly");
             ExitCode::SUCCESS
         }
-        Err(e) => {
+        Ok(Err(e)) => {
             tracing::error!("server failed: {e}");
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            tracing::error!("server task failed: {e}");
             ExitCode::from(1)
         }
     }

@@ -21,6 +21,7 @@
 //! * [`policy`]: bundle model, validation, compilation and `decide`. Pure: no async, no I/O.
 //! * [`normalize`]: raw `:path` to the one unambiguous form rules are matched against.
 //! * [`identity`]: SPIFFE ID syntax and the facts read from a forwarded peer certificate.
+//! * [`reload`]: bundle sources (file, directory, HTTP), signatures, hot swap, last known good.
 //! * [`server`]: the tonic ext_authz and gRPC health services, listeners and graceful shutdown.
 //! * [`decision_log`]: the JSON decision-log record shared by the writer and `replay`.
 //! * [`cli`]: the `wardgate` command line (serve, validate, check).
@@ -39,4 +40,5 @@ pub mod decision_log;
 pub mod identity;
 pub mod normalize;
 pub mod policy;
+pub mod reload;
 pub mod server;

@@ -22,6 +22,7 @@
 //! * [`normalize`]: raw `:path` to the one unambiguous form rules are matched against.
 //! * [`identity`]: SPIFFE ID syntax and the facts read from a forwarded peer certificate.
 //! * [`reload`]: bundle sources (file, directory, HTTP), signatures, hot swap, last known good.
+//! * [`trust`]: per-trust-domain CA bundles and verification of forwarded leaf certificates.
 //! * [`server`]: the tonic ext_authz and gRPC health services, listeners and graceful shutdown.
 //! * [`decision_log`]: the JSON decision-log record shared by the writer and `replay`.
 //! * [`cli`]: the `wardgate` command line (serve, validate, check).
@@ -42,3 +43,4 @@ pub mod normalize;
 pub mod policy;
 pub mod reload;
 pub mod server;
+pub mod trust;

@@ -25,7 +25,10 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
 }
 
 /// Decide on another thread for `secs`, returning sorted latencies in ns.
-fn decide_loop(handle: Arc<ArcSwapOption<wardgate::policy::Policy>>, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Vec<u64>> {
+fn decide_loop(
+    handle: Arc<ArcSwapOption<wardgate::policy::Policy>>,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<Vec<u64>> {
     std::thread::spawn(move || {
         let (src, dst, method, path) = support::hit(7);
         let mut req = Request::new(method, &path);
@@ -38,7 +41,11 @@ fn decide_loop(handle: Arc<ArcSwapOption<wardgate::policy::Policy>>, stop: Arc<A
             let allowed = guard.as_ref().map(|p| p.decide(&req).is_allow());
             drop(guard);
             lat.push(t.elapsed().as_nanos() as u64);
-            assert_eq!(allowed, Some(true), "every decision during swaps is the right one");
+            assert_eq!(
+                allowed,
+                Some(true),
+                "every decision during swaps is the right one"
+            );
         }
         lat.sort_unstable();
         lat
@@ -54,7 +61,11 @@ fn main() {
     let base = support::bundle(rules);
     std::fs::write(&file, base.replacen("revision: 1", "revision: 1", 1)).expect("write");
 
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
     let handle: Arc<ArcSwapOption<wardgate::policy::Policy>> = Arc::new(ArcSwapOption::empty());
     let mut reloader = Reloader::new(
         ReloadConfig::new(BundleSource::Path(file.clone())),
@@ -77,7 +88,11 @@ fn main() {
     let worker = decide_loop(Arc::clone(&handle), Arc::clone(&stop));
     let mut reload_ms = Vec::new();
     for round in 0..rounds {
-        std::fs::write(&file, base.replacen("revision: 1\n", &format!("revision: {}\n", round + 2), 1)).expect("write");
+        std::fs::write(
+            &file,
+            base.replacen("revision: 1\n", &format!("revision: {}\n", round + 2), 1),
+        )
+        .expect("write");
         let t = Instant::now();
         let outcome = rt.block_on(reloader.reload(false));
         reload_ms.push(t.elapsed().as_secs_f64() * 1e3);
@@ -88,7 +103,11 @@ fn main() {
     reload_ms.sort_by(f64::total_cmp);
 
     println!("reload of a {rules}-rule bundle (read + parse + validate + compile + swap), {rounds} rounds:");
-    println!("  median {:.1} ms, max {:.1} ms", reload_ms[reload_ms.len() / 2], reload_ms[reload_ms.len() - 1]);
+    println!(
+        "  median {:.1} ms, max {:.1} ms",
+        reload_ms[reload_ms.len() / 2],
+        reload_ms[reload_ms.len() - 1]
+    );
     println!("decide on another thread (ns):        p50    p99  p99.9    max   decisions");
     for (name, lat) in [("  without swaps", &quiet), ("  during swaps ", &busy)] {
         println!(

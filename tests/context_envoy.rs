@@ -1,0 +1,264 @@
+//! Request-time context through the real Envoy: short-lived vendor credentials
+//! (`max_svid_lifetime`), purpose-of-use headers, break-glass, and a forwarded certificate whose
+//! URI SAN differs from the principal (sent as a direct gRPC Check, since Envoy itself always
+//! reports the SAN of the certificate it verified).
+//!
+//! Needs Envoy (see tests/envoy_e2e.rs): skipped loudly without it, except under `CI=true`.
+
+mod support;
+
+use std::collections::HashMap;
+
+use envoy_types::ext_authz::v3::pb::{CheckRequest, HttpResponse};
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
+    HttpRequest, Peer, Request as AttrRequest,
+};
+use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
+use support::client::{Protocol, RawRequest, Reply};
+use support::{Sidecar, SidecarOptions};
+
+async fn send(sidecar: &Sidecar, caller: &str, req: RawRequest) -> Reply {
+    let client = sidecar
+        .client(Some(caller), Protocol::Http1)
+        .expect("client");
+    client.send(&req).await.expect("request completes")
+}
+
+fn reason(r: &Reply) -> Option<&str> {
+    r.header("x-wardgate-reason")
+}
+
+/// What the upstream saw of the last request that reached it.
+fn upstream_header(sidecar: &Sidecar, name: &str) -> Option<String> {
+    let last = sidecar.upstream.requests().last().cloned()?;
+    last["headers"][name][0].as_str().map(str::to_string)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vendor_certificate_lifetime_is_enforced() {
+    let Some(envoy) = support::process::require_envoy("vendor_certificate_lifetime_is_enforced")
+    else {
+        return;
+    };
+    let sidecar = Sidecar::start(&envoy, &SidecarOptions::shipped("interface-engine"))
+        .await
+        .expect("start");
+    let delivery = || RawRequest::new("POST", "/inbound/results");
+
+    // reflab's SVID is valid for 50 minutes: under the vendor segment's 1h cap.
+    let short = send(&sidecar, "reflab", delivery()).await;
+    assert_eq!(
+        short.status,
+        200,
+        "{:?}\n{}",
+        reason(&short),
+        sidecar.logs()
+    );
+    assert_eq!(
+        upstream_header(&sidecar, "x-wardgate-rule").as_deref(),
+        Some("reflab-delivers-results-to-interface-engine")
+    );
+
+    // The same identity with a certificate valid for a day.
+    let hits = sidecar.upstream.hits();
+    let long = send(&sidecar, "reflab-long-lived", delivery()).await;
+    assert_eq!(long.status, 403);
+    assert_eq!(reason(&long), Some("svid_lifetime"));
+    assert_eq!(
+        sidecar.upstream.hits(),
+        hits,
+        "a denied call never reaches the upstream"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purpose_of_use_and_break_glass() {
+    let Some(envoy) = support::process::require_envoy("purpose_of_use_and_break_glass") else {
+        return;
+    };
+    let sidecar = Sidecar::start(&envoy, &SidecarOptions::shipped("pharmacy"))
+        .await
+        .expect("start");
+    let prescribe = || RawRequest::new("POST", "/prescriptions");
+
+    for (value, status) in [
+        (Some("TREAT"), 200),
+        (Some("ETREAT"), 200),
+        (Some("treat"), 403),
+        (Some("HMARKT"), 403),
+        (None, 403),
+    ] {
+        let mut req = prescribe();
+        if let Some(v) = value {
+            req = req.header("x-purpose-of-use", v);
+        }
+        let reply = send(&sidecar, "ehr", req).await;
+        assert_eq!(
+            reply.status,
+            status,
+            "x-purpose-of-use: {value:?}: {:?}",
+            reason(&reply)
+        );
+        if status == 403 {
+            assert_eq!(reason(&reply), Some("default_deny"));
+        }
+    }
+
+    // Break-glass: a clinical caller with a reason gets through where no rule allows it.
+    let reply = send(
+        &sidecar,
+        "imaging",
+        RawRequest::new("GET", "/dispensing-log")
+            .header("x-break-glass-reason", "code blue, bed 4"),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{:?}", reason(&reply));
+    assert_eq!(
+        upstream_header(&sidecar, "x-wardgate-rule").as_deref(),
+        Some("clinical-emergency-override")
+    );
+    assert!(
+        upstream_header(&sidecar, "x-wardgate-break-glass").is_some(),
+        "the upstream is told the call came through break-glass"
+    );
+
+    // Without a reason, or with an empty one: denied.
+    let reply = send(
+        &sidecar,
+        "imaging",
+        RawRequest::new("GET", "/dispensing-log"),
+    )
+    .await;
+    assert_eq!((reply.status, reason(&reply)), (403, Some("default_deny")));
+    let reply = send(
+        &sidecar,
+        "imaging",
+        RawRequest::new("GET", "/dispensing-log").header("x-break-glass-reason", ""),
+    )
+    .await;
+    assert_eq!((reply.status, reason(&reply)), (403, Some("default_deny")));
+
+    // Never against a deny rule: a vendor with a reason, and the admin-console boundary.
+    let reply = send(
+        &sidecar,
+        "remote-support",
+        RawRequest::new("GET", "/dispensing-log").header("x-break-glass-reason", "code blue"),
+    )
+    .await;
+    assert_eq!((reply.status, reason(&reply)), (403, Some("rule")));
+    let reply = send(
+        &sidecar,
+        "imaging",
+        RawRequest::new("GET", "/admin").header("x-break-glass-reason", "code blue"),
+    )
+    .await;
+    assert_eq!((reply.status, reason(&reply)), (403, Some("rule")));
+}
+
+/// URL-encode like Envoy does for `attributes.source.certificate`.
+fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+fn check(principal: &str, cert_pem: &str, destination: &str) -> CheckRequest {
+    let mut headers = HashMap::new();
+    headers.insert(":authority".to_string(), "lab.clinical.svc".to_string());
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            source: Some(Peer {
+                principal: principal.to_string(),
+                certificate: url_encode(cert_pem),
+                ..Default::default()
+            }),
+            destination: Some(Peer {
+                principal: destination.to_string(),
+                ..Default::default()
+            }),
+            request: Some(AttrRequest {
+                http: Some(HttpRequest {
+                    method: "GET".into(),
+                    path: "/results/42".into(),
+                    host: "lab.clinical.svc".into(),
+                    headers,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_certificate_must_match_the_principal() {
+    let Some(envoy) =
+        support::process::require_envoy("forwarded_certificate_must_match_the_principal")
+    else {
+        return;
+    };
+    let sidecar = Sidecar::start(&envoy, &SidecarOptions::shipped("lab"))
+        .await
+        .expect("start");
+    let mut client = support::grpc::authorization(&sidecar.wardgate.socket)
+        .await
+        .expect("grpc");
+    let ehr = sidecar.pki.svid("ehr").expect("ehr").clone();
+    let imaging = sidecar.pki.svid("imaging").expect("imaging").clone();
+    let lab = sidecar.destination.spiffe_id.clone();
+
+    let status_and_reason =
+        |resp: envoy_types::ext_authz::v3::pb::CheckResponse| -> (i32, Option<String>) {
+            let code = resp.status.map(|s| s.code).unwrap_or(-1);
+            let reason = match resp.http_response {
+                Some(HttpResponse::DeniedResponse(d)) => d
+                    .headers
+                    .iter()
+                    .filter_map(|h| h.header.as_ref())
+                    .find(|h| h.key == "x-wardgate-reason")
+                    .map(|h| h.value.clone()),
+                _ => None,
+            };
+            (code, reason)
+        };
+
+    // The principal's own certificate: allowed (rule ehr-reads-lab-results).
+    let ok = client
+        .check(check(&ehr.spiffe_id, &ehr.cert_pem, &lab))
+        .await
+        .expect("check")
+        .into_inner();
+    assert_eq!(status_and_reason(ok), (0, None));
+
+    // ehr's principal with imaging's certificate: the SAN differs.
+    let forged = client
+        .check(check(&ehr.spiffe_id, &imaging.cert_pem, &lab))
+        .await
+        .expect("check")
+        .into_inner();
+    let (code, reason) = status_and_reason(forged);
+    assert_ne!(code, 0);
+    assert_eq!(reason.as_deref(), Some("bad_certificate"));
+
+    // A certificate that is not one.
+    let garbage = client
+        .check(check(
+            &ehr.spiffe_id,
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+            &lab,
+        ))
+        .await
+        .expect("check")
+        .into_inner();
+    assert_eq!(
+        status_and_reason(garbage).1.as_deref(),
+        Some("bad_certificate")
+    );
+}

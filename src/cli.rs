@@ -98,6 +98,138 @@ struct ServeArgs {
     #[arg(long, value_name = "F", default_value_t = 1.0,
           value_parser = crate::telemetry::parse_sample_rate)]
     decision_log_sample_allows: f64,
+    /// Serve gRPC over mutual TLS on the `host:port` of --listen: present wardgate's own SVID
+    /// and admit only callers whose SVID verifies against their trust domain's bundle and whose
+    /// SPIFFE ID matches an --allow-caller pattern.
+    #[arg(long)]
+    tls: bool,
+    /// Where wardgate's own SVID and the trust bundles come from. Default with --tls: `files`
+    /// when --svid-cert is given, else `workload-api`; without --tls: `files` when
+    /// --trust-bundle is given (bundles only), else none.
+    #[arg(long, value_enum, value_name = "workload-api|files")]
+    svid_source: Option<SvidSourceKind>,
+    /// SPIFFE Workload API endpoint, `unix:///path/to/agent.sock` or `tcp://IP:PORT`
+    /// (default: $SPIFFE_ENDPOINT_SOCKET).
+    #[arg(long, value_name = "URI")]
+    spiffe_endpoint_socket: Option<String>,
+    /// wardgate's SVID certificate chain, PEM, leaf first (files; spiffe-helper's `svid.pem`).
+    #[arg(long, value_name = "FILE")]
+    svid_cert: Option<PathBuf>,
+    /// The SVID's private key, PEM (files; spiffe-helper's `svid_key.pem`).
+    #[arg(long, value_name = "FILE")]
+    svid_key: Option<PathBuf>,
+    /// CA bundle (PEM) of a trust domain, e.g. `hospital.example=/run/spiffe/svid_bundle.pem`
+    /// (files); repeatable.
+    #[arg(long = "trust-bundle", value_name = "TD=PEMFILE", value_parser = parse_trust_bundle)]
+    trust_bundles: Vec<(String, PathBuf)>,
+    /// SPIFFE ID pattern of a caller the mTLS listener admits (bundle pattern syntax, e.g.
+    /// `spiffe://hospital.example/ns/*/sa/envoy`); repeatable, at least one with --tls.
+    #[arg(long = "allow-caller", value_name = "PATTERN")]
+    allow_callers: Vec<String>,
+}
+
+/// `--svid-source`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum SvidSourceKind {
+    /// The SPIFFE Workload API (SPIRE agent or compatible).
+    WorkloadApi,
+    /// PEM files on disk (spiffe-helper, cert-manager csi-driver-spiffe, a Secret).
+    Files,
+}
+
+fn parse_trust_bundle(s: &str) -> Result<(String, PathBuf), String> {
+    let (domain, file) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}` is not TRUST_DOMAIN=PEMFILE"))?;
+    spiffe::TrustDomain::new(domain)
+        .ok()
+        .filter(|td| td.as_str() == domain)
+        .ok_or_else(|| {
+            format!("`{domain}` is not a trust domain name (such as hospital.example)")
+        })?;
+    if file.is_empty() {
+        return Err(format!("`{s}` names no file"));
+    }
+    Ok((domain.to_owned(), PathBuf::from(file)))
+}
+
+/// wardgate's own identity as the flags configure it.
+struct OwnIdentity {
+    source: crate::svid::SourceConfig,
+    /// With --tls: where to listen, and who may call.
+    tls: Option<(std::net::SocketAddr, crate::tls::AllowList)>,
+}
+
+/// Check the identity and mTLS flags together; `None` when no identity source is configured.
+fn own_identity_config(args: &ServeArgs) -> Result<Option<OwnIdentity>, String> {
+    use crate::svid::{files, workload_api, SourceConfig};
+    let kind = match args.svid_source {
+        Some(kind) => Some(kind),
+        None if args.tls && args.svid_cert.is_some() => Some(SvidSourceKind::Files),
+        None if args.tls => Some(SvidSourceKind::WorkloadApi),
+        None if !args.trust_bundles.is_empty() || args.svid_cert.is_some() => {
+            Some(SvidSourceKind::Files)
+        }
+        None => None,
+    };
+    let tls = if args.tls {
+        let ListenAddr::Tcp(addr) = args.listen else {
+            return Err(format!(
+                "--tls needs a TCP --listen address (host:port), not {}",
+                args.listen
+            ));
+        };
+        Some((addr, crate::tls::AllowList::parse(&args.allow_callers)?))
+    } else {
+        if !args.allow_callers.is_empty() {
+            return Err("--allow-caller only applies with --tls".into());
+        }
+        None
+    };
+    let source = match kind {
+        None => return Ok(None),
+        Some(SvidSourceKind::WorkloadApi) => {
+            if args.svid_cert.is_some() || args.svid_key.is_some() || !args.trust_bundles.is_empty()
+            {
+                return Err(
+                    "--svid-cert, --svid-key and --trust-bundle are for --svid-source files; \
+                            with the Workload API the SVID and bundles come from the agent"
+                        .into(),
+                );
+            }
+            let endpoint = match &args.spiffe_endpoint_socket {
+                Some(endpoint) => endpoint.clone(),
+                None => std::env::var(workload_api::ENDPOINT_ENV).map_err(|_| {
+                    format!(
+                        "--svid-source workload-api needs --spiffe-endpoint-socket or ${}",
+                        workload_api::ENDPOINT_ENV
+                    )
+                })?,
+            };
+            let config = workload_api::Config::new(endpoint);
+            config.validate().map_err(|e| e.to_string())?;
+            SourceConfig::WorkloadApi(config)
+        }
+        Some(SvidSourceKind::Files) => {
+            let svid = match (&args.svid_cert, &args.svid_key) {
+                (Some(cert), Some(key)) => Some(files::SvidFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                }),
+                (None, None) if !args.tls => None,
+                _ => return Err("--svid-source files needs both --svid-cert and --svid-key".into()),
+            };
+            if args.tls && args.trust_bundles.is_empty() {
+                return Err(
+                    "--tls with --svid-source files needs at least one --trust-bundle TD=PEMFILE \
+                     to verify callers against"
+                        .into(),
+                );
+            }
+            SourceConfig::Files(files::Config::new(svid, args.trust_bundles.clone()))
+        }
+    };
+    Ok(Some(OwnIdentity { source, tls }))
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -278,6 +410,10 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Err(e) = own_identity_config(&args) {
+        tracing::error!("{e}");
+        return ExitCode::from(2);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -375,17 +511,62 @@ async fn run_serve(args: ServeArgs, reload: Option<ReloadConfig>) -> ExitCode {
             tasks.push(tokio::spawn(reloader.run(stopped(stop_rx.clone()))));
         }
     }
+    // The trust bundles shared by the mTLS listener and forwarded-chain verification, kept
+    // current by wardgate's identity source (src/svid) when one is configured.
+    let trust: crate::trust::TrustHandle = Arc::default();
+    let mut tls = None;
+    match own_identity_config(&args) {
+        Ok(None) => {}
+        Ok(Some(own)) => {
+            let identity = crate::svid::Identity::new(
+                Arc::clone(&trust),
+                crate::svid::metrics::SvidMetrics::for_telemetry(&telemetry),
+            );
+            let source = match crate::svid::start(own.source, Arc::clone(&identity)) {
+                Ok(source) => source,
+                Err(e) => {
+                    tracing::error!("wardgate's own identity: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            tracing::info!(source = source.kind(), "following wardgate's own identity");
+            tasks.push(tokio::spawn(source.run(Box::pin(stopped(stop_rx.clone())))));
+            if let Some((addr, allow)) = own.tls {
+                tracing::info!(listen = %addr, allow = %allow, "mTLS listener: callers admitted");
+                match crate::tls::server_config(identity, allow) {
+                    Ok(config) => tls = Some((addr, config)),
+                    Err(e) => {
+                        tracing::error!("mTLS listener: {e}");
+                        return ExitCode::from(2);
+                    }
+                }
+            }
+        }
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::from(2);
+        }
+    }
     let config = ServerConfig {
         destination_principal: args.destination_principal,
         telemetry: Some(Arc::clone(&telemetry)),
         ..ServerConfig::default()
     };
-    let mut server = tokio::spawn(server::run(
-        args.listen,
-        handle,
-        config,
-        stopped(stop_rx.clone()),
-    ));
+    let mut server = match tls {
+        Some((addr, tls)) => tokio::spawn(server::run_tls(
+            addr,
+            tls,
+            handle,
+            config,
+            stopped(stop_rx.clone()),
+        )),
+        None => tokio::spawn(server::run(
+            args.listen,
+            handle,
+            config,
+            stopped(stop_rx.clone()),
+        )),
+    };
     let result = tokio::select! {
         r = &mut server => r,
         _ = shutdown_signal() => {
@@ -429,5 +610,106 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: draining in-flight checks"),
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: draining in-flight checks"),
+    }
+}
+
+#[cfg(test)]
+mod own_identity_tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    fn serve_args(args: &[&str]) -> ServeArgs {
+        let mut argv = vec!["wardgate", "serve"];
+        argv.extend_from_slice(args);
+        match Cli::try_parse_from(argv).expect("flags parse").command {
+            Command::Serve(args) => args,
+            _ => unreachable!(),
+        }
+    }
+
+    fn check(args: &[&str]) -> Result<Option<OwnIdentity>, String> {
+        own_identity_config(&serve_args(args))
+    }
+
+    #[test]
+    fn identity_and_mtls_flags_are_checked_together() {
+        assert!(check(&[]).unwrap().is_none());
+        let tls = [
+            "--listen",
+            "127.0.0.1:9191",
+            "--tls",
+            "--spiffe-endpoint-socket",
+            "unix:///run/spire/agent.sock",
+            "--allow-caller",
+            "spiffe://hospital.example/ns/*/sa/*",
+        ];
+        let own = check(&tls).unwrap().unwrap();
+        assert!(matches!(
+            own.source,
+            crate::svid::SourceConfig::WorkloadApi(_)
+        ));
+        assert!(own.tls.is_some());
+
+        let err = |args: &[&str]| check(args).err().unwrap_or_default();
+        assert!(err(&["--tls", "--listen", "unix:/tmp/w.sock"]).contains("TCP"));
+        assert!(err(&tls[..5]).contains("--allow-caller"));
+        assert!(err(&["--allow-caller", "spiffe://td/x"]).contains("only applies with --tls"));
+        assert!(err(&[
+            "--listen",
+            "127.0.0.1:9191",
+            "--tls",
+            "--allow-caller",
+            "spiffe://td/x",
+            "--spiffe-endpoint-socket",
+            "/no/scheme.sock"
+        ])
+        .contains("endpoint"));
+        assert!(err(&[
+            "--svid-source",
+            "workload-api",
+            "--spiffe-endpoint-socket",
+            "unix:///a.sock",
+            "--svid-cert",
+            "c.pem"
+        ])
+        .contains("--svid-source files"));
+        assert!(err(&[
+            "--listen",
+            "127.0.0.1:9191",
+            "--tls",
+            "--allow-caller",
+            "spiffe://td/x",
+            "--svid-cert",
+            "c.pem"
+        ])
+        .contains("--svid-key"));
+        assert!(err(&[
+            "--listen",
+            "127.0.0.1:9191",
+            "--tls",
+            "--allow-caller",
+            "spiffe://td/x",
+            "--svid-cert",
+            "c.pem",
+            "--svid-key",
+            "k.pem"
+        ])
+        .contains("--trust-bundle"));
+
+        // Bundles alone (for forwarded-chain verification), no listener change.
+        let own = check(&["--trust-bundle", "hospital.example=/run/spiffe/ca.pem"])
+            .unwrap()
+            .unwrap();
+        assert!(own.tls.is_none());
+        match own.source {
+            crate::svid::SourceConfig::Files(files) => {
+                assert!(files.svid.is_none());
+                assert_eq!(files.bundles.len(), 1);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(Cli::try_parse_from(["wardgate", "serve", "--trust-bundle", "NotATd=/x"]).is_err());
+        assert!(Cli::try_parse_from(["wardgate", "serve", "--trust-bundle", "td"]).is_err());
     }
 }

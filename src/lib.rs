@@ -23,6 +23,12 @@
 //! * [`identity`]: SPIFFE ID syntax and the facts read from a forwarded peer certificate.
 //! * [`reload`]: bundle sources (file, directory, HTTP), signatures, hot swap, last known good.
 //! * [`trust`]: per-trust-domain CA bundles and verification of forwarded leaf certificates.
+//! * [`svid`]: wardgate's own identity: its X.509 SVID and the trust bundles, from the SPIFFE
+//!   Workload API (`spiffe` crate's `X509Source`) or from PEM files (spiffe-helper style),
+//!   followed through rotation.
+//! * [`tls`]: the mTLS listener's rustls configuration (current SVID on every handshake, callers
+//!   verified against their trust domain's bundle and an allow-list of SPIFFE ID patterns) and
+//!   its accept loop.
 //! * [`server`]: the tonic ext_authz and gRPC health services, listeners and graceful shutdown.
 //! * [`decision_log`]: the JSON decision-log record shared by the writer and `replay`.
 //! * [`cli`]: the `wardgate` command line (serve, validate, check).
@@ -43,4 +49,6 @@ pub mod normalize;
 pub mod policy;
 pub mod reload;
 pub mod server;
+pub mod svid;
+pub mod tls;
 pub mod trust;

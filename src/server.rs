@@ -555,6 +555,91 @@ pub async fn run(
     result.map_err(ServerError::from)
 }
 
+/// Like [`run`], on TCP with mutual TLS: every connection is handshaken with `tls` (see
+/// [`crate::tls::server_config`]: wardgate's current SVID, callers verified against their
+/// trust domain's bundle and an allow-list) before gRPC sees it. A refused caller gets a TLS
+/// alert and a warning line in the log, never a Check answer.
+pub async fn run_tls(
+    addr: SocketAddr,
+    tls: Arc<rustls::ServerConfig>,
+    policy: PolicyHandle,
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind {
+            addr: ListenAddr::Tcp(addr),
+            source,
+        })?;
+    tracing::info!(listen = %addr, "serving ext_authz over mTLS");
+    serve_incoming(
+        crate::tls::incoming(listener, tls),
+        policy,
+        config,
+        shutdown,
+    )
+    .await
+}
+
+/// Serve `Authorization` and `grpc.health.v1` on the connections `incoming` yields, with the
+/// health, keepalive and drain behaviour of [`run`].
+async fn serve_incoming<I, IO, IE>(
+    incoming: I,
+    policy: PolicyHandle,
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError>
+where
+    I: tokio_stream::Stream<Item = Result<IO, IE>>,
+    IO: tokio::io::AsyncRead
+        + tokio::io::AsyncWrite
+        + tonic::transport::server::Connected
+        + Unpin
+        + Send
+        + 'static,
+    IE: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let drain_timeout = config.drain_timeout;
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let serving = policy.load().is_some();
+    set_health(&reporter, serving).await;
+    let health_task = tokio::spawn(follow_policy(
+        reporter,
+        Arc::clone(&policy),
+        config.health_poll_interval,
+        serving,
+    ));
+    let authz = AuthorizationServer::new(AuthzService::new(policy, config));
+    let router = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .accept_http1(false)
+        .add_service(health_service)
+        .add_service(authz);
+    let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
+    let signal = async move {
+        shutdown.await;
+        tracing::info!("shutdown requested: no new connections, draining in-flight checks");
+        let _ = drain_tx.send(());
+    };
+    let drain_deadline = async move {
+        if drain_rx.await.is_err() {
+            std::future::pending::<()>().await;
+        }
+        tokio::time::sleep(drain_timeout).await;
+    };
+    let result = tokio::select! {
+        served = router.serve_with_incoming_shutdown(incoming, signal) => served,
+        () = drain_deadline => {
+            tracing::warn!(?drain_timeout, "drain timeout: closing remaining connections");
+            Ok(())
+        }
+    };
+    health_task.abort();
+    result.map_err(ServerError::from)
+}
+
 /// Bind a Unix socket at `path`: refuse to steal it from a live server, remove a stale socket
 /// file, never remove anything that is not a socket, then set the permission bits.
 fn bind_unix(

@@ -13,9 +13,42 @@ use wardgate::policy::{Policy, Request};
 
 mod support;
 
+/// Counts live heap bytes, so the memory report can tell the policy's own size from allocator
+/// slack (freed parse garbage the C allocator keeps resident).
+struct Counting;
+
+static LIVE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+// SAFETY: forwards to the system allocator unchanged, only counting sizes.
+unsafe impl std::alloc::GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size(), std::sync::atomic::Ordering::Relaxed);
+        // SAFETY: same contract as the caller's.
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        LIVE.fetch_sub(layout.size(), std::sync::atomic::Ordering::Relaxed);
+        // SAFETY: same contract as the caller's.
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn live_bytes() -> usize {
+    LIVE.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 const SIZES: [usize; 4] = [100, 1_000, 10_000, 100_000];
 
 fn main() {
+    // Profiling hooks for callgrind: `WARDGATE_PROFILE=decide:10000` decides the hit-late
+    // request of a 10,000-rule bundle 200,000 times; `compile:10000` compiles it once.
+    if let Ok(spec) = std::env::var("WARDGATE_PROFILE") {
+        profile(&spec);
+        return;
+    }
     let mut c = Criterion::default()
         .configure_from_args()
         .warm_up_time(Duration::from_millis(500))
@@ -63,7 +96,16 @@ fn main() {
 
 /// Read criterion's median estimates back and print each size relative to 100 rules.
 fn print_ratios() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/criterion/decide");
+    // Where criterion wrote its estimates: $CRITERION_HOME, else $CARGO_TARGET_DIR/criterion
+    // (scripts/bench.sh builds benches in their own target dir), else target/criterion.
+    let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = std::env::var_os("CRITERION_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("CARGO_TARGET_DIR").map(|t| manifest.join(t).join("criterion"))
+        })
+        .unwrap_or_else(|| manifest.join("target/criterion"))
+        .join("decide");
     println!("\ndecide median, and ratio to the 100-rule bundle in this run:");
     for case in ["hit-early", "hit-late", "miss"] {
         let median = |n: usize| -> Option<f64> {
@@ -85,5 +127,58 @@ fn print_ratios() {
             .filter_map(|&n| median(n).map(|m| format!("{n}: {m:.0} ns ({:.2}x)", m / base)))
             .collect();
         println!("  {case:<9} {}", row.join("  "));
+    }
+}
+
+fn profile(spec: &str) {
+    let (what, n) = spec.split_once(':').unwrap_or((spec, "10000"));
+    let n: usize = n.parse().expect("size");
+    if what == "memory" {
+        // Resident memory of this process holding one compiled bundle of `n` rules (the YAML
+        // text dropped), against the same process before it was built.
+        let before = support::rss_kib();
+        let live_before = live_bytes();
+        let policy = {
+            let yaml = support::bundle(n);
+            Policy::from_yaml_str("bench.yaml", &yaml).expect("valid")
+        };
+        let after = support::rss_kib();
+        println!(
+            "memory {n} rules: rss {:.1} MiB (+{:.1} MiB), policy heap {:.1} MiB, peak rss {:.1} MiB",
+            after as f64 / 1024.0,
+            (after - before) as f64 / 1024.0,
+            (live_bytes() - live_before) as f64 / 1048576.0,
+            support::hwm_kib() as f64 / 1024.0
+        );
+        black_box(&policy);
+        return;
+    }
+    let yaml = support::bundle(n);
+    let policy = Policy::from_yaml_str("bench.yaml", &yaml).expect("valid");
+    if what == "compile-time" {
+        let best = (0..5)
+            .map(|_| {
+                let start = Instant::now();
+                let p = black_box(Policy::from_yaml_str("bench.yaml", &yaml).expect("valid"));
+                let ms = start.elapsed().as_secs_f64() * 1e3;
+                drop(p);
+                ms
+            })
+            .fold(f64::INFINITY, f64::min);
+        println!(
+            "compile {n} rules: best of 5 {best:.1} ms ({} bytes of YAML)",
+            yaml.len()
+        );
+    }
+    if what == "decide" {
+        let (src, dst, method, path) = support::hit(n - 3);
+        let mut req = Request::new(method, &path);
+        req.source = Some(&src);
+        req.destination = Some(&dst);
+        let mut allowed = 0;
+        for _ in 0..200_000 {
+            allowed += usize::from(black_box(policy.decide(black_box(&req))).is_allow());
+        }
+        println!("{allowed}");
     }
 }

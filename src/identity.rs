@@ -166,6 +166,70 @@ pub fn parse_spiffe_id(s: &str) -> Result<SpiffeId, IdError> {
     Ok(id)
 }
 
+/// A SPIFFE ID checked without allocating: the trust domain and path of `s`, borrowed.
+///
+/// Accepts exactly the strings [`parse_spiffe_id`] accepts (a property test in this module
+/// compares both on generated strings), and for those returns the same trust domain and path.
+/// This is the hot-path check `Policy::decide` runs twice per request; when it says no, callers
+/// that need the reason ask [`parse_spiffe_id`], which stays the reference built on the `spiffe`
+/// crate.
+///
+/// ```
+/// use wardgate::identity::spiffe_id_parts;
+///
+/// assert_eq!(
+///     spiffe_id_parts("spiffe://hospital.example/ns/clinical/sa/ehr"),
+///     Some(("hospital.example", "/ns/clinical/sa/ehr"))
+/// );
+/// assert_eq!(spiffe_id_parts("spiffe://hospital.example/ns/../x"), None);
+/// ```
+#[inline]
+pub fn spiffe_id_parts(s: &str) -> Option<(&str, &str)> {
+    if s.len() > MAX_SPIFFE_ID_LEN {
+        return None;
+    }
+    let rest = s.strip_prefix(SCHEME_PREFIX)?;
+    let bytes = rest.as_bytes();
+    // Trust domain: non-empty, at most 255 bytes, [a-z0-9._-] only.
+    let mut i = 0;
+    while i < bytes.len() && bytes[i] != b'/' {
+        if !matches!(bytes[i], b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_') {
+            return None;
+        }
+        i += 1;
+    }
+    if i == 0 || i > MAX_TRUST_DOMAIN_LEN {
+        return None;
+    }
+    let (trust_domain, path) = rest.split_at(i);
+    // Path: empty, or `/segment`... with segments non-empty, not `.`/`..`, [a-zA-Z0-9._-].
+    let p = path.as_bytes();
+    let mut start = 0; // index of the `/` opening the current segment
+    let mut j = 0;
+    while j < p.len() {
+        // p[start] == b'/' here.
+        j = start + 1;
+        let mut dots = 0usize;
+        while j < p.len() && p[j] != b'/' {
+            match p[j] {
+                b'.' => dots += 1,
+                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' => {}
+                _ => return None,
+            }
+            j += 1;
+        }
+        let len = j - start - 1;
+        if len == 0 || (dots == len && len <= 2) {
+            return None; // empty segment, trailing `/`, `.` or `..`
+        }
+        start = j;
+    }
+    Some((trust_domain, path))
+}
+
+/// The longest trust domain accepted, in bytes (SPIFFE ID spec §2.1; the `spiffe` crate's limit).
+const MAX_TRUST_DOMAIN_LEN: usize = 255;
+
 /// Why a forwarded certificate could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -503,6 +567,110 @@ mod tests {
             IdError::Scheme.to_string(),
             "SPIFFE ID must start with `spiffe://` (lowercase scheme)"
         );
+    }
+
+    // ----- spiffe_id_parts: exactly as strict as parse_spiffe_id -----
+
+    mod fast_check {
+        use super::super::{parse_spiffe_id, spiffe_id_parts};
+        use proptest::prelude::*;
+
+        /// What the reference says: the parts of an accepted ID, borrowed back from the input.
+        fn reference(s: &str) -> Option<(String, String)> {
+            parse_spiffe_id(s)
+                .ok()
+                .map(|id| (id.trust_domain_name().to_owned(), id.path().to_owned()))
+        }
+
+        fn fast(s: &str) -> Option<(String, String)> {
+            spiffe_id_parts(s).map(|(td, p)| (td.to_owned(), p.to_owned()))
+        }
+
+        /// Pieces that make the interesting cases likely: every character class the grammar
+        /// distinguishes, dot segments, empty segments, other schemes and case variants.
+        fn piece() -> impl Strategy<Value = String> {
+            prop_oneof![
+                4 => prop::sample::select(vec![
+                    "a", "z", "Z", "A", "0", "9", ".", "-", "_", "/", "//", "/.", "/..", "..",
+                    ":", "@", "?", "#", "%", "%2e", " ", "~", "*", "\\", "\u{e9}", "\0", "+",
+                    "sa", "ns", "clinical", "hospital.example", ":8443", "user@",
+                ])
+                .prop_map(str::to_owned),
+                1 => "[ -~]{0,4}",
+            ]
+        }
+
+        fn candidate() -> impl Strategy<Value = String> {
+            let prefix = prop::sample::select(vec![
+                "spiffe://",
+                "spiffe://",
+                "spiffe://",
+                "SPIFFE://",
+                "Spiffe://",
+                "spiffe:/",
+                "spiffe:",
+                "https://",
+                "",
+                "spiffe://td/",
+                "spiffe://TD",
+                "spiffe:///",
+            ]);
+            (prefix, prop::collection::vec(piece(), 0..12))
+                .prop_map(|(prefix, pieces)| format!("{prefix}{}", pieces.concat()))
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(20_000))]
+
+            #[test]
+            fn agrees_with_parse_spiffe_id(s in candidate()) {
+                prop_assert_eq!(fast(&s), reference(&s), "input {:?}", s);
+            }
+
+            #[test]
+            fn agrees_on_well_formed_shapes(
+                td in "[a-z0-9._-]{1,12}",
+                segs in prop::collection::vec("[a-zA-Z0-9._-]{0,6}", 0..6),
+            ) {
+                let s = format!("spiffe://{td}{}", segs.iter().map(|g| format!("/{g}")).collect::<String>());
+                prop_assert_eq!(fast(&s), reference(&s), "input {:?}", s);
+            }
+        }
+
+        #[test]
+        fn agrees_at_the_length_limits() {
+            for td_len in [254, 255, 256] {
+                let s = format!("spiffe://{}/x", "a".repeat(td_len));
+                assert_eq!(fast(&s), reference(&s), "trust domain of {td_len} bytes");
+            }
+            let prefix = "spiffe://hospital.example/";
+            for total in [2047, 2048, 2049] {
+                let s = format!("{prefix}{}", "a".repeat(total - prefix.len()));
+                assert_eq!(fast(&s), reference(&s), "{total} bytes");
+                let dotted = format!(
+                    "{prefix}{}",
+                    "a/".repeat(total)
+                        .get(..total - prefix.len())
+                        .unwrap_or_default()
+                );
+                assert_eq!(
+                    fast(&dotted),
+                    reference(&dotted),
+                    "{total} bytes of segments"
+                );
+            }
+            for s in [
+                "",
+                "spiffe://",
+                "spiffe://td",
+                "spiffe://td/",
+                "spiffe://td/...",
+                "spiffe://td/.a",
+                "spiffe://td/a.",
+            ] {
+                assert_eq!(fast(s), reference(s), "{s:?}");
+            }
+        }
     }
 
     // ----- certificate_facts -----

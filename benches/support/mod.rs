@@ -50,3 +50,26 @@ pub fn miss(i: usize) -> (String, String, &'static str, String) {
     let (s, d) = pair(i);
     (s, d, "GET", "/api/v2/other/1".to_string())
 }
+
+/// A field of `/proc/self/status` in KiB (`VmRSS`, `VmHWM`), 0 where unavailable.
+fn status_kib(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Resident memory of this process, KiB.
+pub fn rss_kib() -> u64 {
+    status_kib("VmRSS:")
+}
+
+/// Peak resident memory of this process, KiB.
+pub fn hwm_kib() -> u64 {
+    status_kib("VmHWM:")
+}

@@ -9,17 +9,53 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::path::Path;
 
+use super::error::Diagnostics;
 use serde::de::{MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
-use serde_saphyr::Spanned;
 
-use super::error::Diagnostics;
+#[path = "fastyaml.rs"]
+mod fastyaml;
 
-/// A value with its source position.
-pub(crate) type S<T> = Spanned<T>;
+/// A value with the source position it was written at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct S<T> {
+    pub(crate) value: T,
+    /// Where the value is written (1-based line and column).
+    pub(crate) referenced: Loc,
+}
+
+/// A 1-based line and column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Loc {
+    pub(crate) line: u64,
+    pub(crate) column: u64,
+}
+
+impl Loc {
+    pub(crate) fn line(&self) -> u64 {
+        self.line
+    }
+
+    pub(crate) fn column(&self) -> u64 {
+        self.column
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for S<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let spanned = serde_saphyr::Spanned::<T>::deserialize(deserializer)?;
+        Ok(S {
+            value: spanned.value,
+            referenced: Loc {
+                line: spanned.referenced.line(),
+                column: spanned.referenced.column(),
+            },
+        })
+    }
+}
 
 /// One bundle file (a directory bundle is several of these, merged by the compiler).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawBundle {
     pub(crate) version: Option<S<u64>>,
@@ -33,7 +69,7 @@ pub(crate) struct RawBundle {
     pub(crate) break_glass: Option<S<RawBreakGlass>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawSegment {
     #[serde(default)]
@@ -42,7 +78,7 @@ pub(crate) struct RawSegment {
 }
 
 /// A rule, or a break-glass entry (which may not carry `action`).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawRule {
     pub(crate) name: Option<S<String>>,
@@ -55,14 +91,14 @@ pub(crate) struct RawRule {
     pub(crate) when: Option<S<RawWhen>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawWhen {
     pub(crate) schedule: Option<S<RawSchedule>>,
     pub(crate) headers: Option<OrderedMap<Vec<S<String>>>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawSchedule {
     pub(crate) days: Option<S<Vec<S<String>>>>,
@@ -70,7 +106,7 @@ pub(crate) struct RawSchedule {
     pub(crate) timezone: Option<S<String>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawBreakGlass {
     pub(crate) header: Option<S<String>>,
@@ -79,7 +115,7 @@ pub(crate) struct RawBreakGlass {
 }
 
 /// A YAML mapping kept in source order, keys with their positions.
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 pub(crate) struct OrderedMap<V>(pub(crate) Vec<(S<String>, V)>);
 
 impl<V> Default for OrderedMap<V> {
@@ -127,6 +163,23 @@ pub(crate) fn parse(name: &str, text: &str, errors: &mut Diagnostics) -> Option<
             bundle: RawBundle::default(),
         });
     }
+    // The fast path reads the plain block YAML bundles are written in; anything else, every
+    // error included, is serde-saphyr's.
+    if let Some(bundle) = fastyaml::parse(text) {
+        return Some(SourceFile {
+            name: name.to_string(),
+            bundle,
+        });
+    }
+    parse_with_saphyr(name, text, errors)
+}
+
+/// Parse one YAML text with serde-saphyr (the reference reader).
+pub(crate) fn parse_with_saphyr(
+    name: &str,
+    text: &str,
+    errors: &mut Diagnostics,
+) -> Option<SourceFile> {
     match serde_saphyr::from_str_with_options::<RawBundle>(text, parse_options()) {
         Ok(bundle) => Some(SourceFile {
             name: name.to_string(),

@@ -9,6 +9,7 @@
 //! This module never evaluates a request; see `eval`.
 
 use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::path::Path;
 
 use fnv::FnvHashMap;
@@ -33,9 +34,8 @@ pub struct Policy {
     pub(crate) digest: String,
     pub(crate) trust_domains: Vec<Box<str>>,
     pub(crate) segments: Vec<Segment>,
-    pub(crate) segment_trie: IdTrie,
-    pub(crate) from_trie: IdTrie,
-    pub(crate) to_trie: IdTrie,
+    /// Segment members, `from` and `to` patterns, each payload tagged with its [`Slot`].
+    pub(crate) id_trie: IdTrie,
     pub(crate) rules: Vec<Rule>,
     pub(crate) break_glass: Vec<Rule>,
     pub(crate) break_glass_header: Option<Box<str>>,
@@ -103,65 +103,206 @@ pub(crate) struct Rule {
 }
 
 /// Rule indices (ascending, i.e. bundle order) per (source key, destination key).
-pub(crate) type PairIndex = FnvHashMap<(u32, u32), Vec<u32>>;
+pub(crate) type PairIndex = HashMap<(u32, u32), Box<[u32]>, BuildHasherDefault<PairHasher>>;
 
-/// A trie over SPIFFE IDs: trust domain, then path segments, with `*` and `**` edges.
+/// A multiplicative hasher for the pair index's `(u32, u32)` keys: two integer writes, one
+/// multiply and a fold, instead of FNV's byte loop. Keys are small dense integers chosen by the
+/// compiler, not by requests, so no keyed hash is needed.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct PairHasher(u64);
+
+impl Hasher for PairHasher {
+    fn finish(&self) -> u64 {
+        let h = self.0.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        h ^ (h >> 29)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.0 = self.0.rotate_left(32) ^ u64::from(n);
+    }
+}
+
+/// What a trie payload stands for: the identity's segment, or the key of a `from` or `to`
+/// pattern. Stored in the top two bits of each payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Slot {
+    /// A segment member pattern; the payload is the segment id.
+    Segment = 0,
+    /// A `from` pattern; the payload is its interned key.
+    From = 1,
+    /// A `to` pattern; the payload is its interned key.
+    To = 2,
+}
+
+const SLOT_SHIFT: u32 = 30;
+const PAYLOAD_MASK: u32 = (1 << SLOT_SHIFT) - 1;
+const NO_NODE: u32 = u32::MAX;
+/// Children kept in a sorted vector up to this many, in a hash map beyond.
+const FEW_CHILDREN: usize = 8;
+/// Path segments looked at without spilling to the heap.
+const INLINE_SEGMENTS: usize = 16;
+
+/// A trie over SPIFFE IDs: trust domain, then path segments, with `*` and `**` edges. One trie
+/// holds segment members and `from` and `to` patterns alike (each payload tagged with its
+/// [`Slot`]), so a request walks it once per identity.
 #[derive(Debug, Default)]
 pub(crate) struct IdTrie {
-    roots: FnvHashMap<Box<str>, u32>,
+    roots: Vec<(Box<str>, u32)>,
     nodes: Vec<TrieNode>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct TrieNode {
-    literal: HashMap<Box<str>, u32>,
-    star: Option<u32>,
+    literal: Children,
+    star: u32,
     /// Payloads of patterns ending exactly here.
-    exact: Vec<u32>,
+    exact: Box<[u32]>,
     /// Payloads of patterns ending here in `**` (one or more further segments).
-    more: Vec<u32>,
+    more: Box<[u32]>,
+}
+
+impl Default for TrieNode {
+    fn default() -> Self {
+        TrieNode {
+            literal: Children::Few(Vec::new()),
+            star: NO_NODE,
+            exact: Box::default(),
+            more: Box::default(),
+        }
+    }
+}
+
+/// A node's literal edges: most nodes have a handful (a linear scan beats hashing), a few (the
+/// `sa` level of a large mesh) have thousands.
+#[derive(Debug)]
+enum Children {
+    Few(Vec<(Box<str>, u32)>),
+    Many(FnvHashMap<Box<str>, u32>),
+}
+
+impl Children {
+    #[inline]
+    fn get(&self, seg: &str) -> Option<u32> {
+        match self {
+            Children::Few(list) => list.iter().find(|(l, _)| **l == *seg).map(|&(_, n)| n),
+            Children::Many(map) => map.get(seg).copied(),
+        }
+    }
+
+    fn insert(&mut self, seg: &str, node: u32) {
+        match self {
+            Children::Few(list) if list.len() < FEW_CHILDREN => list.push((seg.into(), node)),
+            Children::Few(list) => {
+                let mut map: FnvHashMap<Box<str>, u32> = list.drain(..).collect();
+                map.insert(seg.into(), node);
+                *self = Children::Many(map);
+            }
+            Children::Many(map) => {
+                map.insert(seg.into(), node);
+            }
+        }
+    }
+
+    fn shrink(&mut self) {
+        match self {
+            Children::Few(list) => list.shrink_to_fit(),
+            Children::Many(map) => map.shrink_to_fit(),
+        }
+    }
+}
+
+fn push_unique(list: &mut Box<[u32]>, payload: u32) {
+    if !list.contains(&payload) {
+        let mut v = std::mem::take(list).into_vec();
+        v.push(payload);
+        *list = v.into_boxed_slice();
+    }
+}
+
+/// The `/`-separated segments of `""` or `/a/b` (a plain byte scan: segments are short, and
+/// `str::split`'s searcher costs more than it saves here).
+#[inline]
+pub(crate) fn split_segments(path: &str) -> smallvec::SmallVec<[&str; INLINE_SEGMENTS]> {
+    let mut segs = smallvec::SmallVec::new();
+    let rest = path.strip_prefix('/').unwrap_or(path);
+    if rest.is_empty() {
+        return segs;
+    }
+    let bytes = rest.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        if b == b'/' {
+            segs.push(&rest[start..i]);
+            start = i + 1;
+        }
+    }
+    segs.push(&rest[start..]);
+    segs
 }
 
 impl IdTrie {
-    fn insert(&mut self, pattern: &Pattern, payload: u32) {
+    /// File `payload` under `pattern`; returns the pattern's leaf node and whether it ends in
+    /// `**`, which together identify the pattern (equal patterns end at the same place).
+    fn insert(&mut self, pattern: &Pattern, slot: Slot, payload: u32) -> (u32, bool) {
+        debug_assert!(payload <= PAYLOAD_MASK);
+        let tagged = (slot as u32) << SLOT_SHIFT | (payload & PAYLOAD_MASK);
         let td = pattern.trust_domain().unwrap_or("");
-        let mut node = match self.roots.get(td) {
-            Some(&n) => n,
+        let mut node = match self.roots.iter().find(|(t, _)| **t == *td) {
+            Some(&(_, n)) => n,
             None => {
                 let n = self.new_node();
-                self.roots.insert(td.into(), n);
+                self.roots.push((td.into(), n));
                 n
             }
         };
         for seg in pattern.segments() {
             node = match seg {
                 Seg::Literal(l) => match self.nodes[node as usize].literal.get(l) {
-                    Some(&n) => n,
+                    Some(n) => n,
                     None => {
                         let n = self.new_node();
-                        self.nodes[node as usize].literal.insert(l.clone(), n);
+                        self.nodes[node as usize].literal.insert(l, n);
                         n
                     }
                 },
                 Seg::Any => match self.nodes[node as usize].star {
-                    Some(n) => n,
-                    None => {
+                    NO_NODE => {
                         let n = self.new_node();
-                        self.nodes[node as usize].star = Some(n);
+                        self.nodes[node as usize].star = n;
                         n
                     }
+                    n => n,
                 },
             };
         }
         let leaf = &mut self.nodes[node as usize];
-        let list = if pattern.more() {
-            &mut leaf.more
+        if pattern.more() {
+            push_unique(&mut leaf.more, tagged);
         } else {
-            &mut leaf.exact
-        };
-        if !list.contains(&payload) {
-            list.push(payload);
+            push_unique(&mut leaf.exact, tagged);
         }
+        (node, pattern.more())
+    }
+
+    /// The leaf node and `**` flag `pattern` would end at, if it was inserted.
+    fn find(&self, pattern: &Pattern) -> Option<(u32, bool)> {
+        let td = pattern.trust_domain().unwrap_or("");
+        let mut node = self.roots.iter().find(|(t, _)| **t == *td)?.1;
+        for seg in pattern.segments() {
+            let n = &self.nodes[node as usize];
+            node = match seg {
+                Seg::Literal(l) => n.literal.get(l)?,
+                Seg::Any if n.star != NO_NODE => n.star,
+                Seg::Any => return None,
+            };
+        }
+        Some((node, pattern.more()))
     }
 
     fn new_node(&mut self) -> u32 {
@@ -169,36 +310,47 @@ impl IdTrie {
         (self.nodes.len() - 1) as u32
     }
 
-    /// Call `found` with the payload of every pattern matching `trust_domain` + `path`
-    /// (`""` or `/a/b`).
-    pub(crate) fn lookup(&self, trust_domain: &str, path: &str, found: &mut impl FnMut(u32)) {
-        if let Some(&root) = self.roots.get(trust_domain) {
-            let rest = path.strip_prefix('/').unwrap_or(path);
-            let mut segs = rest.split('/');
-            if rest.is_empty() {
-                // No segments at all: consume the single empty item.
-                segs.next();
-            }
-            self.walk(root, segs, found);
+    fn shrink(&mut self) {
+        self.nodes.shrink_to_fit();
+        for n in &mut self.nodes {
+            n.literal.shrink();
         }
     }
 
-    fn walk<'s>(
-        &self,
-        node: u32,
-        mut segs: std::str::Split<'s, char>,
-        found: &mut impl FnMut(u32),
-    ) {
+    /// Call `found(slot, payload)` for every pattern matching `trust_domain` + `path`
+    /// (`""` or `/a/b`).
+    #[inline]
+    pub(crate) fn lookup(&self, trust_domain: &str, path: &str, found: &mut impl FnMut(Slot, u32)) {
+        let Some(&(_, root)) = self.roots.iter().find(|(t, _)| **t == *trust_domain) else {
+            return;
+        };
+        let segs = split_segments(path);
+        let mut emit = |list: &[u32]| {
+            for &p in list {
+                let slot = match p >> SLOT_SHIFT {
+                    0 => Slot::Segment,
+                    1 => Slot::From,
+                    _ => Slot::To,
+                };
+                found(slot, p & PAYLOAD_MASK);
+            }
+        };
+        self.walk(root, &segs, &mut emit);
+    }
+
+    fn walk(&self, node: u32, segs: &[&str], found: &mut impl FnMut(&[u32])) {
         let n = &self.nodes[node as usize];
-        match segs.next() {
-            None => n.exact.iter().for_each(|&p| found(p)),
-            Some(seg) => {
-                n.more.iter().for_each(|&p| found(p));
-                if let Some(&child) = n.literal.get(seg) {
-                    self.walk(child, segs.clone(), found);
+        match segs.split_first() {
+            None => found(&n.exact),
+            Some((seg, rest)) => {
+                if !n.more.is_empty() {
+                    found(&n.more);
                 }
-                if let Some(star) = n.star {
-                    self.walk(star, segs, found);
+                if let Some(child) = n.literal.get(seg) {
+                    self.walk(child, rest, found);
+                }
+                if n.star != NO_NODE {
+                    self.walk(n.star, rest, found);
                 }
             }
         }
@@ -544,41 +696,51 @@ fn compile(files: &[SourceFile], digest: String, errors: &mut Diagnostics) -> Op
     }
 
     // Index.
-    let mut patterns: FnvHashMap<Pattern, u32> = FnvHashMap::default();
+    // Interned pattern keys, by where the pattern ends in the trie (no pattern hashing or
+    // cloning): (leaf node, ends in `**`) -> key.
+    let mut patterns: FnvHashMap<(u32, bool), u32> = FnvHashMap::default();
     let n_segments = segments.len() as u32;
-    let mut segment_trie = IdTrie::default();
+    let mut id_trie = IdTrie::default();
     for (i, s) in segments.iter().enumerate() {
         for m in &s.members {
-            segment_trie.insert(m, i as u32);
+            id_trie.insert(m, Slot::Segment, i as u32);
         }
     }
-    let mut from_trie = IdTrie::default();
-    let mut to_trie = IdTrie::default();
-    let mut key = |e: &Endpoint, trie: &mut IdTrie| -> u32 {
+    // Keys interned per pattern, shared by `from` and `to`; the trie records which side
+    // named a pattern, so a key filed as `from` never matches a destination.
+    let mut key = |e: &Endpoint, slot: Slot, trie: &mut IdTrie| -> u32 {
         match e {
             Endpoint::Segment(s) => *s,
             Endpoint::Pattern(p) => {
                 let next = n_segments + patterns.len() as u32;
-                let k = *patterns.entry(p.clone()).or_insert(next);
-                trie.insert(p, k);
+                let k = match trie.find(p).and_then(|leaf| patterns.get(&leaf)) {
+                    Some(&k) => k,
+                    None => next,
+                };
+                let leaf = trie.insert(p, slot, k);
+                patterns.entry(leaf).or_insert(k);
                 k
             }
         }
     };
-    let mut deny_index = PairIndex::default();
-    let mut allow_index = PairIndex::default();
-    let mut break_glass_index = PairIndex::default();
+    let mut deny_pairs: FnvHashMap<(u32, u32), Vec<u32>> = FnvHashMap::default();
+    let mut allow_pairs: FnvHashMap<(u32, u32), Vec<u32>> = FnvHashMap::default();
+    let mut break_glass_pairs: FnvHashMap<(u32, u32), Vec<u32>> = FnvHashMap::default();
+    let mut froms: Vec<u32> = Vec::new();
+    let mut tos: Vec<u32> = Vec::new();
     for (list, is_bg) in [(&rules, false), (&break_glass, true)] {
         for (i, rule) in list.iter().enumerate() {
-            let froms: Vec<u32> = rule.from.iter().map(|e| key(e, &mut from_trie)).collect();
-            let tos: Vec<u32> = match &rule.to {
-                None => vec![ANY],
-                Some(to) => to.iter().map(|e| key(e, &mut to_trie)).collect(),
-            };
+            froms.clear();
+            froms.extend(rule.from.iter().map(|e| key(e, Slot::From, &mut id_trie)));
+            tos.clear();
+            match &rule.to {
+                None => tos.push(ANY),
+                Some(to) => tos.extend(to.iter().map(|e| key(e, Slot::To, &mut id_trie))),
+            }
             let index = match (is_bg, rule.action) {
-                (true, _) => &mut break_glass_index,
-                (false, Action::Deny) => &mut deny_index,
-                (false, Action::Allow) => &mut allow_index,
+                (true, _) => &mut break_glass_pairs,
+                (false, Action::Deny) => &mut deny_pairs,
+                (false, Action::Allow) => &mut allow_pairs,
             };
             for &f in &froms {
                 for &t in &tos {
@@ -590,20 +752,22 @@ fn compile(files: &[SourceFile], digest: String, errors: &mut Diagnostics) -> Op
             }
         }
     }
-    for index in [&mut deny_index, &mut allow_index, &mut break_glass_index] {
-        for bucket in index.values_mut() {
-            bucket.shrink_to_fit();
-        }
-    }
+    id_trie.shrink();
+    let freeze = |pairs: FnvHashMap<(u32, u32), Vec<u32>>| -> PairIndex {
+        let mut index = PairIndex::with_capacity_and_hasher(pairs.len(), Default::default());
+        index.extend(pairs.into_iter().map(|(k, v)| (k, v.into_boxed_slice())));
+        index
+    };
+    let deny_index = freeze(deny_pairs);
+    let allow_index = freeze(allow_pairs);
+    let break_glass_index = freeze(break_glass_pairs);
 
     Some(Policy {
         revision: revision.unwrap_or(0),
         digest,
         trust_domains: names.trust_domains,
         segments,
-        segment_trie,
-        from_trie,
-        to_trie,
+        id_trie,
         rules,
         break_glass,
         break_glass_header,

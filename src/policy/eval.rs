@@ -8,7 +8,8 @@
 
 use smallvec::SmallVec;
 
-use super::compile::{Action, PairIndex, Policy, Rule, ANY};
+use super::compile::{split_segments, Action, PairIndex, Policy, Rule, Slot, ANY};
+use super::pattern::{Pattern, Seg};
 use super::trace::{NoTrace, RuleOutcome, Trace, TraceStep, Tracer};
 use super::{Decision, HeaderLookup, PeerCertificate, Reason, Request, Verdict};
 use crate::{identity, normalize};
@@ -17,11 +18,29 @@ use crate::{identity, normalize};
 pub const MAX_BREAK_GLASS_REASON: usize = 256;
 
 type Keys = SmallVec<[u32; 8]>;
+type Segments<'a> = SmallVec<[&'a str; 16]>;
+
+/// [`Pattern::matches_path`] on a path already split into segments (`[]` is the root).
+#[inline]
+fn path_matches(pattern: &Pattern, segs: &[&str]) -> bool {
+    let want = pattern.segments();
+    let len_ok = if pattern.more() {
+        segs.len() > want.len()
+    } else {
+        segs.len() == want.len()
+    };
+    len_ok
+        && want.iter().zip(segs).all(|(w, s)| match w {
+            Seg::Any => true,
+            Seg::Literal(l) => **l == **s,
+        })
+}
 
 /// The request fields rules look at, normalised once.
 struct Ctx<'r> {
     method: &'r str,
-    path: &'r str,
+    /// The normalised path, split once into its segments.
+    path_segments: Segments<'r>,
     host: &'r str,
     headers: &'r dyn HeaderLookup,
     time: jiff::Timestamp,
@@ -44,7 +63,7 @@ fn mismatch(rule: &Rule, cx: &Ctx<'_>) -> Option<Mismatch> {
         }
     }
     if let Some(paths) = &rule.paths {
-        if !paths.iter().any(|p| p.matches_path(cx.path)) {
+        if !paths.iter().any(|p| path_matches(p, &cx.path_segments)) {
             return Some(Mismatch::Path);
         }
     }
@@ -132,6 +151,14 @@ fn candidates(indexes: &[&PairIndex], src: &Keys, dst: &Keys) -> Vec<u32> {
     out
 }
 
+/// Why the reference parser rejects `raw` (traced runs only; the fast check already said no).
+fn id_error(raw: &str) -> String {
+    match identity::parse_spiffe_id(raw) {
+        Err(e) => e.to_string(),
+        Ok(_) => "rejected".to_string(),
+    }
+}
+
 /// Whether a break-glass reason is acceptable: non-empty, bounded, printable ASCII.
 pub fn valid_break_glass_reason(v: &str) -> bool {
     !v.trim().is_empty()
@@ -151,10 +178,28 @@ impl Policy {
         self.evaluate(request, trace)
     }
 
-    fn segment_of(&self, trust_domain: &str, path: &str) -> Option<u32> {
+    fn trusts(&self, trust_domain: &str) -> bool {
+        self.trust_domains.iter().any(|td| **td == *trust_domain)
+    }
+
+    /// Walk the identity trie once: push the keys of the `side` patterns matching the identity
+    /// into `keys`, and return its segment (segments never overlap, so there is at most one).
+    #[inline]
+    fn identity_keys(
+        &self,
+        trust_domain: &str,
+        path: &str,
+        side: Slot,
+        keys: &mut Keys,
+    ) -> Option<u32> {
         let mut seg = None;
-        self.segment_trie
-            .lookup(trust_domain, path, &mut |s| seg = Some(s));
+        self.id_trie.lookup(trust_domain, path, &mut |slot, k| {
+            if slot == Slot::Segment {
+                seg = Some(k);
+            } else if slot == side {
+                keys.push(k);
+            }
+        });
         seg
     }
 
@@ -179,54 +224,53 @@ impl Policy {
             });
             return deny(Reason::Unauthenticated, None, None);
         };
-        let source = match identity::parse_spiffe_id(raw_source) {
-            Ok(id) => id,
-            Err(e) => {
-                t.step(|| TraceStep::SourceRejected {
-                    why: format!("`{raw_source}` is not a valid SPIFFE ID: {e}"),
-                });
-                return deny(Reason::Unauthenticated, None, None);
-            }
+        // The zero-allocation check; it accepts exactly what `identity::parse_spiffe_id` (the
+        // `spiffe` crate) accepts, which is asked again only to explain a rejection.
+        let Some((src_td, src_path)) = identity::spiffe_id_parts(raw_source) else {
+            t.step(|| TraceStep::SourceRejected {
+                why: format!(
+                    "`{raw_source}` is not a valid SPIFFE ID: {}",
+                    id_error(raw_source)
+                ),
+            });
+            return deny(Reason::Unauthenticated, None, None);
         };
-        let src_td = source.trust_domain_name();
-        if !self.trust_domains.iter().any(|td| **td == *src_td) {
+        if !self.trusts(src_td) {
             t.step(|| TraceStep::SourceRejected {
                 why: format!("trust domain `{src_td}` is not one of the bundle's trust_domains"),
             });
             return deny(Reason::Unauthenticated, None, None);
         }
-        let src_seg = self.segment_of(src_td, source.path());
+        // One walk of the identity trie per identity: its segment and its pattern keys.
+        let mut src_keys = Keys::new();
+        let src_seg = self.identity_keys(src_td, src_path, Slot::From, &mut src_keys);
         t.step(|| TraceStep::Source {
             id: raw_source.to_string(),
             segment: self.segment_name(src_seg).map(str::to_string),
         });
 
         // Destination: unusable means unknown, and only rules without `to` can apply.
-        let destination = req
-            .destination
-            .filter(|d| !d.is_empty())
-            .map(identity::parse_spiffe_id);
-        let (dst_seg, dst_id) = match &destination {
-            Some(Ok(id))
-                if self
-                    .trust_domains
-                    .iter()
-                    .any(|td| **td == *id.trust_domain_name()) =>
-            {
-                (self.segment_of(id.trust_domain_name(), id.path()), Some(id))
-            }
-            _ => (None, None),
+        let raw_destination = req.destination.filter(|d| !d.is_empty());
+        let destination = raw_destination.map(identity::spiffe_id_parts);
+        let dst_id = match destination {
+            Some(Some((td, p))) if self.trusts(td) => Some((td, p)),
+            _ => None,
         };
+        let mut dst_keys = Keys::new();
+        let dst_seg = dst_id.and_then(|(td, p)| self.identity_keys(td, p, Slot::To, &mut dst_keys));
         t.step(|| TraceStep::Destination {
-            id: dst_id.map(|d| d.to_string()),
+            id: dst_id.and(raw_destination).map(str::to_string),
             segment: self.segment_name(dst_seg).map(str::to_string),
-            note: match &destination {
-                None => Some("no destination principal".into()),
-                Some(Err(e)) => Some(format!("not a valid SPIFFE ID: {e}")),
-                Some(Ok(_)) if dst_id.is_none() => {
+            note: match (raw_destination, destination) {
+                (raw, Some(None)) => Some(format!(
+                    "not a valid SPIFFE ID: {}",
+                    id_error(raw.unwrap_or_default())
+                )),
+                (_, None) => Some("no destination principal".into()),
+                (_, Some(Some(_))) if dst_id.is_none() => {
                     Some("outside the bundle's trust_domains".into())
                 }
-                Some(Ok(_)) => None,
+                (_, Some(Some(_))) => None,
             },
         });
 
@@ -305,25 +349,17 @@ impl Policy {
         }
 
         // 5-8. Rules, through the index.
-        let mut src_keys = Keys::new();
         if let Some(s) = src_seg {
             src_keys.push(s);
         }
-        self.from_trie
-            .lookup(src_td, source.path(), &mut |k| src_keys.push(k));
-        let mut dst_keys = Keys::new();
-        if let Some(d) = dst_id {
-            if let Some(s) = dst_seg {
-                dst_keys.push(s);
-            }
-            self.to_trie
-                .lookup(d.trust_domain_name(), d.path(), &mut |k| dst_keys.push(k));
+        if let Some(s) = dst_seg {
+            dst_keys.push(s);
         }
         dst_keys.push(ANY);
         let host = normalize::host(req.host);
         let cx = Ctx {
             method: req.method,
-            path: &path,
+            path_segments: split_segments(&path),
             host,
             headers: req.headers,
             time: req.time,

@@ -13,9 +13,6 @@ use super::error::Diagnostics;
 use serde::de::{MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 
-#[path = "fastyaml.rs"]
-mod fastyaml;
-
 /// A value with the source position it was written at.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct S<T> {
@@ -161,14 +158,6 @@ pub(crate) fn parse(name: &str, text: &str, errors: &mut Diagnostics) -> Option<
         return Some(SourceFile {
             name: name.to_string(),
             bundle: RawBundle::default(),
-        });
-    }
-    // The fast path reads the plain block YAML bundles are written in; anything else, every
-    // error included, is serde-saphyr's.
-    if let Some(bundle) = fastyaml::parse(text) {
-        return Some(SourceFile {
-            name: name.to_string(),
-            bundle,
         });
     }
     parse_with_saphyr(name, text, errors)

@@ -311,6 +311,15 @@ pub fn certificate_facts(url_encoded_pem: &str) -> Result<CertificateFacts, Cert
 }
 
 /// Decode every `%XX`; every other byte is kept as is.
+/// The DER bytes of the certificate Envoy forwards (URL-encoded PEM of the leaf), for
+/// signature checks against a trust bundle.
+pub fn certificate_der(url_encoded_pem: &str) -> Result<Vec<u8>, CertError> {
+    if url_encoded_pem.trim().is_empty() {
+        return Err(CertError::Empty);
+    }
+    pem_contents(&percent_decode(url_encoded_pem)?)
+}
+
 fn percent_decode(s: &str) -> Result<Vec<u8>, CertError> {
     fn hex(b: Option<&u8>) -> Option<u8> {
         match b? {

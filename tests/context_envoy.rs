@@ -262,3 +262,90 @@ async fn forwarded_certificate_must_match_the_principal() {
         Some("bad_certificate")
     );
 }
+
+/// `--verify-chain`: a certificate minted by partner-lab's CA for a hospital identity passes
+/// Envoy's handshake (Envoy trusts every federated CA at once), and the SAN matches the
+/// principal; only verification against the bundle of the ID's own trust domain catches it.
+/// Sent as direct gRPC Checks, as Envoy would send them for such a caller.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_chain_refuses_identities_minted_by_another_trust_domain() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut pki = support::pki::Pki::generate(&dir.path().join("pki")).expect("pki");
+    let ehr_id = pki.svid("ehr").expect("ehr").spiffe_id.clone();
+    let genuine = pki.svid("ehr").expect("ehr").cert_pem.clone();
+    let forged = pki
+        .issue(
+            "partner-lab.example",
+            "forged-ehr",
+            &ehr_id,
+            support::pki::Lifetime::DAY,
+        )
+        .expect("forged svid")
+        .cert_pem
+        .clone();
+    let lab = pki.svid("lab").expect("lab").spiffe_id.clone();
+    let bundle_args: Vec<String> = ["hospital.example", "partner-lab.example", "medtech.example"]
+        .iter()
+        .flat_map(|td| {
+            [
+                "--trust-bundle".to_string(),
+                format!(
+                    "{td}={}",
+                    dir.path()
+                        .join("pki")
+                        .join(format!("ca-{td}.pem"))
+                        .display()
+                ),
+            ]
+        })
+        .collect();
+
+    for (verify, want_forged) in [(false, None), (true, Some("bad_certificate"))] {
+        let mut args: Vec<&str> = bundle_args.iter().map(String::as_str).collect();
+        if verify {
+            args.push("--verify-chain");
+        }
+        let socket = dir.path().join(format!("wardgate-{verify}.sock"));
+        let wardgate = support::process::Wardgate::start(
+            &support::shipped_bundle(),
+            &socket,
+            dir.path(),
+            &args,
+        )
+        .await
+        .expect("start wardgate");
+        let mut client = support::grpc::authorization(&wardgate.socket)
+            .await
+            .expect("grpc");
+        let reason_of =
+            |resp: envoy_types::ext_authz::v3::pb::CheckResponse| match resp.http_response {
+                Some(HttpResponse::DeniedResponse(d)) => d
+                    .headers
+                    .iter()
+                    .filter_map(|h| h.header.as_ref())
+                    .find(|h| h.key == "x-wardgate-reason")
+                    .map(|h| h.value.clone()),
+                _ => None,
+            };
+        let ok = client
+            .check(check(&ehr_id, &genuine, &lab))
+            .await
+            .expect("check")
+            .into_inner();
+        assert_eq!(
+            reason_of(ok),
+            None,
+            "verify={verify}: the genuine SVID is allowed"
+        );
+        let bad = client
+            .check(check(&ehr_id, &forged, &lab))
+            .await
+            .expect("check")
+            .into_inner();
+        assert_eq!(
+            reason_of(bad).as_deref(),
+            want_forged,
+            "verify={verify}: the forged SVID"
+        );
+    }
+}

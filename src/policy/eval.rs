@@ -304,7 +304,7 @@ impl Policy {
             }
             PeerCertificate::Unreadable(why) => {
                 t.step(|| TraceStep::Certificate {
-                    result: format!("unreadable: {why}"),
+                    result: format!("rejected: {why}"),
                 });
                 return deny(Reason::BadCertificate, src_seg, dst_seg);
             }

@@ -87,7 +87,8 @@ pub enum PeerCertificate<'a> {
     /// Envoy did not forward a certificate (`include_peer_certificate` is off).
     #[default]
     NotForwarded,
-    /// A certificate was forwarded but could not be decoded; the text says why.
+    /// A certificate was forwarded but could not be decoded, or (with chain verification on)
+    /// does not chain to its trust domain's bundle; the text says why.
     Unreadable(&'a str),
     /// The facts read from the forwarded leaf certificate.
     Parsed(&'a CertificateFacts),

@@ -46,6 +46,14 @@ enum Command {
     },
     /// Decide one request against a bundle and print the decision with its trace.
     Check(CheckArgs),
+    /// Run policy unit tests (YAML cases) against a bundle; exit 1 if any case fails.
+    Test(crate::tooling::TestArgs),
+    /// Who can reach what, the segment matrix, and findings, computed exactly from the rules.
+    Analyze(crate::tooling::AnalyzeArgs),
+    /// What a bundle change grants and revokes; exit 0 none, 1 only revocations, 2 new grants.
+    Diff(crate::tooling::DiffArgs),
+    /// Re-decide logged decisions with a candidate bundle and report what would change.
+    Replay(crate::tooling::ReplayArgs),
 }
 
 #[derive(Debug, Args)]
@@ -296,6 +304,10 @@ pub fn main() -> ExitCode {
         Command::Serve(args) => serve(args),
         Command::Validate { bundle } => validate(&bundle),
         Command::Check(args) => check(args),
+        Command::Test(args) => crate::tooling::testing::run(args),
+        Command::Analyze(args) => crate::tooling::run_analyze(args),
+        Command::Diff(args) => crate::tooling::diff::run(args),
+        Command::Replay(args) => crate::tooling::replay::run(args),
     }
 }
 

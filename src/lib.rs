@@ -31,6 +31,9 @@
 //!   its accept loop.
 //! * [`server`]: the tonic ext_authz and gRPC health services, listeners and graceful shutdown.
 //! * [`decision_log`]: the JSON decision-log record shared by the writer and `replay`.
+//! * `tooling`: the platform-team verbs `test`, `analyze`, `diff` and `replay`: policy unit
+//!   tests, exact who-can-reach / segment-matrix / findings analysis of the compiled rules,
+//!   semantic bundle diffs, and decision-log replay against a candidate bundle.
 //! * [`cli`]: the `wardgate` command line (serve, validate, check).
 #![forbid(unsafe_code)]
 #![deny(
@@ -51,4 +54,5 @@ pub mod reload;
 pub mod server;
 pub mod svid;
 pub mod tls;
+pub(crate) mod tooling;
 pub mod trust;

@@ -47,6 +47,7 @@ mod pattern;
 mod reference;
 mod schedule;
 pub mod trace;
+pub(crate) mod view;
 
 use std::collections::HashMap;
 use std::fmt;

@@ -100,6 +100,13 @@ impl Schedule {
         self.days & ALL_DAYS == 0
     }
 
+    /// The raw parts `(days bit set, start minute, end minute, zone, zone name)`, read by the
+    /// analysis tooling through `policy::view` (it finds the instants where a window can open or
+    /// close, then asks [`Schedule::matches`] itself).
+    pub(crate) fn parts(&self) -> (u8, u16, u16, &TimeZone, &str) {
+        (self.days, self.start, self.end, &self.tz, &self.tz_name)
+    }
+
     fn has_day(&self, day: Weekday) -> bool {
         self.days & (1 << day.to_monday_zero_offset()) != 0
     }

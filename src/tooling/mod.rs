@@ -1,0 +1,237 @@
+//! Policy tooling for platform teams: `wardgate test`, `analyze`, `diff` and `replay`.
+//!
+//! These verbs answer, from the compiled [`Policy`] the server would run, the questions a
+//! platform or security team asks of a bundle: do these requests get the decisions we expect
+//! (`test`), who can reach what and which rules are dead weight (`analyze`), what does this
+//! change grant or revoke (`diff`), and which recorded decisions would this candidate change
+//! (`replay`). `test` and `replay` call `Policy::decide`/`decide_traced` on every request;
+//! `analyze` and `diff` compute exact answers from the compiled rules as sets of requests
+//! (`space`, `model`) and confirm every example they print with `decide`.
+//!
+//! This module must never change a policy, never sample requests to make a claim, and never read
+//! the policy's indexes: it goes through `policy::view` only.
+//!
+//! Exit codes shared by the verbs: 0 nothing to report, 1 failures or revocations only, 2 new
+//! grants (`diff`, `replay`), 3 the verb could not run (unreadable or invalid bundle or input).
+
+/// `println!` that ignores a closed stdout (`wardgate analyze ... | head` must not panic).
+macro_rules! say {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($t)*);
+    }};
+}
+
+/// `print!` that ignores a closed stdout.
+macro_rules! say_raw {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout().lock(), $($t)*);
+    }};
+}
+
+pub(crate) mod analyze;
+pub(crate) mod diff;
+pub(crate) mod model;
+pub(crate) mod render;
+pub(crate) mod replay;
+pub(crate) mod space;
+pub(crate) mod testing;
+
+#[cfg(test)]
+mod proptests;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use crate::policy::Policy;
+
+pub(crate) use diff::DiffArgs;
+pub(crate) use replay::ReplayArgs;
+pub(crate) use testing::TestArgs;
+
+/// Exit codes of the tooling verbs.
+pub(crate) mod exit {
+    /// `test`: a case failed. `diff`/`replay`: only revocations.
+    pub(crate) const DIFFERENCE: u8 = 1;
+    /// `diff`/`replay`: at least one new grant.
+    pub(crate) const GRANT: u8 = 2;
+    /// The verb could not run.
+    pub(crate) const CANNOT_RUN: u8 = 3;
+}
+
+/// Load and compile a bundle, printing every problem as `FILE:LINE:COL: message`.
+pub(crate) fn load(path: &Path) -> Result<Policy, ExitCode> {
+    Policy::from_path(path).map_err(|errors| {
+        for d in errors.iter() {
+            eprintln!("{d}");
+        }
+        eprintln!(
+            "{}: invalid bundle ({} error(s))",
+            path.display(),
+            errors.0.len()
+        );
+        ExitCode::from(exit::CANNOT_RUN)
+    })
+}
+
+/// Output format of `analyze`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Format {
+    /// Terminal text.
+    Text,
+    /// One JSON object.
+    Json,
+    /// Graphviz DOT (the matrix only).
+    Dot,
+}
+
+/// `wardgate analyze` flags.
+#[derive(Debug, clap::Args)]
+pub(crate) struct AnalyzeArgs {
+    /// Bundle file or directory.
+    bundle: PathBuf,
+    /// List every grant that reaches this segment or SPIFFE ID (pattern); repeatable.
+    #[arg(long, value_name = "SPIFFE_ID_OR_SEGMENT")]
+    who_can_reach: Vec<String>,
+    /// The segment-to-segment reachability matrix.
+    #[arg(long)]
+    matrix: bool,
+    /// Findings: shadowed and redundant rules, grants into the sensitive segment, trust-domain
+    /// wildcards, unreachable segments, schedules that never match.
+    #[arg(long)]
+    findings: bool,
+    /// Segment whose inbound grants from outside are listed for review (default: clinical);
+    /// repeatable.
+    #[arg(long, value_name = "SEGMENT")]
+    sensitive: Vec<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+    /// Same as `--format json`.
+    #[arg(long)]
+    json: bool,
+    /// Also write the matrix as an SVG picture to FILE.
+    #[arg(long, value_name = "FILE")]
+    svg: Option<PathBuf>,
+}
+
+/// Run `wardgate analyze`.
+pub(crate) fn run_analyze(args: AnalyzeArgs) -> ExitCode {
+    let policy = match load(&args.bundle) {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    let time = model::TimeUniverse::new(&[&policy]);
+    let m = model::Model::new(&policy, &time);
+    let an = analyze::Analyzer::new(&m, &time);
+    let format = if args.json { Format::Json } else { args.format };
+    let explicit_sensitive = !args.sensitive.is_empty();
+    let sensitive = if explicit_sensitive {
+        args.sensitive.clone()
+    } else {
+        vec!["clinical".to_string()]
+    };
+    for s in &sensitive {
+        if explicit_sensitive && !m.segments.iter().any(|x| x.name == s.as_str()) {
+            eprintln!("error: --sensitive {s}: the bundle has no segment `{s}`");
+            return ExitCode::from(exit::CANNOT_RUN);
+        }
+    }
+    let mut targets = Vec::new();
+    for t in &args.who_can_reach {
+        match an.target(t) {
+            Ok(p) => targets.push((t.clone(), p)),
+            Err(e) => {
+                eprintln!("error: --who-can-reach: {e}");
+                return ExitCode::from(exit::CANNOT_RUN);
+            }
+        }
+    }
+    let nothing_chosen = targets.is_empty() && !args.matrix && !args.findings;
+    let want_matrix = args.matrix || nothing_chosen || format == Format::Dot || args.svg.is_some();
+    let want_findings = args.findings || (nothing_chosen && args.svg.is_none());
+    if format == Format::Dot && (!targets.is_empty() || args.findings) {
+        eprintln!("error: --format dot draws the matrix only");
+        return ExitCode::from(exit::CANNOT_RUN);
+    }
+    let reaches: Vec<analyze::Reach> = targets
+        .iter()
+        .map(|(label, pats)| an.who_can_reach(label, pats))
+        .collect();
+    let matrix = (want_matrix || want_findings).then(|| an.matrix());
+    let findings = match (&matrix, want_findings) {
+        (Some(mx), true) => Some(an.findings(mx, &sensitive)),
+        _ => None,
+    };
+    if let (Some(file), Some(mx)) = (&args.svg, &matrix) {
+        match render::write_matrix_svg(mx, &sensitive, file) {
+            Ok(how) => eprintln!("wrote {} ({how} renderer)", file.display()),
+            Err(e) => {
+                eprintln!("error: cannot write {}: {e}", file.display());
+                return ExitCode::from(exit::CANNOT_RUN);
+            }
+        }
+    }
+    match format {
+        Format::Dot => {
+            if let Some(mx) = &matrix {
+                say_raw!("{}", render::matrix_dot(mx, &sensitive));
+            }
+        }
+        Format::Json => {
+            let mut out = serde_json::json!({
+                "bundle": args.bundle.display().to_string(),
+                "revision": policy.revision(),
+                "rules": m.rules.len(),
+                "break_glass": m.break_glass.len(),
+                "segments": m.segments.iter().map(|s| s.name).collect::<Vec<_>>(),
+                "sensitive": sensitive,
+            });
+            if !reaches.is_empty() {
+                out["who_can_reach"] = serde_json::json!(reaches);
+            }
+            if want_matrix {
+                out["matrix"] = serde_json::json!(matrix);
+            }
+            if let Some(f) = &findings {
+                out["findings"] = serde_json::json!(f);
+            }
+            say!("{out}");
+        }
+        Format::Text => {
+            say!(
+                "{}: revision {}, {} rule(s), {} break-glass entr{}, {} segment(s)",
+                args.bundle.display(),
+                policy.revision(),
+                m.rules.len(),
+                m.break_glass.len(),
+                if m.break_glass.len() == 1 { "y" } else { "ies" },
+                m.segments.len()
+            );
+            for r in &reaches {
+                say!("\n{}", render::reach_text(r).trim_end());
+            }
+            if let (true, Some(mx)) = (want_matrix, &matrix) {
+                say!("\n{}", render::matrix_text(mx).trim_end());
+            }
+            if let Some(f) = &findings {
+                say!("\n{}", render::findings_text(f).trim_end());
+            }
+        }
+    }
+    let disagreements = an.disagreements.borrow().clone();
+    report_disagreements(&disagreements)
+}
+
+/// Print internal analysis/engine disagreements (never expected) and pick the exit code.
+fn report_disagreements(list: &[String]) -> ExitCode {
+    if list.is_empty() {
+        return ExitCode::SUCCESS;
+    }
+    for d in list {
+        eprintln!("internal error: {d}");
+    }
+    eprintln!("internal error: the analysis disagrees with the engine; please report this bundle");
+    ExitCode::from(exit::CANNOT_RUN)
+}

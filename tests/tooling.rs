@@ -478,6 +478,64 @@ fn findings_on_a_bundle_with_problems() {
     assert_eq!(f.len(), 5, "{f:#?}");
 }
 
+#[test]
+fn schedules_are_compared_as_sets_of_instants() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let b = write(
+        dir.path(),
+        "s.yaml",
+        r#"
+version: 1
+revision: 1
+trust_domains: [td.example]
+segments:
+  a:
+    members: ["spiffe://td.example/ns/a/**"]
+rules:
+  - name: nights-off
+    action: deny
+    from: [a]
+    to: [a]
+    when:
+      schedule: {hours: "18:00-08:00", timezone: Europe/Berlin}
+  - name: evening-sync
+    from: [a]
+    to: [a]
+    paths: ["/sync"]
+    when:
+      schedule: {days: [mon, tue, wed, thu, fri], hours: "19:00-23:00", timezone: Europe/Berlin}
+  - name: office-sync
+    from: [a]
+    to: [a]
+    paths: ["/sync"]
+    when:
+      schedule: {days: [mon, tue, wed, thu, fri], hours: "08:00-18:00", timezone: UTC}
+"#,
+    );
+    let v = analyze_json(&b, &["--findings", "--sensitive", "a"]);
+    let f = v["findings"].as_array().expect("findings");
+    // 19:00-23:00 Berlin lies inside the 18:00-08:00 Berlin deny window; 08:00-18:00 UTC is
+    // 09:00-19:00 or 10:00-20:00 Berlin, so part of it is allowed.
+    assert_eq!(f.len(), 1, "{f:#?}");
+    assert_eq!(f[0]["kind"], "shadowed-by-deny");
+    assert_eq!(f[0]["rule"], "evening-sync");
+    let v = analyze_json(&b, &["--who-can-reach", "a"]);
+    let g = &v["who_can_reach"][0]["grants"];
+    assert_eq!(g[0]["rule"], "evening-sync");
+    assert_eq!(g[0]["effective"], false);
+    assert_eq!(g[1]["rule"], "office-sync");
+    assert_eq!(g[1]["effective"], true);
+    // The example is inside the UTC window and outside the Berlin deny window: a weekday
+    // between 08:00 and 17:00 UTC.
+    let at: jiff::Timestamp = g[1]["example"]["at"]
+        .as_str()
+        .expect("at")
+        .parse()
+        .expect("instant");
+    let hour = at.to_zoned(jiff::tz::TimeZone::UTC).hour();
+    assert!((8..17).contains(&hour), "{at}");
+}
+
 // --- diff --------------------------------------------------------------------------------------
 
 fn diff(old: &str, new: &str) -> (i32, serde_json::Value, String) {

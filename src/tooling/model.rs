@@ -729,3 +729,52 @@ pub(crate) fn with_point<T>(
     };
     Some(f(&point))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ZONED: &str = r#"
+version: 1
+revision: 1
+trust_domains: [td.example]
+rules:
+  - name: berlin
+    from: ["spiffe://td.example/**"]
+    when: {schedule: {days: [mon, wed, sun], hours: "22:00-06:00", timezone: Europe/Berlin}}
+  - name: new-york
+    from: ["spiffe://td.example/**"]
+    when: {schedule: {days: [sun], hours: "01:30-02:30", timezone: America/New_York}}
+  - name: kolkata
+    from: ["spiffe://td.example/**"]
+    when: {schedule: {hours: "09:07-17:53", timezone: Asia/Kolkata}}
+  - name: lord-howe
+    from: ["spiffe://td.example/**"]
+    when: {schedule: {days: [sat, sun], hours: "01:45-02:15", timezone: Australia/Lord_Howe}}
+  - name: utc
+    from: ["spiffe://td.example/**"]
+    when: {schedule: {days: [fri], hours: "23:59-24:00"}}
+"#;
+
+    /// The elementary intervals are complete: every schedule is constant on each, so the bits
+    /// agree with `Schedule::matches` at every minute of the reference year (schedules and
+    /// zone offsets are whole minutes), through every DST change of five zones.
+    #[test]
+    fn interval_bits_agree_with_matches_every_minute() {
+        let policy = Policy::from_yaml_str("zoned.yaml", ZONED).expect("bundle");
+        let time = TimeUniverse::new(&[&policy]);
+        let (y0, y1) = reference_year();
+        let mut t = y0;
+        let mut i = 0usize;
+        while t < y1 {
+            while i + 1 < time.starts.len() && time.starts[i + 1] <= t {
+                i += 1;
+            }
+            for (k, s) in time.schedules.iter().enumerate() {
+                let bit = time.bits[k][i / 64] >> (i % 64) & 1 == 1;
+                assert_eq!(bit, s.matches(t), "schedule {} at {t}", s.describe());
+            }
+            t += SignedDuration::from_mins(1);
+        }
+    }
+}

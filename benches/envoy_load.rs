@@ -17,9 +17,10 @@
 //!   10,000-rule generated bundle plus the five callers' rules.
 //!
 //! The shipped template's gRPC health checks are removed in every variant (the allow-all server
-//! has no health service), so all variants configure Envoy alike. For wardgate the bench reads
-//! its CPU time (`/proc/<pid>/stat` utime + stime) over the measured window and reports CPU
-//! seconds per 10,000 checks.
+//! has no health service), so all variants configure Envoy alike. For the authorizer the bench
+//! reads its CPU time over the measured window (utime + stime of wardgate's `/proc/<pid>/stat`,
+//! or of the allow-all runtime's threads in `/proc/self/task`) and reports CPU seconds per
+//! 10,000 checks. `$WARDGATE_SERVE_ARGS` adds `wardgate serve` arguments.
 //!
 //! The machine has 2 cores shared by Envoy, the upstream, the authorizer and the load generator;
 //! absolute figures are those of that box, the ratios within one run are what to compare.
@@ -222,6 +223,7 @@ async fn run(
     }
 
     let template = std::fs::read_to_string(e2e::process::envoy_template_path())?;
+    println!("wardgate serve extra arguments: {:?}", extra_serve_args());
     println!(
         "Envoy end-to-end load: {} mTLS HTTP/2 connections ({} workloads) x {} streams, {} round(s) of {:?} per variant, Envoy --concurrency 1, {} cores shared by everything",
         s.conns,
@@ -232,7 +234,7 @@ async fn run(
         std::thread::available_parallelism().map_or(0, |n| n.get()),
     );
     let mut merged: HashMap<Variant, (Histogram<u64>, Duration)> = HashMap::new();
-    let mut ward_cpu: HashMap<Variant, (f64, u64)> = HashMap::new();
+    let mut authz_cpu: HashMap<Variant, (f64, u64)> = HashMap::new();
     for round in 0..s.rounds {
         for variant in Variant::ALL {
             let config = envoy_config(
@@ -253,9 +255,11 @@ async fn run(
                 variant,
             )
             .await?;
+            let pid = |p: Option<u32>| p.map(Cpu::Process);
             let pid = match variant {
-                Variant::WardgateUds => ward_uds.pid(),
-                Variant::WardgateTcp => ward_tcp.pid(),
+                Variant::WardgateUds => pid(ward_uds.pid()),
+                Variant::WardgateTcp => pid(ward_tcp.pid()),
+                Variant::AllowAllTcp => Some(Cpu::Threads("allow-all")),
                 _ => None,
             };
             let (h, elapsed, cpu) =
@@ -274,7 +278,7 @@ async fn run(
             e.0.add(&h)?;
             e.1 += elapsed;
             if let Some(cpu) = cpu {
-                let c = ward_cpu.entry(variant).or_insert((0.0, 0));
+                let c = authz_cpu.entry(variant).or_insert((0.0, 0));
                 c.0 += cpu;
                 c.1 += h.len();
             }
@@ -287,7 +291,7 @@ async fn run(
 
     println!(
         "\n{:<20} {:>9} {:>8} {:>8} {:>9} {:>16}",
-        "variant", "req/s", "p50 us", "p99 us", "p99.9 us", "cpu s/10k checks"
+        "variant", "req/s", "p50 us", "p99 us", "p99.9 us", "authz cpu s/10k"
     );
     let mut rows = Vec::new();
     let sum: BTreeMap<&str, Summary> = Variant::ALL
@@ -296,7 +300,7 @@ async fn run(
         .collect();
     for v in Variant::ALL {
         let x = &sum[v.name()];
-        let cpu = ward_cpu
+        let cpu = authz_cpu
             .get(&v)
             .map(|(s, n)| s / (*n).max(1) as f64 * 10_000.0);
         println!(
@@ -309,7 +313,7 @@ async fn run(
             cpu.map_or("-".to_owned(), |c| format!("{c:.3}"))
         );
         let mut j = x.json(v.name());
-        j["wardgate_cpu_s_per_10k"] = cpu.into();
+        j["authz_cpu_s_per_10k"] = cpu.into();
         rows.push(j);
     }
     let allow = sum["envoy+allow-all tcp"].rps();
@@ -328,11 +332,22 @@ async fn run(
         serde_json::json!({
             "bench": "envoy_load", "full": full, "rules": rules,
             "conns": s.conns, "inflight": s.inflight, "variants": rows,
+            "wardgate_serve_args": extra_serve_args(),
             "ratios": {"wardgate_uds_vs_allow_tcp": uds, "wardgate_tcp_vs_allow_tcp": tcp},
         })
     );
     drop(upstream);
     Ok(())
+}
+
+/// Extra `wardgate serve` arguments from `$WARDGATE_SERVE_ARGS` (whitespace-separated), e.g.
+/// `--decision-log off` to see what the decision log costs.
+fn extra_serve_args() -> Vec<String> {
+    std::env::var("WARDGATE_SERVE_ARGS")
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
 }
 
 /// `wardgate serve` (the binary this bench was built with) on `listen`, admin on a free port.
@@ -349,6 +364,7 @@ fn start_wardgate(
         .arg("--bundle")
         .arg(bundle)
         .args(["--listen", listen, "--admin", &admin.to_string()])
+        .args(extra_serve_args())
         .env("RUST_LOG", "warn");
     ChildGuard::spawn(name, command, dir)
 }
@@ -555,9 +571,38 @@ async fn start_envoy(
     }
 }
 
-/// utime + stime of `pid`, seconds.
-fn cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+/// Whose CPU time to read: the authorizer's.
+#[derive(Debug, Clone, Copy)]
+enum Cpu {
+    /// A child process (`wardgate serve`).
+    Process(u32),
+    /// The threads of this process with this name (the in-process allow-all server's runtime).
+    Threads(&'static str),
+}
+
+impl Cpu {
+    /// utime + stime so far, seconds.
+    fn seconds(self) -> Option<f64> {
+        match self {
+            Cpu::Process(pid) => stat_seconds(&format!("/proc/{pid}/stat")),
+            Cpu::Threads(name) => {
+                let mut total = 0.0;
+                for task in std::fs::read_dir("/proc/self/task").ok()? {
+                    let task = task.ok()?.path();
+                    let comm = std::fs::read_to_string(task.join("comm")).unwrap_or_default();
+                    if comm.trim_end() == name {
+                        total += stat_seconds(&task.join("stat").display().to_string())?;
+                    }
+                }
+                Some(total)
+            }
+        }
+    }
+}
+
+/// utime + stime from a `/proc/.../stat` file, seconds.
+fn stat_seconds(path: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(path).ok()?;
     // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
     let rest = &stat[stat.rfind(')')? + 2..];
     let f: Vec<&str> = rest.split_whitespace().collect();
@@ -581,7 +626,7 @@ async fn drive(
     server_name: &str,
     connectors: &[TlsConnector],
     s: &Settings,
-    pid: Option<u32>,
+    pid: Option<Cpu>,
 ) -> Result<(Histogram<u64>, Duration, Option<f64>), BoxError> {
     let server_name = rustls::pki_types::ServerName::try_from(server_name.to_owned())?;
     let authority = format!("{}:{}", server_name.to_str(), envoy.listen.port());
@@ -635,13 +680,13 @@ async fn drive(
         }
     }
     tokio::time::sleep(s.warmup).await;
-    let cpu_start = pid.and_then(cpu_seconds);
+    let cpu_start = pid.and_then(Cpu::seconds);
     measuring.store(true, Ordering::Relaxed);
     let start = Instant::now();
     tokio::time::sleep(s.window).await;
     measuring.store(false, Ordering::Relaxed);
     let elapsed = start.elapsed();
-    let cpu_end = pid.and_then(cpu_seconds);
+    let cpu_end = pid.and_then(Cpu::seconds);
     done.store(true, Ordering::Relaxed);
     let mut h = load::histogram();
     for t in tasks {

@@ -15,7 +15,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::identity;
 use crate::policy::{CertificateFacts, PeerCertificate, Policy, Request, Trace};
-use crate::reload::{BundleSource, NoObserver, ReloadConfig, ReloadObserver, Reloader};
+use crate::reload::{BundleSource, ReloadConfig, ReloadObserver, Reloader};
 use crate::server::{self, ListenAddr, ServerConfig};
 
 /// The example bundle compiled into the binary; `serve` uses it when no `--bundle` is given.

@@ -31,6 +31,9 @@
 //!   its accept loop.
 //! * [`server`]: the tonic ext_authz and gRPC health services, listeners and graceful shutdown.
 //! * [`decision_log`]: the JSON decision-log record shared by the writer and `replay`.
+//! * [`telemetry`]: Prometheus metrics and the decision-log writer (bounded queue, own thread).
+//! * [`admin`]: the admin HTTP listener: `/metrics`, `/healthz`, `/readyz`, `/v1/bundle`,
+//!   `/v1/rules`.
 //! * `tooling`: the platform-team verbs `test`, `analyze`, `diff` and `replay`: policy unit
 //!   tests, exact who-can-reach / segment-matrix / findings analysis of the compiled rules,
 //!   semantic bundle diffs, and decision-log replay against a candidate bundle.
@@ -45,6 +48,7 @@
 )]
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod cli;
 pub mod decision_log;
 pub mod identity;
@@ -53,6 +57,7 @@ pub mod policy;
 pub mod reload;
 pub mod server;
 pub mod svid;
+pub mod telemetry;
 pub mod tls;
 pub(crate) mod tooling;
 pub mod trust;

@@ -35,6 +35,7 @@ use envoy_types::ext_authz::v3::pb::{
 use envoy_types::ext_authz::v3::{
     CheckResponseExt, DeniedHttpResponseBuilder, OkHttpResponseBuilder,
 };
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest;
 use envoy_types::pb::google::protobuf::{value::Kind, NullValue, Struct, Value};
 use envoy_types::pb::google::rpc;
 use tonic::server::NamedService;
@@ -42,10 +43,12 @@ use tonic::transport::server::TcpIncoming;
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 
+use crate::decision_log::loggable_path;
 use crate::identity;
 use crate::policy::{
     CertificateFacts, Decision, PeerCertificate, Policy, Reason, Request, Verdict,
 };
+use crate::telemetry::{CheckEvent, Telemetry};
 
 /// Header added to the upstream request on allow, naming the rule that allowed it.
 pub const RULE_HEADER: &str = "x-wardgate-rule";
@@ -129,6 +132,8 @@ pub struct ServerConfig {
     pub drain_timeout: Duration,
     /// How often the health service re-reads whether a policy is in force.
     pub health_poll_interval: Duration,
+    /// Where every decided Check is recorded (metrics, decision log); `None` records nothing.
+    pub telemetry: Option<Arc<Telemetry>>,
 }
 
 impl Default for ServerConfig {
@@ -138,6 +143,7 @@ impl Default for ServerConfig {
             unix_socket_mode: 0o660,
             drain_timeout: Duration::from_secs(15),
             health_poll_interval: Duration::from_millis(250),
+            telemetry: None,
         }
     }
 }
@@ -235,6 +241,12 @@ impl AuthzService {
             .filter(|p| !p.is_empty())
             .or(self.config.destination_principal.as_deref());
 
+        // The instant the check is judged at: Envoy's request time, else now.
+        let time = request
+            .and_then(|r| r.time.as_ref())
+            .and_then(|t| jiff::Timestamp::new(t.seconds, t.nanos).ok())
+            .unwrap_or_else(jiff::Timestamp::now);
+
         // Storage for the parsed peer certificate; `PeerCertificate` borrows from it.
         let mut facts: Option<CertificateFacts> = None;
         let mut unreadable: Option<String> = None;
@@ -266,10 +278,6 @@ impl AuthzService {
                         }
                     }
                 };
-                let time = request
-                    .and_then(|r| r.time.as_ref())
-                    .and_then(|t| jiff::Timestamp::new(t.seconds, t.nanos).ok())
-                    .unwrap_or_else(jiff::Timestamp::now);
                 let request = Request {
                     source: source_principal,
                     destination: destination_principal,
@@ -299,9 +307,65 @@ impl AuthzService {
             "check"
         );
 
+        if let Some(telemetry) = &self.config.telemetry {
+            let break_glass_reason = match (policy, http) {
+                (Some(policy), Some(http)) if decision.reason == Reason::BreakGlass => {
+                    stated_break_glass_reason(policy, &http.headers)
+                }
+                _ => None,
+            };
+            telemetry.record_check(&CheckEvent {
+                decision: &decision,
+                revision,
+                elapsed,
+                time,
+                // Only the decision log reads it: no header lookup when it is off.
+                request_id: http
+                    .filter(|_| telemetry.decision_log_enabled())
+                    .and_then(request_id),
+                source: source_principal,
+                destination: destination_principal,
+                method: http.map_or("", |h| h.method.as_str()),
+                path: http.map_or("", |h| h.path.as_str()),
+                host: http.map_or("", |h| h.host.as_str()),
+                break_glass_reason,
+            });
+        }
+
         let headers = http.map(|h| &h.headers);
         render(&decision, revision, elapsed, headers)
     }
+}
+
+/// Longest request id taken into the decision log.
+const MAX_REQUEST_ID: usize = 128;
+
+/// The request id for the decision log: Envoy's `x-request-id` (what its access log shows)
+/// when it looks like one (at most 128 bytes of `[A-Za-z0-9._-]`, as UUIDs and trace ids are),
+/// else Envoy's stream id. Anything else a client could put there is not logged.
+fn request_id(http: &HttpRequest) -> Option<&str> {
+    let looks_like_an_id = |v: &&str| {
+        !v.is_empty()
+            && v.len() <= MAX_REQUEST_ID
+            && v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    };
+    http.headers
+        .get("x-request-id")
+        .map(String::as_str)
+        .filter(looks_like_an_id)
+        .or_else(|| Some(http.id.as_str()).filter(looks_like_an_id))
+}
+
+/// The break-glass reason the caller stated (the only header value wardgate ever logs).
+fn stated_break_glass_reason<'h>(
+    policy: &Policy,
+    headers: &'h HashMap<String, String>,
+) -> Option<&'h str> {
+    policy
+        .break_glass_header()
+        .and_then(|name| headers.get(&name.to_ascii_lowercase()))
+        .map(String::as_str)
 }
 
 #[tonic::async_trait]
@@ -322,12 +386,8 @@ fn log_break_glass(
     decision: &Decision<'_>,
     headers: &HashMap<String, String>,
 ) {
-    let stated = policy
-        .break_glass_header()
-        .and_then(|name| headers.get(&name.to_ascii_lowercase()))
-        .map(String::as_str)
-        .unwrap_or_default();
-    let path = request.path.split(['?', '#']).next().unwrap_or_default();
+    let stated = stated_break_glass_reason(policy, headers).unwrap_or_default();
+    let path = loggable_path(request.path);
     tracing::warn!(
         rule = decision.rule,
         source = request.source,
@@ -642,7 +702,7 @@ where
 
 /// Bind a Unix socket at `path`: refuse to steal it from a live server, remove a stale socket
 /// file, never remove anything that is not a socket, then set the permission bits.
-fn bind_unix(
+pub(crate) fn bind_unix(
     addr: &ListenAddr,
     path: &Path,
     mode: u32,

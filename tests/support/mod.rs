@@ -2,7 +2,8 @@
 //!
 //! Owns the pieces every such test needs: a test PKI ([`pki`]), the `wardgate` and Envoy child
 //! processes ([`process`]), an echoing upstream app ([`upstream`]), an mTLS client that sends raw
-//! paths ([`client`]), gRPC clients over wardgate's socket ([`grpc`]), a SPIFFE Workload API
+//! paths ([`client`]), gRPC clients over wardgate's socket ([`grpc`]), a Prometheus
+//! text parser ([`metrics`]), a SPIFFE Workload API
 //! test double ([`workload_api`]), callers of and fixtures for wardgate's mTLS listener
 //! ([`mtls`]), and [`Sidecar`], which
 //! wires them together the way `deploy/envoy/envoy-sidecar.yaml` describes. It must never reach
@@ -14,6 +15,7 @@
 
 pub mod client;
 pub mod grpc;
+pub mod metrics;
 pub mod mtls;
 pub mod pki;
 pub mod process;

@@ -169,6 +169,18 @@ pub struct Wardgate {
     pub child: ChildGuard,
     /// Its gRPC socket.
     pub socket: PathBuf,
+    /// Its admin listener (`/metrics`, `/readyz`, ...): a free loopback port unless
+    /// `extra_args` chose one with `--admin` (`None` for `--admin off` or a Unix socket).
+    pub admin: Option<SocketAddr>,
+}
+
+/// What [`Wardgate::launch`] waits for before it returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitFor {
+    /// The gRPC health service reports SERVING (a bundle is in force).
+    Serving,
+    /// The admin listener answers `/healthz` (the process is up, ready or not).
+    Alive,
 }
 
 impl Wardgate {
@@ -180,6 +192,33 @@ impl Wardgate {
         log_dir: &Path,
         extra_args: &[&str],
     ) -> Result<Wardgate, BoxError> {
+        Wardgate::launch(bundle, socket, log_dir, extra_args, WaitFor::Serving).await
+    }
+
+    /// Like [`Wardgate::start`], waiting for `wait`. Unless `extra_args` has `--admin`, the admin
+    /// listener gets a free loopback port (so parallel tests never share the default one).
+    pub async fn launch(
+        bundle: &Path,
+        socket: &Path,
+        log_dir: &Path,
+        extra_args: &[&str],
+        wait: WaitFor,
+    ) -> Result<Wardgate, BoxError> {
+        let given = extra_args
+            .iter()
+            .position(|a| *a == "--admin")
+            .and_then(|i| extra_args.get(i + 1))
+            .map(|a| a.parse::<SocketAddr>().ok());
+        let (admin, admin_args) = match given {
+            Some(addr) => (addr, Vec::new()),
+            None => {
+                let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+                (Some(addr), vec!["--admin".to_owned(), addr.to_string()])
+            }
+        };
+        if wait == WaitFor::Alive && admin.is_none() {
+            return Err("WaitFor::Alive needs a TCP admin listener".into());
+        }
         let mut command = Command::new(env!("CARGO_BIN_EXE_wardgate"));
         command
             .arg("serve")
@@ -188,6 +227,7 @@ impl Wardgate {
             .arg("--listen")
             .arg(format!("unix:{}", socket.display()))
             .args(extra_args)
+            .args(&admin_args)
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
@@ -195,6 +235,7 @@ impl Wardgate {
         let mut wardgate = Wardgate {
             child: ChildGuard::spawn("wardgate", command, log_dir)?,
             socket: socket.to_owned(),
+            admin,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -205,14 +246,24 @@ impl Wardgate {
                 )
                 .into());
             }
-            if let Ok(status) = super::grpc::health(socket, "").await {
-                if status == tonic_health::pb::health_check_response::ServingStatus::Serving {
-                    return Ok(wardgate);
+            match (wait, admin) {
+                (WaitFor::Alive, Some(addr)) => {
+                    if let Ok((200, _)) = super::client::plain_get(addr, "/healthz").await {
+                        return Ok(wardgate);
+                    }
+                }
+                _ => {
+                    if let Ok(status) = super::grpc::health(socket, "").await {
+                        if status == tonic_health::pb::health_check_response::ServingStatus::Serving
+                        {
+                            return Ok(wardgate);
+                        }
+                    }
                 }
             }
             if Instant::now() > deadline {
                 return Err(format!(
-                    "wardgate did not report SERVING on {} within 30 s\n{}",
+                    "wardgate did not become {wait:?} on {} within 30 s\n{}",
                     socket.display(),
                     wardgate.child.log_tail(4000)
                 )

@@ -1,0 +1,353 @@
+//! The admin HTTP listener: what SREs and Prometheus ask a running wardgate (DESIGN §6).
+//!
+//! | path         | answer |
+//! |--------------|--------|
+//! | `/metrics`   | every metric in the Prometheus text format |
+//! | `/healthz`   | `200 ok` while the process serves HTTP at all (liveness) |
+//! | `/readyz`    | `200 ready` once a valid bundle is in force, else `503` (readiness) |
+//! | `/v1/bundle` | the bundle in force as JSON: revision, digest, source, loaded at, counts |
+//! | `/v1/rules`  | every rule with its file, line, hit count and last-hit time, as JSON |
+//!
+//! Plain HTTP/1.1 (hyper), GET and HEAD only, loopback by default. Nothing here decides a
+//! request or changes state; it reads the [`Telemetry`] and the [`PolicyHandle`]. It must never
+//! serve on an address the operator did not give, never hold up shutdown for longer than
+//! [`SHUTDOWN_GRACE`], and never put request data into a label or a response.
+
+use std::convert::Infallible;
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::Serialize;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::server::{self, ListenAddr, PolicyHandle, ServerError};
+use crate::telemetry::{BundleInfo, RuleUsage, Telemetry};
+
+/// Default admin address: loopback, next to Envoy's customary admin port 9901.
+pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:9902";
+
+/// How long open admin connections may take to finish after shutdown.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Longest wait for a request's headers on an admin connection.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `--admin`: where the admin listener serves, or `off`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminAddr {
+    /// No admin listener.
+    Off,
+    /// Listen here (`host:port` or `unix:/path`).
+    Listen(ListenAddr),
+}
+
+impl FromStr for AdminAddr {
+    type Err = crate::server::ListenAddrError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s == "off" {
+            return Ok(AdminAddr::Off);
+        }
+        s.parse().map(AdminAddr::Listen)
+    }
+}
+
+impl fmt::Display for AdminAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AdminAddr::Off => f.write_str("off"),
+            AdminAddr::Listen(addr) => addr.fmt(f),
+        }
+    }
+}
+
+/// What the admin endpoints read.
+#[derive(Debug, Clone)]
+pub struct AdminState {
+    /// Metrics, bundle facts and rule hits.
+    pub telemetry: Arc<Telemetry>,
+    /// The policy in force (readiness).
+    pub policy: PolicyHandle,
+}
+
+/// Bind the admin listener `addr` and serve it on a task until `shutdown` completes: `None`
+/// when `addr` is [`AdminAddr::Off`]. Fails (before anything serves) when it cannot bind.
+pub async fn start(
+    addr: &AdminAddr,
+    telemetry: &Arc<Telemetry>,
+    policy: &PolicyHandle,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<Option<tokio::task::JoinHandle<()>>, ServerError> {
+    let AdminAddr::Listen(addr) = addr else {
+        tracing::info!("admin listener off (--admin off)");
+        return Ok(None);
+    };
+    let listener = AdminListener::bind(addr).await?;
+    let state = AdminState {
+        telemetry: Arc::clone(telemetry),
+        policy: Arc::clone(policy),
+    };
+    Ok(Some(tokio::spawn(listener.serve(state, shutdown))))
+}
+
+enum Inner {
+    Tcp(tokio::net::TcpListener),
+    Unix(tokio::net::UnixListener, PathBuf),
+}
+
+/// A bound admin listener; bind first so that a bad address fails start-up, then [`serve`].
+///
+/// [`serve`]: AdminListener::serve
+pub struct AdminListener {
+    inner: Inner,
+    addr: ListenAddr,
+}
+
+impl fmt::Debug for AdminListener {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdminListener")
+            .field("addr", &self.addr)
+            .finish()
+    }
+}
+
+impl AdminListener {
+    /// Bind `addr` (a Unix socket gets mode 0660, and a stale socket file is replaced).
+    pub async fn bind(addr: &ListenAddr) -> Result<AdminListener, ServerError> {
+        let inner = match addr {
+            ListenAddr::Tcp(socket_addr) => Inner::Tcp(
+                tokio::net::TcpListener::bind(socket_addr)
+                    .await
+                    .map_err(|source| ServerError::Bind {
+                        addr: addr.clone(),
+                        source,
+                    })?,
+            ),
+            ListenAddr::Unix(path) => {
+                Inner::Unix(server::bind_unix(addr, path, 0o660)?, path.clone())
+            }
+        };
+        let addr = match &inner {
+            Inner::Tcp(listener) => listener
+                .local_addr()
+                .map(ListenAddr::Tcp)
+                .unwrap_or_else(|_| addr.clone()),
+            Inner::Unix(..) => addr.clone(),
+        };
+        Ok(AdminListener { inner, addr })
+    }
+
+    /// The address actually bound (the real port when `:0` was asked for).
+    pub fn local_addr(&self) -> &ListenAddr {
+        &self.addr
+    }
+
+    /// Serve until `shutdown` completes; then stop accepting, give open connections
+    /// [`SHUTDOWN_GRACE`] to finish their current request, and return.
+    pub async fn serve(self, state: AdminState, shutdown: impl Future<Output = ()>) {
+        let state = Arc::new(state);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut connections = JoinSet::new();
+        let mut shutdown = std::pin::pin!(shutdown);
+        tracing::info!(admin = %self.addr, "serving admin endpoints (/metrics /healthz /readyz /v1/bundle /v1/rules)");
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                accepted = accept(&self.inner) => match accepted {
+                    Ok(Accepted::Tcp(stream)) => {
+                        let _ = stream.set_nodelay(true);
+                        connections.spawn(connection(stream, Arc::clone(&state), stop_rx.clone()));
+                    }
+                    Ok(Accepted::Unix(stream)) => {
+                        connections.spawn(connection(stream, Arc::clone(&state), stop_rx.clone()));
+                    }
+                    Err(error) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!(%error, "admin listener cannot accept");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+            }
+        }
+        if let Inner::Unix(_, path) = &self.inner {
+            if let Err(error) = std::fs::remove_file(path) {
+                if error.kind() != io::ErrorKind::NotFound {
+                    tracing::warn!(path = %path.display(), %error, "cannot remove admin socket file");
+                }
+            }
+        }
+        drop(self);
+        let _ = stop_tx.send(true);
+        let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+            while connections.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            connections.abort_all();
+        }
+        tracing::info!("admin listener stopped");
+    }
+}
+
+enum Accepted {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
+}
+
+async fn accept(inner: &Inner) -> io::Result<Accepted> {
+    match inner {
+        Inner::Tcp(listener) => listener.accept().await.map(|(s, _)| Accepted::Tcp(s)),
+        Inner::Unix(listener, _) => listener.accept().await.map(|(s, _)| Accepted::Unix(s)),
+    }
+}
+
+async fn connection<I>(io: I, state: Arc<AdminState>, mut stop: watch::Receiver<bool>)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+        let state = Arc::clone(&state);
+        async move { Ok::<_, Infallible>(route(&state, &request)) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .serve_connection(TokioIo::new(io), service);
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        () = async { let _ = stop.wait_for(|stop| *stop).await; } => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+type Reply = Response<Full<Bytes>>;
+
+fn reply(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Reply {
+    let mut response = Response::new(Full::new(body.into()));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+fn json(status: StatusCode, value: &impl Serialize) -> Reply {
+    match serde_json::to_vec_pretty(value) {
+        Ok(mut body) => {
+            body.push(b'\n');
+            reply(status, "application/json", body)
+        }
+        Err(error) => reply(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "text/plain; charset=utf-8",
+            format!("cannot encode JSON: {error}\n"),
+        ),
+    }
+}
+
+/// `/v1/bundle` body.
+#[derive(Serialize)]
+struct BundleBody {
+    #[serde(flatten)]
+    info: BundleInfo,
+}
+
+/// `/v1/rules` body.
+#[derive(Serialize)]
+struct RulesBody {
+    revision: u64,
+    digest: String,
+    /// Hit counts count from here (process start).
+    counting_since: String,
+    rules: Vec<RuleUsage>,
+}
+
+fn no_bundle() -> Reply {
+    json(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &serde_json::json!({"error": "no valid bundle in force"}),
+    )
+}
+
+/// Answer one admin request.
+fn route(state: &AdminState, request: &Request<Incoming>) -> Reply {
+    let mut response = route_get(state, request.uri().path());
+    match *request.method() {
+        Method::GET => {}
+        Method::HEAD => *response.body_mut() = Full::new(Bytes::new()),
+        _ => {
+            response = reply(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "text/plain; charset=utf-8",
+                "only GET and HEAD\n",
+            );
+            response
+                .headers_mut()
+                .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+        }
+    }
+    response
+}
+
+fn route_get(state: &AdminState, path: &str) -> Reply {
+    let ready = state.policy.load().is_some();
+    match path {
+        "/metrics" => match state.telemetry.render_metrics(ready) {
+            Ok(text) => reply(
+                StatusCode::OK,
+                "text/plain; version=0.0.4; charset=utf-8",
+                text,
+            ),
+            Err(error) => reply(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "text/plain; charset=utf-8",
+                format!("cannot encode metrics: {error}\n"),
+            ),
+        },
+        "/healthz" => reply(StatusCode::OK, "text/plain; charset=utf-8", "ok\n"),
+        "/readyz" if ready => reply(StatusCode::OK, "text/plain; charset=utf-8", "ready\n"),
+        "/readyz" => reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain; charset=utf-8",
+            "not ready: no valid bundle in force\n",
+        ),
+        "/v1/bundle" => match state.telemetry.bundle() {
+            Some(info) if ready => json(StatusCode::OK, &BundleBody { info }),
+            _ => no_bundle(),
+        },
+        "/v1/rules" => match state.telemetry.rules() {
+            Some((info, rules)) if ready => json(
+                StatusCode::OK,
+                &RulesBody {
+                    revision: info.revision,
+                    digest: info.digest,
+                    counting_since: state.telemetry.started().to_string(),
+                    rules,
+                },
+            ),
+            _ => no_bundle(),
+        },
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            "text/plain; charset=utf-8",
+            "not found; try /metrics /healthz /readyz /v1/bundle /v1/rules\n",
+        ),
+    }
+}

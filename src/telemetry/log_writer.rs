@@ -1,0 +1,584 @@
+//! The decision log: a bounded queue between the checks and one writer thread.
+//!
+//! A check that is to be logged reserves a queue slot with `try_reserve` (no waiting, no lock
+//! other checks wait on); only with a slot in hand does it copy the fields it logs into a
+//! [`DecisionRecord`]. When the queue is full the entry is dropped and counted in
+//! `wardgate_decision_log_dropped_total`. The writer thread serialises each record as one JSON
+//! line, batches whatever is queued, flushes when the queue runs dry, then sleeps 10 ms so that
+//! checks queue entries without waking it one by one. A slow or blocked sink (a full pipe, a
+//! stalled disk) stalls the writer and fills the queue, never a check.
+//!
+//! Allow decisions can be sampled (`sample_allows` in 0..=1, deterministic: exactly that
+//! fraction of allows, evenly spread); denials are always offered to the queue.
+
+use std::fmt;
+use std::io::{self, BufWriter, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use prometheus::{IntCounter, IntGauge, Registry};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{register, CheckEvent};
+use crate::decision_log::{loggable_path, DecisionRecord};
+use crate::policy::Reason;
+
+/// Where decision-log entries go, as given to `--decision-log`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DecisionLogTarget {
+    /// Not written at all.
+    Off,
+    /// Standard output (operational logs go to standard error).
+    Stdout,
+    /// A file, appended to and created with mode 0640 if missing. A FIFO works too; opening it
+    /// waits until a reader has it open.
+    File(PathBuf),
+}
+
+/// A `--decision-log` value that is neither `stdout`, `off` nor a path.
+#[derive(Debug, thiserror::Error)]
+#[error("expected stdout, off or a file path")]
+pub struct DecisionLogTargetError;
+
+impl FromStr for DecisionLogTarget {
+    type Err = DecisionLogTargetError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "" => Err(DecisionLogTargetError),
+            "off" => Ok(DecisionLogTarget::Off),
+            "stdout" | "-" => Ok(DecisionLogTarget::Stdout),
+            path => Ok(DecisionLogTarget::File(PathBuf::from(path))),
+        }
+    }
+}
+
+impl fmt::Display for DecisionLogTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DecisionLogTarget::Off => f.write_str("off"),
+            DecisionLogTarget::Stdout => f.write_str("stdout"),
+            DecisionLogTarget::File(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+/// An open decision-log sink and how to feed it.
+pub struct DecisionLogConfig {
+    /// Where the JSON lines go (wrapped in a buffer by the writer thread).
+    pub sink: Box<dyn Write + Send>,
+    /// What the sink is, for logs (`stdout`, a path).
+    pub description: String,
+    /// Queue capacity in entries (at least 1).
+    pub queue: usize,
+    /// Fraction of allow decisions logged, 0 to 1; denials are always logged.
+    pub sample_allows: f64,
+}
+
+impl fmt::Debug for DecisionLogConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DecisionLogConfig")
+            .field("description", &self.description)
+            .field("queue", &self.queue)
+            .field("sample_allows", &self.sample_allows)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DecisionLogConfig {
+    /// Open `target`: `None` for [`DecisionLogTarget::Off`].
+    pub fn open(
+        target: &DecisionLogTarget,
+        queue: usize,
+        sample_allows: f64,
+    ) -> io::Result<Option<DecisionLogConfig>> {
+        let sink: Box<dyn Write + Send> = match target {
+            DecisionLogTarget::Off => return Ok(None),
+            DecisionLogTarget::Stdout => Box::new(io::stdout()),
+            DecisionLogTarget::File(path) => Box::new(
+                std::fs::OpenOptions::new()
+                    .append(true)
+                    .create(true)
+                    .mode(0o640)
+                    .open(path)?,
+            ),
+        };
+        Ok(Some(DecisionLogConfig {
+            sink,
+            description: target.to_string(),
+            queue,
+            sample_allows,
+        }))
+    }
+}
+
+/// How long the writer lets entries accumulate after draining the queue.
+const BATCH_INTERVAL: Duration = Duration::from_millis(10);
+
+enum Msg {
+    Record(Pending),
+    Close,
+}
+
+/// The text fields of a [`Pending`] entry, in the order they are stored.
+#[derive(Clone, Copy)]
+enum Field {
+    RequestId,
+    Source,
+    SourceSegment,
+    Destination,
+    DestinationSegment,
+    Method,
+    Path,
+    Host,
+    Rule,
+    BreakGlassReason,
+}
+
+const FIELDS: usize = 10;
+
+/// A decision-log entry as a check queues it: every text field copied into one string (one
+/// allocation on the check path); the writer thread builds the [`DecisionRecord`].
+struct Pending {
+    at: jiff::Timestamp,
+    text: String,
+    /// End of each field in `text`; a field starts where the previous one ends.
+    ends: [u32; FIELDS],
+    /// Bit per field: present (an absent field is not the same as an empty one).
+    present: u16,
+    decision: &'static str,
+    reason: &'static str,
+    revision: Option<u64>,
+    latency_us: u64,
+}
+
+impl Pending {
+    fn new(event: &CheckEvent<'_>) -> Pending {
+        let d = event.decision;
+        let break_glass_reason = event
+            .break_glass_reason
+            .filter(|_| d.reason == Reason::BreakGlass);
+        let fields: [Option<&str>; FIELDS] = [
+            event.request_id,
+            event.source,
+            d.source_segment,
+            event.destination,
+            d.destination_segment,
+            Some(event.method),
+            Some(loggable_path(event.path)),
+            Some(event.host),
+            d.rule,
+            break_glass_reason,
+        ];
+        let length = fields.iter().flatten().map(|f| f.len()).sum();
+        let mut pending = Pending {
+            at: event.time,
+            text: String::with_capacity(length),
+            ends: [0; FIELDS],
+            present: 0,
+            decision: d.verdict.as_str(),
+            reason: d.reason.as_str(),
+            revision: event.revision,
+            latency_us: u64::try_from(event.elapsed.as_micros()).unwrap_or(u64::MAX),
+        };
+        for (i, field) in fields.iter().enumerate() {
+            if let Some(value) = field {
+                pending.text.push_str(value);
+                pending.present |= 1 << i;
+            }
+            // Fields come from one CheckRequest, far below 4 GiB together.
+            pending.ends[i] = u32::try_from(pending.text.len()).unwrap_or(u32::MAX);
+        }
+        pending
+    }
+
+    fn get(&self, field: Field) -> Option<&str> {
+        let i = field as usize;
+        if self.present & (1 << i) == 0 {
+            return None;
+        }
+        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
+        self.text.get(start..self.ends[i] as usize)
+    }
+
+    fn owned(&self, field: Field) -> Option<String> {
+        self.get(field).map(str::to_owned)
+    }
+
+    fn record(&self) -> DecisionRecord {
+        DecisionRecord {
+            time: self.at.to_string(),
+            request_id: self.owned(Field::RequestId),
+            source: self.owned(Field::Source),
+            source_segment: self.owned(Field::SourceSegment),
+            destination: self.owned(Field::Destination),
+            destination_segment: self.owned(Field::DestinationSegment),
+            method: self.owned(Field::Method).unwrap_or_default(),
+            path: self.owned(Field::Path).unwrap_or_default(),
+            host: self.owned(Field::Host).unwrap_or_default(),
+            decision: self.decision.to_owned(),
+            reason: self.reason.to_owned(),
+            rule: self.owned(Field::Rule),
+            revision: self.revision,
+            latency_us: self.latency_us,
+            break_glass_reason: self.owned(Field::BreakGlassReason),
+        }
+    }
+}
+
+/// Which allows to log: exactly `rate` of them, evenly spread, without a lock or an RNG.
+#[derive(Debug)]
+enum Sampler {
+    All,
+    None,
+    /// Fixed-point accumulator: an allow is logged when adding `step` carries into bit 32.
+    Fraction {
+        step: u64,
+        acc: AtomicU64,
+    },
+}
+
+impl Sampler {
+    fn new(rate: f64) -> Sampler {
+        if rate.is_nan() || rate <= 0.0 {
+            Sampler::None
+        } else if rate >= 1.0 {
+            Sampler::All
+        } else {
+            // In (0, 1): the product is below 2^32 and non-negative.
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            let step = (rate * 4_294_967_296.0) as u64;
+            Sampler::Fraction {
+                step: step.max(1),
+                acc: AtomicU64::new(0),
+            }
+        }
+    }
+
+    fn take(&self) -> bool {
+        match self {
+            Sampler::All => true,
+            Sampler::None => false,
+            Sampler::Fraction { step, acc } => {
+                let before = acc.fetch_add(*step, Ordering::Relaxed);
+                (before >> 32) != (before.wrapping_add(*step) >> 32)
+            }
+        }
+    }
+}
+
+struct Inner {
+    tx: mpsc::Sender<Msg>,
+    sampler: Sampler,
+    description: String,
+    closed: AtomicBool,
+    done: Mutex<Option<oneshot::Receiver<()>>>,
+}
+
+/// The decision log of one [`super::Telemetry`]; counters exist (at zero) even when it is off.
+pub(super) struct DecisionLog {
+    inner: Option<Inner>,
+    dropped: IntCounter,
+    sampled_out: IntCounter,
+    depth: IntGauge,
+}
+
+impl fmt::Debug for DecisionLog {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.inner {
+            None => f.write_str("off"),
+            Some(inner) => f
+                .debug_struct("DecisionLog")
+                .field("sink", &inner.description)
+                .field("capacity", &inner.tx.max_capacity())
+                .field("dropped", &self.dropped.get())
+                .finish(),
+        }
+    }
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    register(
+        registry,
+        IntCounter::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}")),
+    )
+}
+
+fn int_gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    register(
+        registry,
+        IntGauge::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}")),
+    )
+}
+
+impl DecisionLog {
+    pub(super) fn new(registry: &Registry, config: Option<DecisionLogConfig>) -> DecisionLog {
+        let dropped = counter(
+            registry,
+            "wardgate_decision_log_dropped_total",
+            "Decision-log entries dropped because the queue was full (or the log was closed).",
+        );
+        let written = counter(
+            registry,
+            "wardgate_decision_log_written_total",
+            "Decision-log entries written to the sink (counted when flushed).",
+        );
+        let write_errors = counter(
+            registry,
+            "wardgate_decision_log_write_errors_total",
+            "Decision-log entries lost to an I/O error of the sink.",
+        );
+        let sampled_out = counter(
+            registry,
+            "wardgate_decision_log_sampled_out_total",
+            "Allow decisions not logged because of --decision-log-sample-allows.",
+        );
+        let depth = int_gauge(
+            registry,
+            "wardgate_decision_log_queue_depth",
+            "Decision-log entries waiting for the writer.",
+        );
+        let capacity = int_gauge(
+            registry,
+            "wardgate_decision_log_queue_capacity",
+            "Capacity of the decision-log queue (0: the decision log is off).",
+        );
+        let inner = config.map(|config| {
+            let queue = config.queue.max(1);
+            capacity.set(i64::try_from(queue).unwrap_or(i64::MAX));
+            let (tx, rx) = mpsc::channel(queue);
+            let (done_tx, done_rx) = oneshot::channel();
+            let writer = Writer {
+                written,
+                write_errors,
+                description: config.description.clone(),
+                last_error_log: None,
+                errors_since_log: 0,
+            };
+            let sink = config.sink;
+            let spawned = std::thread::Builder::new()
+                .name("wardgate-decision-log".into())
+                .spawn(move || writer.run(rx, sink, done_tx));
+            if let Err(error) = spawned {
+                // The receiver is gone with the closure: every entry counts as dropped.
+                tracing::error!(%error, "cannot start the decision-log writer thread");
+            }
+            Inner {
+                tx,
+                sampler: Sampler::new(config.sample_allows),
+                description: config.description,
+                closed: AtomicBool::new(false),
+                done: Mutex::new(Some(done_rx)),
+            }
+        });
+        DecisionLog {
+            inner,
+            dropped,
+            sampled_out,
+            depth,
+        }
+    }
+
+    pub(super) fn enabled(&self) -> bool {
+        self.inner.is_some()
+    }
+
+    /// Queue `event` for the log if sampling keeps it; drop and count it if the queue is full.
+    pub(super) fn offer(&self, event: &CheckEvent<'_>) {
+        let Some(inner) = &self.inner else {
+            return;
+        };
+        if event.decision.is_allow() && !inner.sampler.take() {
+            self.sampled_out.inc();
+            return;
+        }
+        if inner.closed.load(Ordering::Relaxed) {
+            self.dropped.inc();
+            return;
+        }
+        match inner.tx.try_reserve() {
+            Ok(permit) => permit.send(Msg::Record(Pending::new(event))),
+            Err(_) => self.dropped.inc(),
+        }
+    }
+
+    pub(super) fn refresh_gauges(&self) {
+        if let Some(inner) = &self.inner {
+            let depth = inner.tx.max_capacity() - inner.tx.capacity();
+            self.depth.set(i64::try_from(depth).unwrap_or(i64::MAX));
+        }
+    }
+
+    pub(super) async fn close(&self, timeout: Duration) -> bool {
+        let Some(inner) = &self.inner else {
+            return true;
+        };
+        let deadline = Instant::now() + timeout;
+        inner.closed.store(true, Ordering::Relaxed);
+        loop {
+            match inner.tx.try_send(Msg::Close) {
+                Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => break,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    if Instant::now() >= deadline {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        }
+        let done = inner
+            .done
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        let finished = match done {
+            None => true,
+            Some(done) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                matches!(tokio::time::timeout(left, done).await, Ok(Ok(())))
+            }
+        };
+        if finished {
+            tracing::info!(sink = %inner.description, "decision log flushed");
+        } else {
+            let pending = inner.tx.max_capacity() - inner.tx.capacity();
+            tracing::error!(
+                sink = %inner.description,
+                pending,
+                ?timeout,
+                "decision log writer did not finish in time: queued entries are lost"
+            );
+        }
+        finished
+    }
+}
+
+/// The writer thread's state.
+struct Writer {
+    written: IntCounter,
+    write_errors: IntCounter,
+    description: String,
+    last_error_log: Option<Instant>,
+    errors_since_log: u64,
+}
+
+impl Writer {
+    fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Msg>,
+        sink: Box<dyn Write + Send>,
+        done: oneshot::Sender<()>,
+    ) {
+        let mut out = BufWriter::with_capacity(64 * 1024, sink);
+        let mut line = Vec::with_capacity(512);
+        // Entries handed to the buffer since the last flush; counted as written once flushed.
+        let mut batch = 0u64;
+        'receive: while let Some(first) = rx.blocking_recv() {
+            let mut next = Some(first);
+            while let Some(msg) = next.take() {
+                match msg {
+                    Msg::Record(pending) => {
+                        line.clear();
+                        let result = serde_json::to_writer(&mut line, &pending.record())
+                            .map_err(io::Error::from)
+                            .and_then(|()| {
+                                line.push(b'\n');
+                                out.write_all(&line)
+                            });
+                        match result {
+                            Ok(()) => batch += 1,
+                            Err(error) => self.failed(&error, 1),
+                        }
+                    }
+                    Msg::Close => break 'receive,
+                }
+                next = rx.try_recv().ok();
+            }
+            // The queue ran dry: hand what we have to the sink.
+            self.flush(&mut out, &mut batch);
+            // Let entries accumulate for a moment. While this thread sleeps it has no waker
+            // registered, so a check that queues an entry does not pay for waking it (a futex
+            // call and a context switch, microseconds on a busy machine); the writer drains the
+            // batch when it wakes. Idle, the thread blocks in `blocking_recv` and costs nothing.
+            std::thread::sleep(BATCH_INTERVAL);
+        }
+        self.flush(&mut out, &mut batch);
+        let _ = done.send(());
+    }
+
+    fn flush(&mut self, out: &mut impl Write, batch: &mut u64) {
+        match out.flush() {
+            Ok(()) => self.written.inc_by(*batch),
+            Err(error) => self.failed(&error, *batch),
+        }
+        *batch = 0;
+    }
+
+    /// Count `entries` lost to an I/O error; log the first, then at most one summary every 10 s.
+    fn failed(&mut self, error: &io::Error, entries: u64) {
+        self.write_errors.inc_by(entries.max(1));
+        self.errors_since_log += 1;
+        let due = self
+            .last_error_log
+            .is_none_or(|at| at.elapsed() >= Duration::from_secs(10));
+        if due {
+            tracing::error!(
+                sink = %self.description,
+                %error,
+                errors = self.errors_since_log,
+                "cannot write the decision log"
+            );
+            self.last_error_log = Some(Instant::now());
+            self.errors_since_log = 0;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    #[test]
+    fn targets_parse() {
+        assert_eq!(
+            "off".parse::<DecisionLogTarget>().ok(),
+            Some(DecisionLogTarget::Off)
+        );
+        assert_eq!(
+            "stdout".parse::<DecisionLogTarget>().ok(),
+            Some(DecisionLogTarget::Stdout)
+        );
+        assert_eq!(
+            "/var/log/wardgate.jsonl".parse::<DecisionLogTarget>().ok(),
+            Some(DecisionLogTarget::File("/var/log/wardgate.jsonl".into()))
+        );
+        assert!("".parse::<DecisionLogTarget>().is_err());
+    }
+
+    #[test]
+    fn sampler_keeps_exactly_the_fraction() {
+        for (rate, n, expect) in [
+            (0.0, 1000, 0),
+            (1.0, 1000, 1000),
+            (0.5, 1000, 500),
+            (0.1, 1000, 100),
+            (0.25, 1000, 250),
+            (0.001, 1000, 1),
+        ] {
+            let sampler = Sampler::new(rate);
+            let kept = (0..n).filter(|_| sampler.take()).count();
+            assert!(
+                kept.abs_diff(expect) <= 1,
+                "rate {rate}: kept {kept} of {n}, expected {expect}"
+            );
+        }
+        assert!(matches!(Sampler::new(f64::NAN), Sampler::None));
+        assert!(matches!(Sampler::new(7.0), Sampler::All));
+    }
+}

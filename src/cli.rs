@@ -134,6 +134,17 @@ struct ServeArgs {
     /// `spiffe://hospital.example/ns/*/sa/envoy`); repeatable, at least one with --tls.
     #[arg(long = "allow-caller", value_name = "PATTERN")]
     allow_callers: Vec<String>,
+    /// A candidate bundle evaluated beside the enforced one on every check (same sources, reload
+    /// and signature flags); disagreements are counted in
+    /// `wardgate_shadow_disagreements_total` and logged. Responses follow the enforced bundle.
+    #[arg(long, value_name = "SOURCE")]
+    shadow_bundle: Option<BundleSource>,
+    /// Also verify each forwarded peer certificate against the trust bundle of its principal's
+    /// own trust domain (from --trust-bundle or the Workload API); one that does not chain is
+    /// denied `bad_certificate`. Envoy verifies against all trusted CAs at once; this stops a
+    /// federated CA from minting another trust domain's identities.
+    #[arg(long)]
+    verify_chain: bool,
 }
 
 /// `--svid-source`.
@@ -444,6 +455,11 @@ fn reload_config(args: &ServeArgs) -> Result<Option<ReloadConfig>, String> {
     let Some(source) = &args.bundle else {
         return Ok(None);
     };
+    reload_config_for(args, source).map(Some)
+}
+
+/// Reload settings for one source (the enforced bundle or the shadow bundle).
+fn reload_config_for(args: &ServeArgs, source: &BundleSource) -> Result<ReloadConfig, String> {
     let mut cfg = ReloadConfig::new(source.clone());
     cfg.poll_interval = args.poll_interval.max(Duration::from_millis(50));
     cfg.allow_equal_revision = args.allow_equal_revision;
@@ -457,7 +473,7 @@ fn reload_config(args: &ServeArgs) -> Result<Option<ReloadConfig>, String> {
             .add(&text)
             .map_err(|e| format!("--trusted-key {}: {e}", key.display()))?;
     }
-    Ok(Some(cfg))
+    Ok(cfg)
 }
 
 /// Waits until the shared stop flag is raised.
@@ -523,6 +539,39 @@ async fn run_serve(args: ServeArgs, reload: Option<ReloadConfig>) -> ExitCode {
             tasks.push(tokio::spawn(reloader.run(stopped(stop_rx.clone()))));
         }
     }
+    let mut shadow = None;
+    if let Some(source) = &args.shadow_bundle {
+        let mut cfg = match reload_config_for(&args, source) {
+            Ok(cfg) => cfg,
+            Err(e) => {
+                tracing::error!("--shadow-bundle: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        // The shadow keeps its own last-good copy, never the enforced bundle's.
+        cfg.cache_dir = cfg.cache_dir.map(|d| d.join("shadow"));
+        let evaluator = match crate::shadow::Shadow::new(
+            Arc::new(arc_swap::ArcSwapOption::empty()),
+            Some(telemetry.registry()),
+        ) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!("shadow bundle metrics: {e}");
+                return ExitCode::from(1);
+            }
+        };
+        tracing::info!(source = %source, "loading shadow bundle (evaluated, never enforced)");
+        let shadow_observer: Arc<dyn ReloadObserver> = evaluator.clone();
+        let mut reloader = Reloader::new(
+            cfg,
+            Arc::clone(evaluator.handle()),
+            shadow_observer,
+            "shadow bundle",
+        );
+        reloader.initial_load().await;
+        tasks.push(tokio::spawn(reloader.run(stopped(stop_rx.clone()))));
+        shadow = Some(evaluator);
+    }
     // The trust bundles shared by the mTLS listener and forwarded-chain verification, kept
     // current by wardgate's identity source (src/svid) when one is configured.
     let trust: crate::trust::TrustHandle = Arc::default();
@@ -559,9 +608,18 @@ async fn run_serve(args: ServeArgs, reload: Option<ReloadConfig>) -> ExitCode {
             return ExitCode::from(2);
         }
     }
+    if args.verify_chain
+        && args.trust_bundles.is_empty()
+        && own_identity_config(&args).ok().flatten().is_none()
+    {
+        tracing::error!("--verify-chain needs trust bundles: give --trust-bundle TD=PEMFILE or a Workload API source");
+        return ExitCode::from(2);
+    }
     let config = ServerConfig {
         destination_principal: args.destination_principal,
         telemetry: Some(Arc::clone(&telemetry)),
+        verify_chain: args.verify_chain.then(|| Arc::clone(&trust)),
+        shadow,
         ..ServerConfig::default()
     };
     let mut server = match tls {

@@ -29,6 +29,7 @@
 //! * [`tls`]: the mTLS listener's rustls configuration (current SVID on every handshake, callers
 //!   verified against their trust domain's bundle and an allow-list of SPIFFE ID patterns) and
 //!   its accept loop.
+//! * [`shadow`]: a candidate bundle evaluated beside the enforced one; disagreements counted.
 //! * [`server`]: the tonic ext_authz and gRPC health services, listeners and graceful shutdown.
 //! * [`decision_log`]: the JSON decision-log record shared by the writer and `replay`.
 //! * [`telemetry`]: Prometheus metrics and the decision-log writer (bounded queue, own thread).
@@ -56,6 +57,7 @@ pub mod normalize;
 pub mod policy;
 pub mod reload;
 pub mod server;
+pub mod shadow;
 pub mod svid;
 pub mod telemetry;
 pub mod tls;

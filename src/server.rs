@@ -134,6 +134,15 @@ pub struct ServerConfig {
     pub health_poll_interval: Duration,
     /// Where every decided Check is recorded (metrics, decision log); `None` records nothing.
     pub telemetry: Option<Arc<Telemetry>>,
+    /// With `Some`, a forwarded peer certificate must also be signed by a CA in the trust
+    /// bundle of the trust domain of the principal's SPIFFE ID (`serve --verify-chain`); a
+    /// certificate that is not is denied `bad_certificate`. Envoy checks the chain against all
+    /// the CAs it trusts at once; this adds the SPIFFE rule that an SVID is verified against its
+    /// own trust domain, so one federated CA cannot mint another domain's identities.
+    pub verify_chain: Option<crate::trust::TrustHandle>,
+    /// A shadow bundle evaluated beside the enforced one on every check (`serve
+    /// --shadow-bundle`); disagreements are counted and logged, responses never change.
+    pub shadow: Option<Arc<crate::shadow::Shadow>>,
 }
 
 impl Default for ServerConfig {
@@ -144,6 +153,8 @@ impl Default for ServerConfig {
             drain_timeout: Duration::from_secs(15),
             health_poll_interval: Duration::from_millis(250),
             telemetry: None,
+            verify_chain: None,
+            shadow: None,
         }
     }
 }
@@ -221,6 +232,23 @@ impl AuthzService {
         }
     }
 
+    /// With chain verification on: why the forwarded certificate does not chain to the bundle
+    /// of its principal's trust domain (`None` when it does, or when verification is off).
+    fn chain_problem(&self, principal: Option<&str>, certificate: &str) -> Option<String> {
+        let trust = self.config.verify_chain.as_ref()?;
+        // An invalid principal is denied `unauthenticated` before the certificate matters.
+        let (trust_domain, _) = principal.and_then(identity::spiffe_id_parts)?;
+        let der = match identity::certificate_der(certificate) {
+            Ok(der) => der,
+            Err(e) => return Some(format!("unreadable: {e}")),
+        };
+        trust
+            .load()
+            .verify_leaf(trust_domain, &der)
+            .err()
+            .map(|e| format!("does not chain to its trust domain's bundle: {e}"))
+    }
+
     /// Decide one Check and render Envoy's answer. Synchronous and infallible: whatever the
     /// request holds, the answer is an allow or a denial with a reason.
     pub fn respond(&self, check: &CheckRequest) -> CheckResponse {
@@ -272,10 +300,15 @@ impl AuthzService {
                     PeerCertificate::NotForwarded
                 } else {
                     match identity::certificate_facts(certificate) {
-                        Ok(parsed) => PeerCertificate::Parsed(facts.insert(parsed)),
-                        Err(error) => {
-                            PeerCertificate::Unreadable(unreadable.insert(error.to_string()))
-                        }
+                        Ok(parsed) => match self.chain_problem(source_principal, certificate) {
+                            None => PeerCertificate::Parsed(facts.insert(parsed)),
+                            Some(problem) => {
+                                PeerCertificate::Unreadable(unreadable.insert(problem))
+                            }
+                        },
+                        Err(error) => PeerCertificate::Unreadable(
+                            unreadable.insert(format!("unreadable: {error}")),
+                        ),
                     }
                 };
                 let request = Request {
@@ -289,6 +322,9 @@ impl AuthzService {
                     peer_certificate,
                 };
                 let decision = policy.decide(&request);
+                if let Some(shadow) = &self.config.shadow {
+                    shadow.compare(&request, &decision);
+                }
                 if decision.reason == Reason::BreakGlass {
                     log_break_glass(policy, &request, &decision, &http.headers);
                 }
@@ -425,7 +461,12 @@ fn render(
                 set_by_us[0] = Some(RULE_HEADER);
             }
             if decision.reason == Reason::BreakGlass {
-                ok.add_header(BREAK_GLASS_HEADER, "true", overwrite, false);
+                ok.add_header(
+                    BREAK_GLASS_HEADER,
+                    decision.rule.unwrap_or("true"),
+                    overwrite,
+                    false,
+                );
                 set_by_us[1] = Some(BREAK_GLASS_HEADER);
             }
             // Every client-sent header in our namespace goes, except those we overwrite above:

@@ -58,16 +58,22 @@ impl TrustBundles {
     pub fn set_pem(&mut self, trust_domain: &str, pem_text: &str) -> Result<usize, TrustError> {
         let mut cas = Vec::new();
         for pem in x509_parser::pem::Pem::iter_from_buffer(pem_text.as_bytes()) {
-            let pem = pem.map_err(|e| TrustError::Bundle(format!("bad PEM for `{trust_domain}`: {e}")))?;
+            let pem =
+                pem.map_err(|e| TrustError::Bundle(format!("bad PEM for `{trust_domain}`: {e}")))?;
             if pem.label != "CERTIFICATE" {
                 continue;
             }
-            X509Certificate::from_der(&pem.contents)
-                .map_err(|e| TrustError::Bundle(format!("bad certificate in the bundle of `{trust_domain}`: {e}")))?;
+            X509Certificate::from_der(&pem.contents).map_err(|e| {
+                TrustError::Bundle(format!(
+                    "bad certificate in the bundle of `{trust_domain}`: {e}"
+                ))
+            })?;
             cas.push(pem.contents);
         }
         if cas.is_empty() {
-            return Err(TrustError::Bundle(format!("no certificate in the bundle of `{trust_domain}`")));
+            return Err(TrustError::Bundle(format!(
+                "no certificate in the bundle of `{trust_domain}`"
+            )));
         }
         let n = cas.len();
         self.set(trust_domain, cas);
@@ -81,7 +87,10 @@ impl TrustBundles {
 
     /// The CA certificates (DER) of a trust domain.
     pub fn cas(&self, trust_domain: &str) -> &[Vec<u8>] {
-        self.by_domain.get(trust_domain).map(Vec::as_slice).unwrap_or_default()
+        self.by_domain
+            .get(trust_domain)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
     }
 
     /// Whether `leaf_der` is signed by a CA of `trust_domain`'s bundle, with a matching issuer
@@ -92,9 +101,12 @@ impl TrustBundles {
             .by_domain
             .get(trust_domain)
             .ok_or_else(|| TrustError::NoBundle(trust_domain.to_string()))?;
-        let (_, leaf) = X509Certificate::from_der(leaf_der).map_err(|e| TrustError::Parse(e.to_string()))?;
+        let (_, leaf) =
+            X509Certificate::from_der(leaf_der).map_err(|e| TrustError::Parse(e.to_string()))?;
         for ca in cas {
-            let Ok((_, ca)) = X509Certificate::from_der(ca) else { continue };
+            let Ok((_, ca)) = X509Certificate::from_der(ca) else {
+                continue;
+            };
             if ca.subject() != leaf.issuer() {
                 continue;
             }
@@ -135,18 +147,30 @@ mod tests {
         b.set("hospital.example", vec![hospital.der().to_vec()]);
         b.set("partner-lab.example", vec![partner.der().to_vec()]);
 
-        let good = leaf("spiffe://hospital.example/ns/clinical/sa/ehr", &hospital_issuer);
+        let good = leaf(
+            "spiffe://hospital.example/ns/clinical/sa/ehr",
+            &hospital_issuer,
+        );
         assert_eq!(b.verify_leaf("hospital.example", &good), Ok(()));
 
         // Partner's CA minting a hospital identity: trusted by Envoy, refused here.
-        let forged = leaf("spiffe://hospital.example/ns/clinical/sa/ehr", &partner_issuer);
+        let forged = leaf(
+            "spiffe://hospital.example/ns/clinical/sa/ehr",
+            &partner_issuer,
+        );
         assert_eq!(
             b.verify_leaf("hospital.example", &forged),
             Err(TrustError::NotSigned("hospital.example".into()))
         );
         assert_eq!(b.verify_leaf("partner-lab.example", &forged), Ok(()));
-        assert!(matches!(b.verify_leaf("other.example", &good), Err(TrustError::NoBundle(_))));
-        assert!(matches!(b.verify_leaf("hospital.example", b"junk"), Err(TrustError::Parse(_))));
+        assert!(matches!(
+            b.verify_leaf("other.example", &good),
+            Err(TrustError::NoBundle(_))
+        ));
+        assert!(matches!(
+            b.verify_leaf("hospital.example", b"junk"),
+            Err(TrustError::Parse(_))
+        ));
     }
 
     #[test]

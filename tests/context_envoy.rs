@@ -117,9 +117,10 @@ async fn purpose_of_use_and_break_glass() {
         upstream_header(&sidecar, "x-wardgate-rule").as_deref(),
         Some("clinical-emergency-override")
     );
-    assert!(
-        upstream_header(&sidecar, "x-wardgate-break-glass").is_some(),
-        "the upstream is told the call came through break-glass"
+    assert_eq!(
+        upstream_header(&sidecar, "x-wardgate-break-glass").as_deref(),
+        Some("clinical-emergency-override"),
+        "the upstream is told which break-glass entry let the call through"
     );
 
     // Without a reason, or with an empty one: denied.

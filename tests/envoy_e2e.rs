@@ -27,7 +27,7 @@ const EHR: &str = "spiffe://hospital.example/ns/clinical/sa/ehr";
 #[derive(Debug, Clone, Copy)]
 enum Expect {
     /// 200 from the upstream, which saw `x-wardgate-rule: <rule>` (and
-    /// `x-wardgate-break-glass: true` when `break_glass`) and no other `x-wardgate-*` header.
+    /// `x-wardgate-break-glass: <entry>` when `break_glass`) and no other `x-wardgate-*` header.
     Allow {
         rule: &'static str,
         break_glass: bool,
@@ -469,7 +469,7 @@ async fn run_case(sidecar: &Sidecar, case: &Case) -> Result<(), String> {
             })?;
             let mut expected = vec![("x-wardgate-rule".to_owned(), json!([rule]))];
             if break_glass {
-                expected.insert(0, ("x-wardgate-break-glass".to_owned(), json!(["true"])));
+                expected.insert(0, ("x-wardgate-break-glass".to_owned(), json!([rule])));
             }
             let seen = wardgate_headers_seen(&echo);
             ensure(seen == expected, || {

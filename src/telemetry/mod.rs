@@ -66,11 +66,11 @@ pub const LATENCY_BUCKETS: [f64; 16] = [
     5e-2, 0.1,
 ];
 
-/// The results a reload attempt can end in (`wardgate_reload_attempts_total{result}`).
-pub const RELOAD_RESULTS: [&str; 8] = [
+/// The results a reload attempt can end in (`wardgate_reload_attempts_total{result}`): the
+/// labels of [`crate::reload::Outcome`]. YAML and validation errors are both `invalid`.
+pub const RELOAD_RESULTS: [&str; 7] = [
     "ok",
     "unchanged",
-    "parse_error",
     "invalid",
     "signature",
     "rollback",
@@ -1402,5 +1402,17 @@ break_glass:
         assert!(parse_sample_rate("1.5").is_err());
         assert!(parse_sample_rate("-0.1").is_err());
         assert!(parse_sample_rate("NaN").is_err());
+    }
+}
+
+#[cfg(test)]
+mod reload_labels {
+    #[test]
+    fn reload_results_are_exactly_the_reload_outcomes() {
+        let outcomes: Vec<&str> = crate::reload::Outcome::ALL
+            .iter()
+            .map(|o| o.as_str())
+            .collect();
+        assert_eq!(super::RELOAD_RESULTS.to_vec(), outcomes);
     }
 }

@@ -2,10 +2,9 @@
 //!
 //! Owns the pieces every such test needs: a test PKI ([`pki`]), the `wardgate` and Envoy child
 //! processes ([`process`]), an echoing upstream app ([`upstream`]), an mTLS client that sends raw
-//! paths ([`client`]), gRPC clients over wardgate's socket ([`grpc`]), a Prometheus
-//! text parser ([`metrics`]), a SPIFFE Workload API
-//! test double ([`workload_api`]), callers of and fixtures for wardgate's mTLS listener
-//! ([`mtls`]), and [`Sidecar`], which
+//! paths ([`client`]), gRPC clients over wardgate's socket ([`grpc`]), a Prometheus text parser
+//! ([`metrics`]), a SPIFFE Workload API test double ([`workload_api`]), callers of and
+//! fixtures for wardgate's mTLS listener ([`mtls`]), and [`Sidecar`], which
 //! wires them together the way `deploy/envoy/envoy-sidecar.yaml` describes. It must never reach
 //! anything but loopback and its own temporary directory, and never leave a child process
 //! running once the value that started it is dropped.

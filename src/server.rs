@@ -578,55 +578,12 @@ pub async fn run(
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    let drain_timeout = config.drain_timeout;
-    let poll_interval = config.health_poll_interval;
-    let socket_mode = config.unix_socket_mode;
-
-    let (reporter, health_service) = tonic_health::server::health_reporter();
-    let serving = policy.load().is_some();
-    set_health(&reporter, serving).await;
-    let health_task = tokio::spawn(follow_policy(
-        reporter,
-        Arc::clone(&policy),
-        poll_interval,
-        serving,
-    ));
-
-    let authz = AuthorizationServer::new(AuthzService::new(policy, config));
-    let mut builder = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
-        // Envoy keeps a few long-lived HTTP/2 connections and multiplexes Checks over them;
-        // keepalive pings find a dead peer without waiting for TCP timeouts.
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .accept_http1(false);
-    let router = builder.add_service(health_service).add_service(authz);
-
-    let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
-    let signal = async move {
-        shutdown.await;
-        tracing::info!("shutdown requested: no new connections, draining in-flight checks");
-        let _ = drain_tx.send(());
-    };
-    let drain_deadline = async move {
-        if drain_rx.await.is_err() {
-            std::future::pending::<()>().await;
-        }
-        tokio::time::sleep(drain_timeout).await;
-    };
-
-    let result = match &addr {
+    match &addr {
         ListenAddr::Unix(path) => {
-            let listener = bind_unix(&addr, path, socket_mode)?;
+            let listener = bind_unix(&addr, path, config.unix_socket_mode)?;
             tracing::info!(listen = %addr, "serving ext_authz");
             let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
-            let served = tokio::select! {
-                served = router.serve_with_incoming_shutdown(incoming, signal) => served,
-                () = drain_deadline => {
-                    tracing::warn!(?drain_timeout, "drain timeout: closing remaining connections");
-                    Ok(())
-                }
-            };
+            let served = serve_incoming(incoming, policy, config, shutdown).await;
             if let Err(error) = std::fs::remove_file(path) {
                 if error.kind() != io::ErrorKind::NotFound {
                     tracing::warn!(path = %path.display(), %error, "cannot remove socket file");
@@ -643,17 +600,9 @@ pub async fn run(
                 })?;
             tracing::info!(listen = %addr, "serving ext_authz");
             let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-            tokio::select! {
-                served = router.serve_with_incoming_shutdown(incoming, signal) => served,
-                () = drain_deadline => {
-                    tracing::warn!(?drain_timeout, "drain timeout: closing remaining connections");
-                    Ok(())
-                }
-            }
+            serve_incoming(incoming, policy, config, shutdown).await
         }
-    };
-    health_task.abort();
-    result.map_err(ServerError::from)
+    }
 }
 
 /// Like [`run`], on TCP with mutual TLS: every connection is handshaken with `tls` (see
@@ -713,6 +662,9 @@ where
     ));
     let authz = AuthorizationServer::new(AuthzService::new(policy, config));
     let router = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        // Envoy keeps a few long-lived HTTP/2 connections and multiplexes Checks over them;
+        // keepalive pings find a dead peer without waiting for TCP timeouts.
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .accept_http1(false)

@@ -299,7 +299,7 @@ impl AuthzService {
                 let peer_certificate = if certificate.is_empty() {
                     PeerCertificate::NotForwarded
                 } else {
-                    match identity::certificate_facts(certificate) {
+                    match cached_certificate_facts(certificate) {
                         Ok(parsed) => match self.chain_problem(source_principal, certificate) {
                             None => PeerCertificate::Parsed(facts.insert(parsed)),
                             Some(problem) => {
@@ -371,6 +371,61 @@ impl AuthzService {
         let headers = http.map(|h| &h.headers);
         render(&decision, revision, elapsed, headers)
     }
+}
+
+/// How many parsed forwarded certificates each thread remembers.
+const CERT_CACHE_ENTRIES: usize = 512;
+
+/// Parsed forwarded certificates, per thread (no lock shared between checks), keyed by a hash
+/// of the URL-encoded PEM's length and last 96 bytes (its signature, unique per certificate)
+/// and confirmed by comparing the whole text. A hit costs a short hash and one `memcmp` instead
+/// of percent-decoding, base64 and X.509 parsing, which cost far more than the decision itself.
+/// Only the parse is cached: it is a pure function of the text. Validity, SAN and lifetime are
+/// judged by `decide` on every check, and chain verification (which depends on trust bundles
+/// that rotate) is never cached.
+type CertCache = HashMap<u64, Vec<(Box<str>, Result<CertificateFacts, identity::CertError>)>>;
+
+thread_local! {
+    static CERT_CACHE: std::cell::RefCell<(CertCache, usize)> =
+        std::cell::RefCell::new((HashMap::new(), 0));
+}
+
+fn cert_cache_key(text: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let bytes = text.as_bytes();
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    bytes.len().hash(&mut h);
+    bytes[bytes.len().saturating_sub(96)..].hash(&mut h);
+    h.finish()
+}
+
+/// [`identity::certificate_facts`], remembered per thread.
+fn cached_certificate_facts(text: &str) -> Result<CertificateFacts, identity::CertError> {
+    let key = cert_cache_key(text);
+    let hit = CERT_CACHE.with(|c| {
+        c.borrow()
+            .0
+            .get(&key)
+            .and_then(|list| list.iter().find(|(t, _)| &**t == text))
+            .map(|(_, r)| r.clone())
+    });
+    if let Some(r) = hit {
+        return r;
+    }
+    let parsed = identity::certificate_facts(text);
+    CERT_CACHE.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.1 >= CERT_CACHE_ENTRIES {
+            // Full: start over rather than track recency; a sidecar sees few distinct callers.
+            c.0.clear();
+            c.1 = 0;
+        }
+        c.0.entry(key)
+            .or_default()
+            .push((text.into(), parsed.clone()));
+        c.1 += 1;
+    });
+    parsed
 }
 
 /// Longest request id taken into the decision log.
@@ -1283,5 +1338,62 @@ rules:
                 .unwrap();
             assert!(result.is_ok(), "{result:?}");
         }
+    }
+}
+
+#[cfg(test)]
+mod cert_cache_tests {
+    use super::*;
+
+    fn url_encode(s: &str) -> String {
+        s.bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect()
+    }
+
+    fn pem(id: &str) -> String {
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        p.subject_alt_names = vec![rcgen::SanType::URI(id.try_into().expect("uri"))];
+        let key = rcgen::KeyPair::generate().expect("key");
+        url_encode(&p.self_signed(&key).expect("cert").pem())
+    }
+
+    #[test]
+    fn cached_parse_is_the_parse() {
+        let a = pem("spiffe://td/a");
+        let b = pem("spiffe://td/b");
+        for _ in 0..2 {
+            assert_eq!(
+                cached_certificate_facts(&a),
+                identity::certificate_facts(&a)
+            );
+            assert_eq!(
+                cached_certificate_facts(&b),
+                identity::certificate_facts(&b)
+            );
+        }
+        assert_eq!(
+            cached_certificate_facts(&a).expect("parsed").uri_sans,
+            vec!["spiffe://td/a".to_string()]
+        );
+        // Same length and same tail, different text: the whole text decides.
+        let mut forged = a.clone();
+        forged.replace_range(40..41, if &a[40..41] == "A" { "B" } else { "A" });
+        assert_eq!(cert_cache_key(&forged), cert_cache_key(&a));
+        assert_eq!(
+            cached_certificate_facts(&forged),
+            identity::certificate_facts(&forged)
+        );
+        assert_ne!(
+            cached_certificate_facts(&forged),
+            cached_certificate_facts(&a)
+        );
+        assert!(cached_certificate_facts("garbage").is_err());
     }
 }

@@ -34,14 +34,37 @@ if [ ${#benches[@]} -eq 0 ]; then
 fi
 
 echo "== release build of the benches into $CARGO_TARGET_DIR"
+# Built once, then the executables are run directly: a source change by someone else during the
+# run cannot trigger a rebuild half-way, so every bench of one run measures the same build.
+declare -A exe
+# Executables of bench targets, "name path" per line, from cargo's JSON messages.
+executables() {
+    python3 -c 'import json, sys
+for l in sys.stdin:
+    m = json.loads(l)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and "bench" in m["target"]["kind"]:
+        print(m["target"]["name"], m["executable"])'
+}
 # shellcheck disable=SC2046 # one --bench flag per name
-cargo bench --no-run --locked $(printf -- '--bench %s ' "${benches[@]}") ||
-    echo "!! not every bench builds; running each on its own"
-
+while read -r name path; do exe[$name]=$path; done < <(
+    cargo bench --no-run --locked --message-format=json-render-diagnostics \
+        $(printf -- '--bench %s ' "${benches[@]}") | executables || true)
+for b in "${benches[@]}"; do
+    # Not every bench built together: build the missing ones on their own.
+    [ -n "${exe[$b]:-}" ] && continue
+    while read -r name path; do exe[$name]=$path; done < <(
+        cargo bench --no-run --locked --message-format=json-render-diagnostics --bench "$b" |
+            executables || true)
+    [ -n "${exe[$b]:-}" ] || echo "!! $b does not build; skipped"
+done
 status=0
 for b in "${benches[@]}"; do
     echo "== $b ($(( $(date +%s) - start )) s so far)"
-    if cargo bench --locked --bench "$b" 2>&1 | tee "$RESULTS/$b.txt"; then
+    if [ -z "${exe[$b]:-}" ]; then
+        status=1
+        continue
+    fi
+    if "${exe[$b]}" --bench 2>&1 | tee "$RESULTS/$b.txt"; then
         grep '^BENCH_JSON ' "$RESULTS/$b.txt" | tail -n1 | sed 's/^BENCH_JSON //' > "$RESULTS/$b.json" || true
         [ -s "$RESULTS/$b.json" ] || rm -f "$RESULTS/$b.json"
     else
@@ -50,11 +73,11 @@ for b in "${benches[@]}"; do
     fi
 done
 
-if [[ " ${benches[*]} " == *" decide "* ]]; then
+if [ -n "${exe[decide]:-}" ]; then
     echo "== engine: compile time and resident memory at 10,000 rules (decide bench hooks)"
     {
-        WARDGATE_PROFILE=compile-time:10000 cargo bench --locked --bench decide 2>/dev/null
-        WARDGATE_PROFILE=memory:10000 cargo bench --locked --bench decide 2>/dev/null
+        WARDGATE_PROFILE=compile-time:10000 "${exe[decide]}" 2>/dev/null
+        WARDGATE_PROFILE=memory:10000 "${exe[decide]}" 2>/dev/null
     } | grep -E '^(compile|memory) ' | tee "$RESULTS/engine.txt" || status=1
 fi
 

@@ -152,12 +152,24 @@ fn main() {
         }));
     }
 
-    let targets: [(&str, Target); 4] = [
+    let mut targets: Vec<(&str, Target)> = vec![
         ("allow-all tcp", Target::Tcp(allow_tcp)),
         ("wardgate tcp", Target::Tcp(ward_tcp)),
         ("allow-all uds", Target::Unix(allow_uds)),
         ("wardgate uds", Target::Unix(ward_uds)),
     ];
+    // `FIXED_ANSWER=1`: also a server that answers every Check with a copy of wardgate's answer
+    // to an allowed request (headers, metadata): what the answer's size costs, without deciding.
+    if std::env::var("FIXED_ANSWER").is_ok_and(|v| v == "1") {
+        let i = expect_allow
+            .iter()
+            .position(|a| *a)
+            .expect("an allowed check");
+        let answer = load::Fixed(Arc::new(service.respond(&checks[i])));
+        let path = dir.path().join("fixed.sock");
+        servers.push(server_rt.spawn(load::serve_fixed_unix(answer, path.clone(), stopped())));
+        targets.push(("fixed-answer uds", Target::Unix(path)));
+    }
     println!(
         "gRPC Check load: {} connections x {} in flight, {} round(s) of {:?} per target; server runtime {} thread(s), load generator {} thread(s), {} cores shared by both",
         s.conns,
@@ -182,7 +194,7 @@ fn main() {
                 .await;
                 let one = Summary::new(&h, elapsed);
                 println!(
-                    "  round {round} {name:<14} {:>9.0} req/s  p50 {:>6} us  p99 {:>6} us",
+                    "  round {round} {name:<17} {:>9.0} req/s  p50 {:>6} us  p99 {:>6} us",
                     one.rps(),
                     one.p50_us,
                     one.p99_us
@@ -207,13 +219,13 @@ fn main() {
         .map(|(k, (h, e))| (*k, Summary::new(h, *e)))
         .collect();
     println!(
-        "\n{:<14} {:>10} {:>8} {:>8} {:>8}",
+        "\n{:<17} {:>10} {:>8} {:>8} {:>8}",
         "target", "req/s", "p50 us", "p99 us", "p99.9 us"
     );
     for (name, _) in &targets {
-        let x = &sum[name];
+        let x = &sum[*name];
         println!(
-            "{name:<14} {:>10.0} {:>8} {:>8} {:>8}",
+            "{name:<17} {:>10.0} {:>8} {:>8} {:>8}",
             x.rps(),
             x.p50_us,
             x.p99_us,

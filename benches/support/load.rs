@@ -21,6 +21,40 @@ pub fn full_run() -> bool {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct AllowAll;
 
+/// An experiment, not a peer: answers every Check with a copy of one fixed response (e.g. a
+/// wardgate allow with its headers and metadata), to tell what the answer's size costs from
+/// what deciding costs.
+#[derive(Debug, Clone)]
+pub struct Fixed(pub std::sync::Arc<CheckResponse>);
+
+#[tonic::async_trait]
+impl Authorization for Fixed {
+    async fn check(
+        &self,
+        _request: tonic::Request<CheckRequest>,
+    ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
+        Ok(tonic::Response::new((*self.0).clone()))
+    }
+}
+
+/// Serve [`Fixed`] on a Unix socket until `shutdown` resolves.
+pub async fn serve_fixed_unix(
+    answer: Fixed,
+    path: PathBuf,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    let _ = std::fs::remove_file(&path);
+    let listener = tokio::net::UnixListener::bind(&path).expect("bind fixed socket");
+    tonic::transport::Server::builder()
+        .add_service(AuthorizationServer::new(answer))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::UnixListenerStream::new(listener),
+            shutdown,
+        )
+        .await
+        .expect("fixed-answer server");
+}
+
 #[tonic::async_trait]
 impl Authorization for AllowAll {
     async fn check(

@@ -486,6 +486,14 @@ async fn run_serve(args: ServeArgs, reload: Option<ReloadConfig>) -> ExitCode {
     // One shutdown signal, fanned out to every task; each finishes its work before exiting.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();
+    // The first log line says which bundle this process enforces.
+    match &reload {
+        None => tracing::info!(
+            listen = %args.listen,
+            "no --bundle given: serving the example bundle embedded in the binary (deploy/bundles/hospital.yaml)"
+        ),
+        Some(cfg) => tracing::info!(source = %cfg.source, listen = %args.listen, "loading bundle"),
+    }
     // Metrics and the decision log; the admin listener is up (not ready) before the first load.
     let telemetry = match crate::telemetry::Telemetry::from_flags(
         &args.decision_log,
@@ -507,29 +515,22 @@ async fn run_serve(args: ServeArgs, reload: Option<ReloadConfig>) -> ExitCode {
     }
     let observer: Arc<dyn ReloadObserver> = telemetry.clone();
     match reload {
-        None => {
-            tracing::info!(
-                listen = %args.listen,
-                "no --bundle given: serving the example bundle embedded in the binary (deploy/bundles/hospital.yaml)"
-            );
-            match Policy::from_yaml_str(EMBEDDED_BUNDLE_NAME, EMBEDDED_BUNDLE) {
-                Ok(p) => {
-                    tracing::info!(
-                        source = EMBEDDED_BUNDLE_NAME,
-                        revision = p.revision(),
-                        digest = p.digest(),
-                        rules = p.rule_count(),
-                        "bundle swapped in"
-                    );
-                    observer.swapped(&p, EMBEDDED_BUNDLE_NAME, Duration::ZERO);
-                    handle.store(Some(Arc::new(p)));
-                }
-                Err(errors) => tracing::error!("embedded bundle refused: {errors}"),
+        None => match Policy::from_yaml_str(EMBEDDED_BUNDLE_NAME, EMBEDDED_BUNDLE) {
+            Ok(p) => {
+                tracing::info!(
+                    source = EMBEDDED_BUNDLE_NAME,
+                    revision = p.revision(),
+                    digest = p.digest(),
+                    rules = p.rule_count(),
+                    "bundle swapped in"
+                );
+                observer.swapped(&p, EMBEDDED_BUNDLE_NAME, Duration::ZERO);
+                handle.store(Some(Arc::new(p)));
             }
-        }
+            Err(errors) => tracing::error!("embedded bundle refused: {errors}"),
+        },
         Some(cfg) => {
             let source = cfg.source.to_string();
-            tracing::info!(source = %source, listen = %args.listen, "loading bundle");
             let mut reloader =
                 Reloader::new(cfg, Arc::clone(&handle), Arc::clone(&observer), "bundle");
             reloader.initial_load().await;

@@ -357,3 +357,33 @@ fn check_break_glass_never_beats_a_deny_rule() {
     assert_eq!(v["decision"], "deny");
     assert_eq!(v["rule"], "no-workload-reaches-admin-consoles");
 }
+
+#[test]
+fn serve_without_a_bundle_says_so_in_its_first_log_line() {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wardgate"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "off",
+            "--decision-log",
+            "off",
+        ])
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("start serve");
+    let mut first = String::new();
+    let stderr = child.stderr.take().expect("stderr");
+    BufReader::new(stderr)
+        .read_line(&mut first)
+        .expect("read a log line");
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        first.contains("serving the example bundle embedded in the binary"),
+        "first log line: {first}"
+    );
+}

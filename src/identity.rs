@@ -302,15 +302,9 @@ impl fmt::Display for Place {
 /// `CERTIFICATE` block, surrounded by whitespace at most, whose contents are exactly one DER
 /// certificate. Nothing is verified: signatures, chains and the clock are the caller's.
 pub fn certificate_facts(url_encoded_pem: &str) -> Result<CertificateFacts, CertError> {
-    if url_encoded_pem.trim().is_empty() {
-        return Err(CertError::Empty);
-    }
-    let pem_bytes = percent_decode(url_encoded_pem)?;
-    let der = pem_contents(&pem_bytes)?;
-    facts_from_der(&der)
+    facts_from_der(&certificate_der(url_encoded_pem)?)
 }
 
-/// Decode every `%XX`; every other byte is kept as is.
 /// The DER bytes of the certificate Envoy forwards (URL-encoded PEM of the leaf), for
 /// signature checks against a trust bundle.
 pub fn certificate_der(url_encoded_pem: &str) -> Result<Vec<u8>, CertError> {
@@ -320,6 +314,7 @@ pub fn certificate_der(url_encoded_pem: &str) -> Result<Vec<u8>, CertError> {
     pem_contents(&percent_decode(url_encoded_pem)?)
 }
 
+/// Decode every `%XX`; every other byte is kept as is.
 fn percent_decode(s: &str) -> Result<Vec<u8>, CertError> {
     fn hex(b: Option<&u8>) -> Option<u8> {
         match b? {
@@ -374,7 +369,8 @@ fn pem_contents(text: &[u8]) -> Result<Vec<u8>, CertError> {
     Ok(pem.contents)
 }
 
-fn facts_from_der(der: &[u8]) -> Result<CertificateFacts, CertError> {
+/// The facts [`certificate_facts`] reads, from the DER of a leaf certificate.
+pub fn facts_from_der(der: &[u8]) -> Result<CertificateFacts, CertError> {
     let (rest, cert) =
         X509Certificate::from_der(der).map_err(|e| CertError::X509(e.to_string()))?;
     if !rest.is_empty() {

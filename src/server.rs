@@ -23,6 +23,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -232,19 +233,15 @@ impl AuthzService {
         }
     }
 
-    /// With chain verification on: why the forwarded certificate does not chain to the bundle
-    /// of its principal's trust domain (`None` when it does, or when verification is off).
-    fn chain_problem(&self, principal: Option<&str>, certificate: &str) -> Option<String> {
+    /// With chain verification on: why the forwarded certificate (`der`) does not chain to the
+    /// bundle of its principal's trust domain (`None` when it does, or when verification is off).
+    fn chain_problem(&self, principal: Option<&str>, der: &[u8]) -> Option<String> {
         let trust = self.config.verify_chain.as_ref()?;
         // An invalid principal is denied `unauthenticated` before the certificate matters.
         let (trust_domain, _) = principal.and_then(identity::spiffe_id_parts)?;
-        let der = match identity::certificate_der(certificate) {
-            Ok(der) => der,
-            Err(e) => return Some(format!("unreadable: {e}")),
-        };
         trust
             .load()
-            .verify_leaf(trust_domain, &der)
+            .verify_leaf(trust_domain, der)
             .err()
             .map(|e| format!("does not chain to its trust domain's bundle: {e}"))
     }
@@ -276,8 +273,9 @@ impl AuthzService {
             .unwrap_or_else(jiff::Timestamp::now);
 
         // Storage for the parsed peer certificate; `PeerCertificate` borrows from it.
-        let mut facts: Option<CertificateFacts> = None;
+        let mut forwarded: Option<Rc<Result<ForwardedCert, identity::CertError>>> = None;
         let mut unreadable: Option<String> = None;
+        let mut break_glass_reason = None;
 
         let decision = match (policy, http) {
             (None, _) => Decision::NO_POLICY,
@@ -299,9 +297,9 @@ impl AuthzService {
                 let peer_certificate = if certificate.is_empty() {
                     PeerCertificate::NotForwarded
                 } else {
-                    match cached_certificate_facts(certificate) {
-                        Ok(parsed) => match self.chain_problem(source_principal, certificate) {
-                            None => PeerCertificate::Parsed(facts.insert(parsed)),
+                    match &**forwarded.insert(cached_certificate(certificate)) {
+                        Ok(cert) => match self.chain_problem(source_principal, &cert.der) {
+                            None => PeerCertificate::Parsed(&cert.facts),
                             Some(problem) => {
                                 PeerCertificate::Unreadable(unreadable.insert(problem))
                             }
@@ -326,7 +324,8 @@ impl AuthzService {
                     shadow.compare(&request, &decision);
                 }
                 if decision.reason == Reason::BreakGlass {
-                    log_break_glass(policy, &request, &decision, &http.headers);
+                    break_glass_reason = stated_break_glass_reason(policy, &http.headers);
+                    log_break_glass(&request, &decision, break_glass_reason);
                 }
                 decision
             }
@@ -344,12 +343,6 @@ impl AuthzService {
         );
 
         if let Some(telemetry) = &self.config.telemetry {
-            let break_glass_reason = match (policy, http) {
-                (Some(policy), Some(http)) if decision.reason == Reason::BreakGlass => {
-                    stated_break_glass_reason(policy, &http.headers)
-                }
-                _ => None,
-            };
             telemetry.record_check(&CheckEvent {
                 decision: &decision,
                 revision,
@@ -376,14 +369,22 @@ impl AuthzService {
 /// How many parsed forwarded certificates each thread remembers.
 const CERT_CACHE_ENTRIES: usize = 512;
 
-/// Parsed forwarded certificates, per thread (no lock shared between checks), keyed by a hash
+/// A forwarded certificate, decoded once: its DER (for chain verification) and the facts
+/// `decide` judges.
+#[derive(Debug)]
+struct ForwardedCert {
+    der: Vec<u8>,
+    facts: CertificateFacts,
+}
+
+/// Decoded forwarded certificates, per thread (no lock shared between checks), keyed by a hash
 /// of the URL-encoded PEM's length and last 96 bytes (its signature, unique per certificate)
-/// and confirmed by comparing the whole text. A hit costs a short hash and one `memcmp` instead
-/// of percent-decoding, base64 and X.509 parsing, which cost far more than the decision itself.
-/// Only the parse is cached: it is a pure function of the text. Validity, SAN and lifetime are
-/// judged by `decide` on every check, and chain verification (which depends on trust bundles
-/// that rotate) is never cached.
-type CertCache = HashMap<u64, Vec<(Box<str>, Result<CertificateFacts, identity::CertError>)>>;
+/// and confirmed by comparing the whole text. A hit costs a short hash, one `memcmp` and a
+/// reference-count increment instead of percent-decoding, base64 and X.509 parsing, which cost
+/// far more than the decision itself. Only decoding is cached: it is a pure function of the
+/// text. Validity, SAN and lifetime are judged by `decide` on every check, and chain
+/// verification (which depends on trust bundles that rotate) runs on every check too.
+type CertCache = HashMap<u64, Vec<(Box<str>, Rc<Result<ForwardedCert, identity::CertError>>)>>;
 
 thread_local! {
     static CERT_CACHE: std::cell::RefCell<(CertCache, usize)> =
@@ -399,20 +400,23 @@ fn cert_cache_key(text: &str) -> u64 {
     h.finish()
 }
 
-/// [`identity::certificate_facts`], remembered per thread.
-fn cached_certificate_facts(text: &str) -> Result<CertificateFacts, identity::CertError> {
+/// Decode a forwarded certificate, remembered per thread.
+fn cached_certificate(text: &str) -> Rc<Result<ForwardedCert, identity::CertError>> {
     let key = cert_cache_key(text);
     let hit = CERT_CACHE.with(|c| {
         c.borrow()
             .0
             .get(&key)
             .and_then(|list| list.iter().find(|(t, _)| &**t == text))
-            .map(|(_, r)| r.clone())
+            .map(|(_, r)| Rc::clone(r))
     });
     if let Some(r) = hit {
         return r;
     }
-    let parsed = identity::certificate_facts(text);
+    let decoded = Rc::new(identity::certificate_der(text).and_then(|der| {
+        let facts = identity::facts_from_der(&der)?;
+        Ok(ForwardedCert { der, facts })
+    }));
     CERT_CACHE.with(|c| {
         let mut c = c.borrow_mut();
         if c.1 >= CERT_CACHE_ENTRIES {
@@ -422,10 +426,10 @@ fn cached_certificate_facts(text: &str) -> Result<CertificateFacts, identity::Ce
         }
         c.0.entry(key)
             .or_default()
-            .push((text.into(), parsed.clone()));
+            .push((text.into(), Rc::clone(&decoded)));
         c.1 += 1;
     });
-    parsed
+    decoded
 }
 
 /// Longest request id taken into the decision log.
@@ -453,9 +457,10 @@ fn stated_break_glass_reason<'h>(
     policy: &Policy,
     headers: &'h HashMap<String, String>,
 ) -> Option<&'h str> {
+    // The bundle compiler stores the header name in lower case, as Envoy sends header names.
     policy
         .break_glass_header()
-        .and_then(|name| headers.get(&name.to_ascii_lowercase()))
+        .and_then(|name| headers.get(name))
         .map(String::as_str)
 }
 
@@ -471,13 +476,8 @@ impl Authorization for AuthzService {
 
 /// A break-glass allow is rare and audited: log it at warning level with the stated reason
 /// (the only header value wardgate ever logs).
-fn log_break_glass(
-    policy: &Policy,
-    request: &Request<'_>,
-    decision: &Decision<'_>,
-    headers: &HashMap<String, String>,
-) {
-    let stated = stated_break_glass_reason(policy, headers).unwrap_or_default();
+fn log_break_glass(request: &Request<'_>, decision: &Decision<'_>, stated: Option<&str>) {
+    let stated = stated.unwrap_or_default();
     let path = loggable_path(request.path);
     tracing::warn!(
         rule = decision.rule,
@@ -1364,36 +1364,34 @@ mod cert_cache_tests {
         url_encode(&p.self_signed(&key).expect("cert").pem())
     }
 
+    fn facts(text: &str) -> Result<CertificateFacts, identity::CertError> {
+        match &*cached_certificate(text) {
+            Ok(cert) => {
+                assert_eq!(identity::certificate_der(text).as_ref(), Ok(&cert.der));
+                Ok(cert.facts.clone())
+            }
+            Err(e) => Err(e.clone()),
+        }
+    }
+
     #[test]
     fn cached_parse_is_the_parse() {
         let a = pem("spiffe://td/a");
         let b = pem("spiffe://td/b");
         for _ in 0..2 {
-            assert_eq!(
-                cached_certificate_facts(&a),
-                identity::certificate_facts(&a)
-            );
-            assert_eq!(
-                cached_certificate_facts(&b),
-                identity::certificate_facts(&b)
-            );
+            assert_eq!(facts(&a), identity::certificate_facts(&a));
+            assert_eq!(facts(&b), identity::certificate_facts(&b));
         }
         assert_eq!(
-            cached_certificate_facts(&a).expect("parsed").uri_sans,
+            facts(&a).expect("parsed").uri_sans,
             vec!["spiffe://td/a".to_string()]
         );
         // Same length and same tail, different text: the whole text decides.
         let mut forged = a.clone();
         forged.replace_range(40..41, if &a[40..41] == "A" { "B" } else { "A" });
         assert_eq!(cert_cache_key(&forged), cert_cache_key(&a));
-        assert_eq!(
-            cached_certificate_facts(&forged),
-            identity::certificate_facts(&forged)
-        );
-        assert_ne!(
-            cached_certificate_facts(&forged),
-            cached_certificate_facts(&a)
-        );
-        assert!(cached_certificate_facts("garbage").is_err());
+        assert_eq!(facts(&forged), identity::certificate_facts(&forged));
+        assert_ne!(facts(&forged), facts(&a));
+        assert!(facts("garbage").is_err());
     }
 }

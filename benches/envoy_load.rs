@@ -541,34 +541,14 @@ async fn start_envoy(
             "warn",
         ])
         .args(["--base-id", &base_id.to_string()]);
-    let mut envoy = Envoy {
+    let envoy = Envoy {
         child: ChildGuard::spawn(&format!("envoy-{tag}"), command, dir)?,
         listen,
         admin,
         config_path,
         access_log: "/dev/null".into(),
     };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(status) = envoy.child.exited() {
-            return Err(format!(
-                "Envoy ({tag}) exited with {status}\n{}",
-                envoy.child.log_tail(6000)
-            )
-            .into());
-        }
-        if let Ok((200, _)) = envoy.admin_get("/ready").await {
-            return Ok(envoy);
-        }
-        if Instant::now() > deadline {
-            return Err(format!(
-                "Envoy ({tag}) not ready in 60 s\n{}",
-                envoy.child.log_tail(6000)
-            )
-            .into());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    envoy.wait_ready(&format!("Envoy ({tag})")).await
 }
 
 /// Whose CPU time to read: the authorizer's.

@@ -9,7 +9,7 @@ mod support;
 
 use std::collections::HashMap;
 
-use envoy_types::ext_authz::v3::pb::{CheckRequest, HttpResponse};
+use envoy_types::ext_authz::v3::pb::{CheckRequest, CheckResponse, HttpResponse};
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
     HttpRequest, Peer, Request as AttrRequest,
 };
@@ -156,6 +156,25 @@ async fn purpose_of_use_and_break_glass() {
     assert_eq!((reply.status, reason(&reply)), (403, Some("rule")));
 }
 
+/// The gRPC status code of a Check answer and, for a denial, its `x-wardgate-reason`.
+fn status_and_reason(resp: CheckResponse) -> (i32, Option<String>) {
+    let code = resp.status.as_ref().map_or(-1, |s| s.code);
+    (code, denial_reason(resp))
+}
+
+/// The `x-wardgate-reason` of a denied Check answer (`None` for an allow).
+fn denial_reason(resp: CheckResponse) -> Option<String> {
+    match resp.http_response {
+        Some(HttpResponse::DeniedResponse(d)) => d
+            .headers
+            .iter()
+            .filter_map(|h| h.header.as_ref())
+            .find(|h| h.key == "x-wardgate-reason")
+            .map(|h| h.value.clone()),
+        _ => None,
+    }
+}
+
 /// URL-encode like Envoy does for `attributes.source.certificate`.
 fn url_encode(s: &str) -> String {
     s.bytes()
@@ -214,21 +233,6 @@ async fn forwarded_certificate_must_match_the_principal() {
     let ehr = sidecar.pki.svid("ehr").expect("ehr").clone();
     let imaging = sidecar.pki.svid("imaging").expect("imaging").clone();
     let lab = sidecar.destination.spiffe_id.clone();
-
-    let status_and_reason =
-        |resp: envoy_types::ext_authz::v3::pb::CheckResponse| -> (i32, Option<String>) {
-            let code = resp.status.map(|s| s.code).unwrap_or(-1);
-            let reason = match resp.http_response {
-                Some(HttpResponse::DeniedResponse(d)) => d
-                    .headers
-                    .iter()
-                    .filter_map(|h| h.header.as_ref())
-                    .find(|h| h.key == "x-wardgate-reason")
-                    .map(|h| h.value.clone()),
-                _ => None,
-            };
-            (code, reason)
-        };
 
     // The principal's own certificate: allowed (rule ehr-reads-lab-results).
     let ok = client
@@ -318,23 +322,13 @@ async fn verify_chain_refuses_identities_minted_by_another_trust_domain() {
         let mut client = support::grpc::authorization(&wardgate.socket)
             .await
             .expect("grpc");
-        let reason_of =
-            |resp: envoy_types::ext_authz::v3::pb::CheckResponse| match resp.http_response {
-                Some(HttpResponse::DeniedResponse(d)) => d
-                    .headers
-                    .iter()
-                    .filter_map(|h| h.header.as_ref())
-                    .find(|h| h.key == "x-wardgate-reason")
-                    .map(|h| h.value.clone()),
-                _ => None,
-            };
         let ok = client
             .check(check(&ehr_id, &genuine, &lab))
             .await
             .expect("check")
             .into_inner();
         assert_eq!(
-            reason_of(ok),
+            denial_reason(ok),
             None,
             "verify={verify}: the genuine SVID is allowed"
         );
@@ -344,7 +338,7 @@ async fn verify_chain_refuses_identities_minted_by_another_trust_domain() {
             .expect("check")
             .into_inner();
         assert_eq!(
-            reason_of(bad).as_deref(),
+            denial_reason(bad).as_deref(),
             want_forged,
             "verify={verify}: the forged SVID"
         );

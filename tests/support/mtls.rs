@@ -406,34 +406,14 @@ impl MtlsSidecar {
             .arg(std::env::var("WARDGATE_ENVOY_LOG_LEVEL").unwrap_or_else(|_| "warn".into()))
             .args(["--base-id", &base_id.to_string()])
             .args(["--file-flush-interval-msec", "100"]);
-        let mut envoy = Envoy {
+        let envoy = Envoy {
             child: ChildGuard::spawn("envoy", command, dir.path())?,
             listen,
             admin,
             config_path,
             access_log,
         };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = envoy.child.exited() {
-                return Err(format!(
-                    "Envoy exited during start-up with {status}\n{}",
-                    envoy.child.log_tail(6000)
-                )
-                .into());
-            }
-            if let Ok((200, _)) = envoy.admin_get("/ready").await {
-                break;
-            }
-            if Instant::now() > deadline {
-                return Err(format!(
-                    "Envoy not ready within 60 s\n{}",
-                    envoy.child.log_tail(6000)
-                )
-                .into());
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let envoy = envoy.wait_ready("Envoy").await?;
         Ok(MtlsSidecar {
             envoy,
             wardgate,

@@ -377,33 +377,39 @@ impl Envoy {
             .args(["--base-id", &base_id.to_string()])
             // Envoy flushes file access logs every 10 s by default; tests read them sooner.
             .args(["--file-flush-interval-msec", "100"]);
-        let mut envoy = Envoy {
+        let envoy = Envoy {
             child: ChildGuard::spawn("envoy", command, dir)?,
             listen,
             admin,
             config_path,
             access_log,
         };
+        envoy.wait_ready("Envoy").await
+    }
+
+    /// Wait (up to 60 s) until Envoy's admin `/ready` answers 200; fail early, with the log
+    /// tail, if Envoy exits. `name` says which Envoy in messages.
+    pub async fn wait_ready(mut self, name: &str) -> Result<Envoy, BoxError> {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if let Some(status) = envoy.child.exited() {
+            if let Some(status) = self.child.exited() {
                 return Err(format!(
-                    "Envoy exited during start-up with {status}\n{}",
-                    envoy.child.log_tail(6000)
+                    "{name} exited during start-up with {status}\n{}",
+                    self.child.log_tail(6000)
                 )
                 .into());
             }
-            if let Ok((200, _)) = envoy.admin_get("/ready").await {
-                return Ok(envoy);
+            if let Ok((200, _)) = self.admin_get("/ready").await {
+                return Ok(self);
             }
             if Instant::now() > deadline {
                 return Err(format!(
-                    "Envoy not ready within 60 s\n{}",
-                    envoy.child.log_tail(6000)
+                    "{name} not ready within 60 s\n{}",
+                    self.child.log_tail(6000)
                 )
                 .into());
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 

@@ -425,22 +425,18 @@ impl Policy {
         cx: &Ctx<'_>,
         decided_by: Option<u32>,
     ) {
-        let mut shown = 0usize;
+        // The candidate list is built inside the step closure, so the untraced path (whose
+        // tracer never calls it) does no work.
+        let mut list = Vec::new();
         t.step(|| {
-            // Build all rule steps inside one closure so the untraced path does no work; the
-            // last step pushed here is the "not applicable" summary.
-            let list = candidates(&[&self.deny_index, &self.allow_index], src, dst);
-            shown = list.len();
+            list = candidates(&[&self.deny_index, &self.allow_index], src, dst);
             TraceStep::NotApplicable {
                 rules: self.rules.len() - list.len(),
             }
         });
-        if shown == 0 {
-            return;
-        }
         let denied_first =
             decided_by.is_some_and(|i| self.rules[i as usize].action == Action::Deny);
-        for i in candidates(&[&self.deny_index, &self.allow_index], src, dst) {
+        for i in list {
             let rule = &self.rules[i as usize];
             let reached = match rule.action {
                 Action::Deny => !(denied_first && decided_by.is_some_and(|d| i > d)),

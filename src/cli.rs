@@ -433,9 +433,17 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Err(e) = own_identity_config(&args) {
-        tracing::error!("{e}");
-        return ExitCode::from(2);
+    match own_identity_config(&args) {
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::from(2);
+        }
+        // --trust-bundle alone starts a bundles-only file source, so no source means no bundles.
+        Ok(None) if args.verify_chain => {
+            tracing::error!("--verify-chain needs trust bundles: give --trust-bundle TD=PEMFILE or a Workload API source");
+            return ExitCode::from(2);
+        }
+        Ok(_) => {}
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -608,13 +616,6 @@ async fn run_serve(args: ServeArgs, reload: Option<ReloadConfig>) -> ExitCode {
             tracing::error!("{e}");
             return ExitCode::from(2);
         }
-    }
-    if args.verify_chain
-        && args.trust_bundles.is_empty()
-        && own_identity_config(&args).ok().flatten().is_none()
-    {
-        tracing::error!("--verify-chain needs trust bundles: give --trust-bundle TD=PEMFILE or a Workload API source");
-        return ExitCode::from(2);
     }
     let config = ServerConfig {
         destination_principal: args.destination_principal,

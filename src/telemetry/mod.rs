@@ -355,7 +355,7 @@ fn redact_source(source: &str) -> String {
         .rsplit_once('@')
         .map_or(authority, |(_, host)| host);
     let path = &rest[authority_end..];
-    let path = &path[..path.find(['?', '#']).unwrap_or(path.len())];
+    let path = crate::decision_log::loggable_path(path);
     format!("{}://{host}{path}", &source[..scheme_end])
 }
 

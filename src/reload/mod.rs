@@ -210,14 +210,7 @@ impl Reloader {
         }
         let source = self.config.source.to_string();
         let fetched = match &self.config.source {
-            BundleSource::Path(p) => {
-                let p = p.clone();
-                let max = self.config.max_bytes;
-                match tokio::task::spawn_blocking(move || fetch_path(&p, max)).await {
-                    Ok(r) => r,
-                    Err(e) => Err(FetchError::Failed(format!("reader task failed: {e}"))),
-                }
-            }
+            BundleSource::Path(p) => read_path(p.clone(), self.config.max_bytes).await,
             BundleSource::Http(_) => match &self.http {
                 Some(h) => {
                     let etag = if force { None } else { self.etag.as_deref() };
@@ -237,7 +230,7 @@ impl Reloader {
                 } else {
                     self.last_attempt = Some(digest);
                     let etag = f.etag.clone();
-                    let outcome = self.judge(f, &source).await;
+                    let outcome = self.judge(f, &source, true).await;
                     if outcome == Outcome::Swapped || outcome == Outcome::Unchanged {
                         self.etag = etag;
                     }
@@ -269,7 +262,9 @@ impl Reloader {
     }
 
     /// Verify, compile, check revision, swap.
-    async fn judge(&mut self, f: Fetched, source: &str) -> Outcome {
+    /// `cache`: keep a copy in the cache directory once swapped in (not when the bundle came
+    /// from that cache).
+    async fn judge(&mut self, f: Fetched, source: &str, cache: bool) -> Outcome {
         if let Err(e) = self.verify(&f) {
             return self.refuse(Outcome::Signature, source, &e.to_string());
         }
@@ -348,7 +343,7 @@ impl Reloader {
             self.label
         );
         self.observer.swapped(&policy, source, compile_time);
-        if let Some(dir) = &self.config.cache_dir {
+        if let Some(dir) = self.config.cache_dir.as_ref().filter(|_| cache) {
             if let Err(e) = write_cache(dir, &f) {
                 tracing::warn!(cache = %dir.display(), "cannot cache the bundle: {e}");
             }
@@ -424,23 +419,13 @@ impl Reloader {
             }
             Err(_) => return outcome,
         };
-        let mut from_cache = Reloader::new(
-            ReloadConfig {
-                source: BundleSource::Path(path),
-                poll_interval: self.config.poll_interval,
-                trusted_keys: std::mem::take(&mut self.config.trusted_keys),
-                allow_equal_revision: false,
-                cache_dir: None,
-                max_bytes: self.config.max_bytes,
-                http_timeout: self.config.http_timeout,
-                max_backoff: self.config.max_backoff,
-            },
-            Arc::clone(&self.handle),
-            Arc::clone(&self.observer),
-            self.label,
-        );
-        let cached_outcome = from_cache.reload(true).await;
-        self.config.trusted_keys = std::mem::take(&mut from_cache.config.trusted_keys);
+        let cache_source = path.display().to_string();
+        let cached_outcome = match read_path(path, self.config.max_bytes).await {
+            Ok(f) => self.judge(f, &cache_source, false).await,
+            Err(FetchError::TooLarge(why)) => self.refuse(Outcome::TooLarge, &cache_source, &why),
+            Err(e) => self.refuse(Outcome::FetchError, &cache_source, &e.to_string()),
+        };
+        self.observer.attempted(cached_outcome);
         if cached_outcome == Outcome::Swapped {
             tracing::warn!(
                 cache = %cache.display(),
@@ -500,6 +485,14 @@ impl Reloader {
             BundleSource::Http(_) => backed.mul_f64(0.8 + 0.4 * fastrand::f64()),
             BundleSource::Path(_) => backed,
         }
+    }
+}
+
+/// Read a file or directory bundle on a blocking thread.
+async fn read_path(path: PathBuf, max_bytes: u64) -> Result<Fetched, FetchError> {
+    match tokio::task::spawn_blocking(move || fetch_path(&path, max_bytes)).await {
+        Ok(r) => r,
+        Err(e) => Err(FetchError::Failed(format!("reader task failed: {e}"))),
     }
 }
 

@@ -283,7 +283,7 @@ struct CheckArgs {
     #[arg(long, value_name = "RFC3339_INSTANT")]
     at: Option<jiff::Timestamp>,
     /// Simulate a forwarded peer certificate valid for this long (e.g. `24h`), issued to the
-    /// source, starting a minute before the evaluation instant.
+    /// source and covering the evaluation instant (see `CertificateFacts::simulated`).
     #[arg(long, value_name = "DURATION")]
     cert_lifetime: Option<jiff::SignedDuration>,
     /// Print one JSON object instead of text.
@@ -356,15 +356,9 @@ fn check(args: CheckArgs) -> ExitCode {
     };
     let headers: HashMap<String, String> = args.headers.iter().cloned().collect();
     let time = args.at.unwrap_or_else(jiff::Timestamp::now);
-    let facts = args.cert_lifetime.map(|life| {
-        let not_before = time - jiff::SignedDuration::from_mins(1);
-        CertificateFacts {
-            uri_sans: vec![args.from.clone()],
-            is_ca: false,
-            not_before,
-            not_after: not_before + life,
-        }
-    });
+    let facts = args
+        .cert_lifetime
+        .map(|life| CertificateFacts::simulated(&args.from, time, life));
     let mut request = Request::new(&args.method, &args.path);
     request.source = Some(&args.from);
     request.destination = args.to.as_deref();

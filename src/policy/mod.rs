@@ -108,6 +108,22 @@ pub struct CertificateFacts {
     pub not_after: jiff::Timestamp,
 }
 
+impl CertificateFacts {
+    /// A leaf issued to `spiffe_id`, valid for `lifetime` and covering the instant `at` (it
+    /// started a minute before `at`, or half its lifetime before when that is shorter). What
+    /// `wardgate check --cert-lifetime`, policy tests and replay use to stand for the
+    /// certificate Envoy would forward.
+    pub fn simulated(spiffe_id: &str, at: jiff::Timestamp, lifetime: jiff::SignedDuration) -> Self {
+        let not_before = at - jiff::SignedDuration::from_mins(1).min(lifetime / 2);
+        CertificateFacts {
+            uri_sans: vec![spiffe_id.to_string()],
+            is_ca: false,
+            not_before,
+            not_after: not_before + lifetime,
+        }
+    }
+}
+
 /// One authorization question, borrowed from whatever carried it (a `CheckRequest`, CLI flags).
 ///
 /// Fields hold raw values as Envoy forwards them; [`Policy::decide`] parses and normalises them

@@ -498,14 +498,24 @@ async fn read_path(path: PathBuf, max_bytes: u64) -> Result<Fetched, FetchError>
 
 /// Watch the bundle's directory (for a file: its parent, so symlink swaps are seen).
 fn watch(path: &Path, tx: tokio::sync::mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
-    use notify::Watcher;
     let dir = if path.is_dir() {
         path.to_path_buf()
     } else {
         path.parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| PathBuf::from("."))
+            .filter(|d| !d.as_os_str().is_empty())
+            .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
     };
+    watch_dirs(&[dir], tx)
+}
+
+/// Watch `dirs` non-recursively (in-place writes, renames and symlink swaps all show up in the
+/// directory), sending a unit on `tx` for each event (coalesced by the channel's capacity).
+/// `None` when nothing could be watched: callers rely on their digest polling then.
+pub(crate) fn watch_dirs(
+    dirs: &[PathBuf],
+    tx: tokio::sync::mpsc::Sender<()>,
+) -> Option<notify::RecommendedWatcher> {
+    use notify::Watcher;
     let mut watcher =
         match notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
             if res.is_ok() {
@@ -518,11 +528,16 @@ fn watch(path: &Path, tx: tokio::sync::mpsc::Sender<()>) -> Option<notify::Recom
                 return None;
             }
         };
-    if let Err(e) = watcher.watch(&dir, notify::RecursiveMode::NonRecursive) {
-        tracing::warn!(dir = %dir.display(), "cannot watch, relying on polling: {e}");
-        return None;
+    let mut watching = false;
+    for dir in dirs {
+        match watcher.watch(dir, notify::RecursiveMode::NonRecursive) {
+            Ok(()) => watching = true,
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), "cannot watch, relying on polling: {e}")
+            }
+        }
     }
-    Some(watcher)
+    watching.then_some(watcher)
 }
 
 /// Replace `dir/current` with this bundle's files and signatures (write aside, then rename).

@@ -260,7 +260,6 @@ impl IdentitySource for FileSource {
 /// Watch the directories of every file (non-recursively): in-place writes, renames and
 /// symlink swaps all show up there.
 fn watch(config: &Config, tx: tokio::sync::mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
-    use notify::Watcher;
     let mut dirs: Vec<PathBuf> = config
         .paths()
         .map(|p| {
@@ -274,24 +273,7 @@ fn watch(config: &Config, tx: tokio::sync::mpsc::Sender<()>) -> Option<notify::R
     if dirs.is_empty() {
         return None;
     }
-    let mut watcher =
-        match notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            if res.is_ok() {
-                let _ = tx.try_send(());
-            }
-        }) {
-            Ok(w) => w,
-            Err(e) => {
-                tracing::warn!("file watcher unavailable, relying on polling: {e}");
-                return None;
-            }
-        };
-    for dir in &dirs {
-        if let Err(e) = watcher.watch(dir, notify::RecursiveMode::NonRecursive) {
-            tracing::warn!(dir = %dir.display(), "cannot watch, relying on polling: {e}");
-        }
-    }
-    Some(watcher)
+    crate::reload::watch_dirs(&dirs, tx)
 }
 
 #[cfg(test)]

@@ -624,15 +624,9 @@ impl Example {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        let facts = self.cert_lifetime.map(|life| {
-            let not_before = self.time - life / 2;
-            CertificateFacts {
-                uri_sans: vec![self.from.clone()],
-                is_ca: false,
-                not_before,
-                not_after: not_before + life,
-            }
-        });
+        let facts = self
+            .cert_lifetime
+            .map(|life| CertificateFacts::simulated(&self.from, self.time, life));
         let mut req = Request::new(&self.method, &self.path);
         req.source = Some(&self.from);
         req.destination = self.to.as_deref();

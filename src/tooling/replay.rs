@@ -168,15 +168,7 @@ fn decide_with<'p>(
         }
     }
     let source = rec.source.clone().unwrap_or_default();
-    let facts = cert.map(|life| {
-        let not_before = time - life / 2;
-        CertificateFacts {
-            uri_sans: vec![source.clone()],
-            is_ca: false,
-            not_before,
-            not_after: not_before + life,
-        }
-    });
+    let facts = cert.map(|life| CertificateFacts::simulated(&source, time, life));
     let mut req = Request::new(&rec.method, &rec.path);
     req.source = rec.source.as_deref();
     req.destination = rec.destination.as_deref();

@@ -236,13 +236,7 @@ pub(crate) fn parse_file(path: &Path) -> Result<Vec<Case>, Vec<String>> {
 fn run_case(policy: &Policy, case: &Case, default_at: jiff::Timestamp) -> CaseResult {
     let time = case.at.unwrap_or(default_at);
     let facts = case.cert_lifetime.map(|life| {
-        let not_before = time - jiff::SignedDuration::from_mins(1).min(life / 2);
-        CertificateFacts {
-            uri_sans: vec![case.from.clone().unwrap_or_default()],
-            is_ca: false,
-            not_before,
-            not_after: not_before + life,
-        }
+        CertificateFacts::simulated(case.from.as_deref().unwrap_or_default(), time, life)
     });
     let mut req = Request::new(&case.method, &case.path);
     req.source = case.from.as_deref();

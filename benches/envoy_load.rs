@@ -365,7 +365,7 @@ fn start_wardgate(
         .arg(bundle)
         .args(["--listen", listen, "--admin", &admin.to_string()])
         .args(extra_serve_args())
-        .env("RUST_LOG", "warn");
+        .env("WARDGATE_LOG", "warn");
     ChildGuard::spawn(name, command, dir)
 }
 

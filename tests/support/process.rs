@@ -229,8 +229,8 @@ impl Wardgate {
             .args(extra_args)
             .args(&admin_args)
             .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+                "WARDGATE_LOG",
+                std::env::var("WARDGATE_LOG").unwrap_or_else(|_| "info".into()),
             );
         let mut wardgate = Wardgate {
             child: ChildGuard::spawn("wardgate", command, log_dir)?,

@@ -30,7 +30,8 @@ use envoy_types::ext_authz::v3::pb::CheckRequest;
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Peer, Request};
 use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
 use wardgate::policy::Policy;
-use wardgate::server::{AuthzService, PolicyHandle, ServerConfig};
+use wardgate::policy::PolicyHandle;
+use wardgate::server::{AuthzService, ServerConfig};
 use wardgate::telemetry::{DecisionLogConfig, Telemetry, TelemetryConfig};
 
 const BUNDLE: &str = include_str!("../deploy/bundles/hospital.yaml");

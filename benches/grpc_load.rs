@@ -38,7 +38,8 @@ use hdrhistogram::Histogram;
 use hyper_util::rt::TokioIo;
 use tonic::transport::{Channel, Endpoint, Uri};
 use wardgate::policy::Policy;
-use wardgate::server::{self, ListenAddr, PolicyHandle, ServerConfig};
+use wardgate::policy::PolicyHandle;
+use wardgate::server::{self, ListenAddr, ServerConfig};
 
 #[path = "support/load.rs"]
 mod load;

@@ -33,7 +33,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::server::{self, ListenAddr, PolicyHandle, ServerError};
+use crate::policy::PolicyHandle;
+use crate::server::{self, ListenAddr, ServerError};
 use crate::telemetry::{BundleInfo, RuleUsage, Telemetry};
 
 /// Default admin address: loopback, next to Envoy's customary admin port 9901.

@@ -484,7 +484,7 @@ async fn stopped(mut stop: tokio::sync::watch::Receiver<bool>) {
 }
 
 async fn run_serve(args: ServeArgs, reload: Option<ReloadConfig>) -> ExitCode {
-    let handle: server::PolicyHandle = Arc::new(arc_swap::ArcSwapOption::empty());
+    let handle: crate::policy::PolicyHandle = Arc::new(arc_swap::ArcSwapOption::empty());
     // One shutdown signal, fanned out to every task; each finishes its work before exiting.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();

@@ -17,12 +17,39 @@ use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::FromDer;
 
-use crate::policy::CertificateFacts;
-
 /// The longest SPIFFE ID accepted, in bytes, `spiffe://` included (SPIFFE ID spec §2.3).
 pub const MAX_SPIFFE_ID_LEN: usize = 2048;
 
 const SCHEME_PREFIX: &str = "spiffe://";
+
+/// The facts of a leaf certificate that the decision order looks at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateFacts {
+    /// Every URI subject alternative name, in certificate order.
+    pub uri_sans: Vec<String>,
+    /// Whether basic constraints mark the certificate as a CA.
+    pub is_ca: bool,
+    /// Start of the validity period.
+    pub not_before: jiff::Timestamp,
+    /// End of the validity period.
+    pub not_after: jiff::Timestamp,
+}
+
+impl CertificateFacts {
+    /// A leaf issued to `spiffe_id`, valid for `lifetime` and covering the instant `at` (it
+    /// started a minute before `at`, or half its lifetime before when that is shorter). What
+    /// `wardgate check --cert-lifetime`, policy tests and replay use to stand for the
+    /// certificate Envoy would forward.
+    pub fn simulated(spiffe_id: &str, at: jiff::Timestamp, lifetime: jiff::SignedDuration) -> Self {
+        let not_before = at - jiff::SignedDuration::from_mins(1).min(lifetime / 2);
+        CertificateFacts {
+            uri_sans: vec![spiffe_id.to_string()],
+            is_ca: false,
+            not_before,
+            not_after: not_before + lifetime,
+        }
+    }
+}
 
 /// Why a string is not an acceptable SPIFFE ID.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -28,7 +28,6 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwapOption;
 use envoy_types::ext_authz::v3::pb::{
     Authorization, AuthorizationServer, CheckRequest, CheckResponse, HeaderAppendAction,
     HttpStatusCode,
@@ -47,7 +46,7 @@ use tonic_health::ServingStatus;
 use crate::decision_log::loggable_path;
 use crate::identity;
 use crate::policy::{
-    CertificateFacts, Decision, PeerCertificate, Policy, Reason, Request, Verdict,
+    CertificateFacts, Decision, PeerCertificate, Policy, PolicyHandle, Reason, Request, Verdict,
 };
 use crate::telemetry::{CheckEvent, Telemetry};
 
@@ -59,9 +58,6 @@ pub const BREAK_GLASS_HEADER: &str = "x-wardgate-break-glass";
 pub const REASON_HEADER: &str = "x-wardgate-reason";
 /// wardgate's own header namespace: client-sent headers with this prefix never reach upstream.
 pub const HEADER_PREFIX: &str = "x-wardgate-";
-
-/// The live policy, swapped atomically on reload. `None` until a bundle is in force.
-pub type PolicyHandle = Arc<ArcSwapOption<Policy>>;
 
 /// Where the gRPC server listens: `unix:/path/to.sock` or `host:port`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -826,6 +822,7 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use super::*;
+    use arc_swap::ArcSwapOption;
     use envoy_types::ext_authz::v3::pb::{DeniedHttpResponse, HttpResponse, OkHttpResponse};
     use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
         HttpRequest, Peer, Request as AttrRequest,

@@ -16,9 +16,9 @@ use std::time::Duration;
 
 use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
 
+use crate::policy::PolicyHandle;
 use crate::policy::{Decision, Policy, Request};
 use crate::reload::{Outcome, ReloadObserver};
-use crate::server::PolicyHandle;
 
 /// Label used when the shadow decision names no rule (default deny and the like).
 pub const NO_RULE: &str = "none";

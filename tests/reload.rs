@@ -13,8 +13,8 @@ use arc_swap::ArcSwapOption;
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Request, Response, StatusCode};
+use wardgate::policy::PolicyHandle;
 use wardgate::reload::{BundleSource, NoObserver, Outcome, ReloadConfig, Reloader, TrustedKeys};
-use wardgate::server::PolicyHandle;
 
 fn bundle(revision: u64, extra_rule: bool) -> String {
     let mut y = format!(

@@ -9,10 +9,11 @@
 use smallvec::SmallVec;
 
 use super::compile::{split_segments, Action, PairIndex, Policy, Rule, Slot, ANY};
+use super::normalize;
 use super::pattern::{Pattern, Seg};
 use super::trace::{NoTrace, RuleOutcome, Trace, TraceStep, Tracer};
 use super::{Decision, HeaderLookup, PeerCertificate, Reason, Request, Verdict};
-use crate::{identity, normalize};
+use crate::identity;
 
 /// Longest break-glass reason accepted, in bytes.
 pub const MAX_BREAK_GLASS_REASON: usize = 256;

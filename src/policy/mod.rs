@@ -42,6 +42,8 @@ mod bundle;
 mod compile;
 mod error;
 mod eval;
+mod handle;
+pub mod normalize;
 mod pattern;
 #[cfg(test)]
 mod reference;
@@ -52,9 +54,11 @@ pub(crate) mod view;
 use std::collections::HashMap;
 use std::fmt;
 
+pub use crate::identity::CertificateFacts;
 pub use compile::{Action, Policy, RuleInfo, FORMAT_VERSION};
 pub use error::{Diagnostic, Diagnostics};
 pub use eval::{valid_break_glass_reason, MAX_BREAK_GLASS_REASON};
+pub use handle::PolicyHandle;
 pub use pattern::{Pattern, PatternError};
 pub use trace::{RuleOutcome, Trace, TraceStep};
 
@@ -93,35 +97,6 @@ pub enum PeerCertificate<'a> {
     Unreadable(&'a str),
     /// The facts read from the forwarded leaf certificate.
     Parsed(&'a CertificateFacts),
-}
-
-/// The facts of a leaf certificate that the decision order looks at (DESIGN §3 step 4).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CertificateFacts {
-    /// Every URI subject alternative name, in certificate order.
-    pub uri_sans: Vec<String>,
-    /// Whether basic constraints mark the certificate as a CA.
-    pub is_ca: bool,
-    /// Start of the validity period.
-    pub not_before: jiff::Timestamp,
-    /// End of the validity period.
-    pub not_after: jiff::Timestamp,
-}
-
-impl CertificateFacts {
-    /// A leaf issued to `spiffe_id`, valid for `lifetime` and covering the instant `at` (it
-    /// started a minute before `at`, or half its lifetime before when that is shorter). What
-    /// `wardgate check --cert-lifetime`, policy tests and replay use to stand for the
-    /// certificate Envoy would forward.
-    pub fn simulated(spiffe_id: &str, at: jiff::Timestamp, lifetime: jiff::SignedDuration) -> Self {
-        let not_before = at - jiff::SignedDuration::from_mins(1).min(lifetime / 2);
-        CertificateFacts {
-            uri_sans: vec![spiffe_id.to_string()],
-            is_ca: false,
-            not_before,
-            not_after: not_before + lifetime,
-        }
-    }
 }
 
 /// One authorization question, borrowed from whatever carried it (a `CheckRequest`, CLI flags).

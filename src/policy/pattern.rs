@@ -9,7 +9,7 @@
 
 use std::fmt;
 
-use crate::normalize;
+use super::normalize;
 
 /// One segment of a pattern.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -8,10 +8,11 @@
 
 use super::bundle::{self, RawRule, SourceFile};
 use super::error::Diagnostics;
+use super::normalize;
 use super::pattern::Pattern;
 use super::schedule::{self, Schedule};
 use super::{PeerCertificate, Reason, Request, Verdict};
-use crate::{identity, normalize};
+use crate::identity;
 
 /// (verdict, reason, deciding rule)
 pub(crate) type RefDecision = (Verdict, Reason, Option<String>);

@@ -28,7 +28,7 @@ pub use source::BundleSource;
 use source::{fetch_path, FetchError, Fetched, HttpFetcher};
 
 use crate::policy::Policy;
-use crate::server::PolicyHandle;
+use crate::policy::PolicyHandle;
 
 /// The result of one reload attempt. [`Outcome::as_str`] gives the fixed metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -505,39 +505,7 @@ fn watch(path: &Path, tx: tokio::sync::mpsc::Sender<()>) -> Option<notify::Recom
             .filter(|d| !d.as_os_str().is_empty())
             .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
     };
-    watch_dirs(&[dir], tx)
-}
-
-/// Watch `dirs` non-recursively (in-place writes, renames and symlink swaps all show up in the
-/// directory), sending a unit on `tx` for each event (coalesced by the channel's capacity).
-/// `None` when nothing could be watched: callers rely on their digest polling then.
-pub(crate) fn watch_dirs(
-    dirs: &[PathBuf],
-    tx: tokio::sync::mpsc::Sender<()>,
-) -> Option<notify::RecommendedWatcher> {
-    use notify::Watcher;
-    let mut watcher =
-        match notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            if res.is_ok() {
-                let _ = tx.try_send(());
-            }
-        }) {
-            Ok(w) => w,
-            Err(e) => {
-                tracing::warn!("file watcher unavailable, relying on polling: {e}");
-                return None;
-            }
-        };
-    let mut watching = false;
-    for dir in dirs {
-        match watcher.watch(dir, notify::RecursiveMode::NonRecursive) {
-            Ok(()) => watching = true,
-            Err(e) => {
-                tracing::warn!(dir = %dir.display(), "cannot watch, relying on polling: {e}")
-            }
-        }
-    }
-    watching.then_some(watcher)
+    crate::watch::watch_dirs(&[dir], tx)
 }
 
 /// Replace `dir/current` with this bundle's files and signatures (write aside, then rename).

@@ -273,7 +273,7 @@ fn watch(config: &Config, tx: tokio::sync::mpsc::Sender<()>) -> Option<notify::R
     if dirs.is_empty() {
         return None;
     }
-    crate::reload::watch_dirs(&dirs, tx)
+    crate::watch::watch_dirs(&dirs, tx)
 }
 
 #[cfg(test)]

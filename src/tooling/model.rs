@@ -682,7 +682,7 @@ pub(crate) fn with_point<T>(
         .filter(|d| !d.is_empty())
         .and_then(|d| crate::identity::parse_spiffe_id(d).ok())
         .filter(|d| trust_domains.contains(&d.trust_domain_name()));
-    let path = crate::normalize::path(req.path).ok()?;
+    let path = crate::policy::normalize::path(req.path).ok()?;
     let life = match req.peer_certificate {
         PeerCertificate::NotForwarded => NOT_FORWARDED,
         PeerCertificate::Unreadable(_) => return None,
@@ -713,7 +713,7 @@ pub(crate) fn with_point<T>(
         }),
         method: req.method.to_ascii_uppercase(),
         path: path_segs.iter().map(String::as_str).collect(),
-        host: crate::normalize::host(req.host).to_ascii_lowercase(),
+        host: crate::policy::normalize::host(req.host).to_ascii_lowercase(),
         time: req.time,
         life,
         headers: &lookup,

@@ -63,7 +63,7 @@ pub enum PathError {
 ///
 /// ```
 /// use std::borrow::Cow;
-/// use wardgate::normalize;
+/// use wardgate::policy::normalize;
 ///
 /// assert_eq!(normalize::path("/results/../admin/").unwrap(), "/admin");
 /// assert!(matches!(normalize::path("/results/7?full=1"), Ok(Cow::Borrowed("/results/7"))));

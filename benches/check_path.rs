@@ -29,9 +29,9 @@ use criterion::{BenchmarkId, Criterion};
 use envoy_types::ext_authz::v3::pb::CheckRequest;
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Peer, Request};
 use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
+use wardgate::extauthz::{AuthzConfig, AuthzService};
 use wardgate::policy::Policy;
 use wardgate::policy::PolicyHandle;
-use wardgate::extauthz::{AuthzConfig, AuthzService};
 use wardgate::telemetry::{DecisionLogConfig, Telemetry, TelemetryConfig};
 
 const BUNDLE: &str = include_str!("../deploy/bundles/hospital.yaml");

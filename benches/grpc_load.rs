@@ -37,11 +37,11 @@ use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
 use hdrhistogram::Histogram;
 use hyper_util::rt::TokioIo;
 use tonic::transport::{Channel, Endpoint, Uri};
-use wardgate::policy::Policy;
-use wardgate::policy::PolicyHandle;
 use wardgate::extauthz::{AuthzConfig, AuthzService};
 use wardgate::grpc::{self, ServerConfig};
 use wardgate::listen::ListenAddr;
+use wardgate::policy::Policy;
+use wardgate::policy::PolicyHandle;
 
 #[path = "support/load.rs"]
 mod load;

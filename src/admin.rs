@@ -33,8 +33,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::policy::PolicyHandle;
 use crate::listen::{ListenAddr, ListenAddrError, ListenError, Listener};
+use crate::policy::PolicyHandle;
 use crate::telemetry::{BundleInfo, RuleUsage, Telemetry};
 
 /// Default admin address: loopback, next to Envoy's customary admin port 9901.

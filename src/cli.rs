@@ -13,12 +13,12 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::identity;
-use crate::policy::{CertificateFacts, PeerCertificate, Policy, Request, Trace};
-use crate::reload::{BundleSource, ReloadConfig, ReloadObserver, Reloader};
 use crate::extauthz::AuthzConfig;
 use crate::grpc::{self, ServerConfig};
+use crate::identity;
 use crate::listen::ListenAddr;
+use crate::policy::{CertificateFacts, PeerCertificate, Policy, Request, Trace};
+use crate::reload::{BundleSource, ReloadConfig, ReloadObserver, Reloader};
 
 /// The example bundle compiled into the binary; `serve` uses it when no `--bundle` is given.
 pub const EMBEDDED_BUNDLE: &str = include_str!("../deploy/bundles/hospital.yaml");

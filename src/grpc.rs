@@ -302,9 +302,9 @@ mod tests {
         .await;
         assert!(
             matches!(
-                    second,
-                    Err(ServerError::Listen(ListenError::SocketInUse { .. }))
-                ),
+                second,
+                Err(ServerError::Listen(ListenError::SocketInUse { .. }))
+            ),
             "{second:?}"
         );
 
@@ -360,9 +360,9 @@ mod tests {
         .await;
         assert!(
             matches!(
-                    result,
-                    Err(ServerError::Listen(ListenError::NotASocket { .. }))
-                ),
+                result,
+                Err(ServerError::Listen(ListenError::NotASocket { .. }))
+            ),
             "{result:?}"
         );
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "keep me");

@@ -1,14 +1,14 @@
 //! The Envoy adapter: `envoy.service.auth.v3.Authorization/Check` answered from the policy in
-//! force, as opa-envoy-plugin splits it: request, evaluation, response.
+//! force, split by direction into request, evaluation and response.
 //!
-//! One Check passes [`AuthzService::respond`] in five steps: translate ([`request`]: the
+//! One Check passes [`AuthzService::respond`] in five steps: translate (`request`: the
 //! `CheckRequest` borrowed into a [`policy::Request`](crate::policy::Request)), decide
 //! ([`Policy::decide_stated`] under one `arc-swap` guard of the policy), shadow (the candidate
 //! bundle's view, compared and counted, never answered), record (debug line, the audited
 //! break-glass warning, metrics and the decision log through [`Telemetry`]), render
-//! ([`response`]: the `CheckResponse`). The forwarded-certificate decoding cache is
-//! [`certs`]. [`AuthzConfig`] holds what a Check needs beyond the policy; the listener, health
-//! and drain settings belong to the gRPC server ([`crate::grpc::ServerConfig`]).
+//! (`response`: the `CheckResponse`). The forwarded-certificate decoding cache is `certs`.
+//! [`AuthzConfig`] holds what a Check needs beyond the policy; the listener, health and drain
+//! settings belong to the gRPC server ([`crate::grpc::ServerConfig`]).
 //!
 //! This module owns that order and the wiring between the steps. It must never decide anything
 //! itself (every reason, a request it cannot read included, comes from `decide`), never answer
@@ -90,26 +90,25 @@ impl AuthzService {
     /// request holds, the answer is an allow or a denial with a reason.
     pub fn respond(&self, check: &CheckRequest) -> CheckResponse {
         let started = Instant::now();
+        // Translate: borrow the question from the CheckRequest.
         let mut certificate = request::CertificateSlot::default();
         let check = request::translate(check, &self.config, &mut certificate);
 
+        // Decide, under one guard of the policy in force; nothing from here on awaits.
         let guard = self.policy.load();
         let policy: Option<&Policy> = guard.as_deref();
         let decided = policy.map_or(Decided::NO_POLICY, |p| p.decide_stated(&check.request));
 
+        // Shadow: the candidate bundle judges the same request; the answer stays ours.
         if let (Some(shadow), Some(_)) = (&self.config.shadow, policy) {
             shadow.compare(&check.request, &decided.decision);
         }
         let elapsed = started.elapsed();
         let revision = policy.map(Policy::revision);
 
+        // Record, then render.
         self.record(&check, &decided, revision, elapsed);
-        response::render(
-            &decided.decision,
-            revision,
-            elapsed,
-            check.client_headers(),
-        )
+        response::render(&decided.decision, revision, elapsed, check.client_headers())
     }
 
     /// Record one decided Check: the audited break-glass warning, a debug line, and the

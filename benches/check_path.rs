@@ -29,9 +29,9 @@ use criterion::{BenchmarkId, Criterion};
 use envoy_types::ext_authz::v3::pb::CheckRequest;
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Peer, Request};
 use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
+use wardgate::extauthz::{AuthzConfig, AuthzService};
 use wardgate::policy::Policy;
 use wardgate::policy::PolicyHandle;
-use wardgate::server::{AuthzService, ServerConfig};
 use wardgate::telemetry::{DecisionLogConfig, Telemetry, TelemetryConfig};
 
 const BUNDLE: &str = include_str!("../deploy/bundles/hospital.yaml");
@@ -139,9 +139,9 @@ fn main() {
     let service = |telemetry: Option<&Arc<Telemetry>>| {
         AuthzService::new(
             Arc::clone(&handle),
-            ServerConfig {
+            AuthzConfig {
                 telemetry: telemetry.cloned(),
-                ..ServerConfig::default()
+                ..AuthzConfig::default()
             },
         )
     };

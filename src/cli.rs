@@ -13,10 +13,12 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::extauthz::AuthzConfig;
+use crate::grpc::{self, ServerConfig};
 use crate::identity;
+use crate::listen::ListenAddr;
 use crate::policy::{CertificateFacts, PeerCertificate, Policy, Request, Trace};
 use crate::reload::{BundleSource, ReloadConfig, ReloadObserver, Reloader};
-use crate::server::{self, ListenAddr, ServerConfig};
 
 /// The example bundle compiled into the binary; `serve` uses it when no `--bundle` is given.
 pub const EMBEDDED_BUNDLE: &str = include_str!("../deploy/bundles/hospital.yaml");
@@ -611,22 +613,25 @@ async fn run_serve(args: ServeArgs, reload: Option<ReloadConfig>) -> ExitCode {
             return ExitCode::from(2);
         }
     }
-    let config = ServerConfig {
+    let authz = AuthzConfig {
         destination_principal: args.destination_principal,
         telemetry: Some(Arc::clone(&telemetry)),
         verify_chain: args.verify_chain.then(|| Arc::clone(&trust)),
         shadow,
+    };
+    let config = ServerConfig {
+        authz,
         ..ServerConfig::default()
     };
     let mut server = match tls {
-        Some((addr, tls)) => tokio::spawn(server::run_tls(
+        Some((addr, tls)) => tokio::spawn(grpc::run_tls(
             addr,
             tls,
             handle,
             config,
             stopped(stop_rx.clone()),
         )),
-        None => tokio::spawn(server::run(
+        None => tokio::spawn(grpc::run(
             args.listen,
             handle,
             config,

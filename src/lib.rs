@@ -30,7 +30,10 @@
 //!   verified against their trust domain's bundle and an allow-list of SPIFFE ID patterns) and
 //!   its accept loop.
 //! * [`shadow`]: a candidate bundle evaluated beside the enforced one; disagreements counted.
-//! * [`server`]: the tonic ext_authz and gRPC health services, listeners and graceful shutdown.
+//! * [`extauthz`]: the Envoy adapter: `CheckRequest` to [`policy::Request`], decide, shadow,
+//!   record, and [`policy::Decision`] to `CheckResponse`.
+//! * [`grpc`]: the tonic server around the adapter: gRPC health following the policy, drain.
+//! * [`listen`]: listen addresses and binding (Unix-socket rules), shared by gRPC and admin.
 //! * [`decision_log`]: the JSON decision-log record shared by the writer and `replay`.
 //! * [`telemetry`]: Prometheus metrics and the decision-log writer (bounded queue, own thread).
 //! * [`admin`]: the admin HTTP listener: `/metrics`, `/healthz`, `/readyz`, `/v1/bundle`,
@@ -52,10 +55,12 @@
 pub mod admin;
 pub mod cli;
 pub mod decision_log;
+pub mod extauthz;
+pub mod grpc;
 pub mod identity;
+pub mod listen;
 pub mod policy;
 pub mod reload;
-pub mod server;
 pub mod shadow;
 pub mod svid;
 pub mod telemetry;

@@ -12,7 +12,9 @@ use super::compile::{split_segments, Action, PairIndex, Policy, Rule, Slot, ANY}
 use super::normalize;
 use super::pattern::{Pattern, Seg};
 use super::trace::{NoTrace, RuleOutcome, Trace, TraceStep, Tracer};
-use super::{Decision, HeaderLookup, PeerCertificate, Reason, Request, Verdict};
+use super::{
+    Decided, Decision, HeaderLookup, HttpAttributes, PeerCertificate, Reason, Request, Verdict,
+};
 use crate::identity;
 
 /// Longest break-glass reason accepted, in bytes.
@@ -168,15 +170,27 @@ pub fn valid_break_glass_reason(v: &str) -> bool {
 }
 
 impl Policy {
-    /// Decide one request (DESIGN §3). Pure: same policy and request, same decision.
+    /// Decide one request by the decision order (docs/ARCHITECTURE.md). Pure: same policy and
+    /// request, same decision.
     pub fn decide(&self, request: &Request<'_>) -> Decision<'_> {
-        self.evaluate(request, &mut NoTrace)
+        self.evaluate(request, &mut NoTrace, &mut None)
+    }
+
+    /// Decide one request as [`Policy::decide`] does, and hand back the break-glass reason the
+    /// decision accepted, so that a caller logging it need not read the header again.
+    pub fn decide_stated<'p, 'r>(&'p self, request: &Request<'r>) -> Decided<'p, 'r> {
+        let mut break_glass_reason = None;
+        let decision = self.evaluate(request, &mut NoTrace, &mut break_glass_reason);
+        Decided {
+            decision,
+            break_glass_reason,
+        }
     }
 
     /// Decide one request and record why in `trace`. Returns exactly what [`Policy::decide`]
     /// returns for the same request.
     pub fn decide_traced(&self, request: &Request<'_>, trace: &mut Trace) -> Decision<'_> {
-        self.evaluate(request, trace)
+        self.evaluate(request, trace, &mut None)
     }
 
     fn trusts(&self, trust_domain: &str) -> bool {
@@ -209,7 +223,13 @@ impl Policy {
             .map(|s| &*s.name)
     }
 
-    fn evaluate<'p, T: Tracer>(&'p self, req: &Request<'_>, t: &mut T) -> Decision<'p> {
+    /// The decision order. `stated` receives the break-glass reason of a break-glass allow.
+    fn evaluate<'p, 'r, T: Tracer>(
+        &'p self,
+        req: &Request<'r>,
+        t: &mut T,
+        stated: &mut Option<&'r str>,
+    ) -> Decision<'p> {
         let deny = |reason, src: Option<u32>, dst: Option<u32>| Decision {
             verdict: Verdict::Deny,
             reason,
@@ -275,7 +295,13 @@ impl Policy {
             },
         });
 
-        // 3. Path.
+        // 3. Path: none to judge without the HTTP attributes, else one unambiguous form.
+        if req.http == HttpAttributes::Absent {
+            t.step(|| TraceStep::PathRejected {
+                why: "the request carries no HTTP attributes (no method, path or headers)".into(),
+            });
+            return deny(Reason::BadPath, src_seg, dst_seg);
+        }
         let path = match normalize::path(req.path) {
             Ok(p) => p,
             Err(e) => {
@@ -403,6 +429,7 @@ impl Policy {
                     );
                     self.trace_break_glass(t, &src_keys, &dst_keys, &cx);
                     if let Some(i) = hit {
+                        *stated = Some(value);
                         return decided(
                             Verdict::Allow,
                             Reason::BreakGlass,

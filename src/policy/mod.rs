@@ -99,6 +99,18 @@ pub enum PeerCertificate<'a> {
     Parsed(&'a CertificateFacts),
 }
 
+/// Whether the carrier of a request sent its HTTP attributes (method, path, host, headers).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum HttpAttributes {
+    /// Sent: `method`, `path`, `host` and `headers` are the request's.
+    #[default]
+    Present,
+    /// Not sent (an ext_authz Check without `attributes.request.http`; Envoy's HTTP filter always
+    /// sends them). There is no path to judge: [`Policy::decide`] denies `bad_path` at the path
+    /// step, after the source identity step.
+    Absent,
+}
+
 /// One authorization question, borrowed from whatever carried it (a `CheckRequest`, CLI flags).
 ///
 /// Fields hold raw values as Envoy forwards them; [`Policy::decide`] parses and normalises them
@@ -121,6 +133,8 @@ pub struct Request<'a> {
     pub time: jiff::Timestamp,
     /// The forwarded peer certificate, if any.
     pub peer_certificate: PeerCertificate<'a>,
+    /// Whether `method`, `path`, `host` and `headers` were sent at all.
+    pub http: HttpAttributes,
 }
 
 impl fmt::Debug for Request<'_> {
@@ -133,6 +147,7 @@ impl fmt::Debug for Request<'_> {
             .field("host", &self.host)
             .field("time", &self.time)
             .field("peer_certificate", &self.peer_certificate)
+            .field("http", &self.http)
             .finish_non_exhaustive()
     }
 }
@@ -150,6 +165,7 @@ impl<'a> Request<'a> {
             headers: &NoHeaders,
             time: jiff::Timestamp::UNIX_EPOCH,
             peer_certificate: PeerCertificate::NotForwarded,
+            http: HttpAttributes::Present,
         }
     }
 }
@@ -254,6 +270,24 @@ impl Decision<'static> {
         rule: None,
         source_segment: None,
         destination_segment: None,
+    };
+}
+
+/// What [`Policy::decide_stated`] returns: the decision and, on a break-glass allow, the reason
+/// the caller stated in the bundle's break-glass header (the value `decide` accepted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decided<'p, 'r> {
+    /// The decision, as [`Policy::decide`] returns it.
+    pub decision: Decision<'p>,
+    /// The stated break-glass reason, when `decision` is a break-glass allow; else `None`.
+    pub break_glass_reason: Option<&'r str>,
+}
+
+impl Decided<'static, 'static> {
+    /// The answer when no bundle is in force.
+    pub const NO_POLICY: Decided<'static, 'static> = Decided {
+        decision: Decision::NO_POLICY,
+        break_glass_reason: None,
     };
 }
 

@@ -159,24 +159,25 @@ struct Pending {
 impl Pending {
     fn new(event: &CheckEvent<'_>) -> Pending {
         let d = event.decision;
+        let r = event.request;
         let break_glass_reason = event
             .break_glass_reason
             .filter(|_| d.reason == Reason::BreakGlass);
         let fields: [Option<&str>; FIELDS] = [
             event.request_id,
-            event.source,
+            r.source,
             d.source_segment,
-            event.destination,
+            r.destination,
             d.destination_segment,
-            Some(event.method),
-            Some(loggable_path(event.path)),
-            Some(event.host),
+            Some(r.method),
+            Some(loggable_path(r.path)),
+            Some(r.host),
             d.rule,
             break_glass_reason,
         ];
         let length = fields.iter().flatten().map(|f| f.len()).sum();
         let mut pending = Pending {
-            at: event.time,
+            at: r.time,
             text: String::with_capacity(length),
             ends: [0; FIELDS],
             present: 0,

@@ -106,30 +106,22 @@ fn outcome_index(verdict: Verdict, reason: Reason) -> Option<usize> {
         .position(|&(v, r)| v == verdict && r == reason)
 }
 
-/// What the server knows about one Check once it is decided. Every string borrows from the
-/// `CheckRequest` or the policy; nothing is copied unless the decision log takes the entry.
+/// One decided Check, as the ext_authz adapter hands it over: the request as the policy judged
+/// it and the decision, by reference. Every string borrows from the `CheckRequest` or the
+/// policy; nothing is copied unless the decision log takes the entry.
 #[derive(Debug, Clone, Copy)]
 pub struct CheckEvent<'a> {
+    /// The request as judged: principals (the destination reported or pinned), method, raw
+    /// `:path` (the decision log cuts off query and fragment), host and the instant judged at.
+    pub request: &'a crate::policy::Request<'a>,
     /// The decision.
     pub decision: &'a Decision<'a>,
     /// Revision of the bundle that decided (`None` without a policy).
     pub revision: Option<u64>,
     /// Time spent deciding.
     pub elapsed: Duration,
-    /// The instant the check was judged at.
-    pub time: jiff::Timestamp,
     /// Envoy's request id.
     pub request_id: Option<&'a str>,
-    /// Source principal as Envoy reported it.
-    pub source: Option<&'a str>,
-    /// Destination principal (reported or pinned).
-    pub destination: Option<&'a str>,
-    /// HTTP method.
-    pub method: &'a str,
-    /// Raw `:path`; the decision log cuts off query and fragment.
-    pub path: &'a str,
-    /// Host / `:authority`.
-    pub host: &'a str,
     /// The stated break-glass reason, on break-glass allows only.
     pub break_glass_reason: Option<&'a str>,
 }
@@ -564,7 +556,7 @@ impl Telemetry {
         let snapshot = snapshot.as_deref();
         self.count_check(snapshot, decision);
         if let Some(rule) = decision.rule {
-            self.count_rule(snapshot, decision, rule, event.time);
+            self.count_rule(snapshot, decision, rule, event.request.time);
         }
         self.log.offer(event);
     }
@@ -1017,20 +1009,16 @@ break_glass:
         let mut request = Request::new("GET", path);
         request.source = Some(source);
         request.destination = Some(destination);
+        request.host = "lab.clinical.svc";
         request.headers = &headers;
         request.time = jiff::Timestamp::now();
         let decision = policy.map_or(Decision::NO_POLICY, |p| p.decide(&request));
         telemetry.record_check(&CheckEvent {
+            request: &request,
             decision: &decision,
             revision: policy.map(Policy::revision),
             elapsed: Duration::from_micros(3),
-            time: request.time,
             request_id: Some("req-1"),
-            source: Some(source),
-            destination: Some(destination),
-            method: "GET",
-            path,
-            host: "lab.clinical.svc",
             break_glass_reason: headers.get("x-break-glass-reason").map(String::as_str),
         });
         decision.reason.as_str()

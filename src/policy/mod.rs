@@ -1,9 +1,10 @@
 //! The policy engine: bundle model, validation, compilation and [`Policy::decide`].
 //!
 //! This module owns the meaning of a rule bundle. Raw YAML ([`bundle`]) is validated and
-//! compiled ([`compile`]) once into an immutable [`Policy`] whose indexes make the per-request
-//! check cheap; [`Policy::decide`] then applies the decision order of DESIGN §3 to one
-//! [`Request`] and returns a typed [`Decision`] naming its reason, rule and segments.
+//! compiled (`compile`) once into an immutable [`Policy`] (the plain data in `model`, the rule
+//! lookup in `index`) that makes the per-request check cheap; [`Policy::decide`] (`eval`) then
+//! applies the decision order described in docs/ARCHITECTURE.md to one [`Request`] and returns
+//! a typed [`Decision`] naming its reason, rule and segments.
 //!
 //! It must never do I/O beyond reading the bundle files it is pointed at, never spawn, lock,
 //! read the clock or touch globals: the server, the CLI and the benches all call the same
@@ -43,6 +44,8 @@ mod compile;
 mod error;
 mod eval;
 mod handle;
+mod index;
+mod model;
 pub mod normalize;
 mod pattern;
 #[cfg(test)]
@@ -55,10 +58,11 @@ use std::collections::HashMap;
 use std::fmt;
 
 pub use crate::identity::CertificateFacts;
-pub use compile::{Action, Policy, RuleInfo, FORMAT_VERSION};
+pub use compile::FORMAT_VERSION;
 pub use error::{Diagnostic, Diagnostics};
 pub use eval::{valid_break_glass_reason, MAX_BREAK_GLASS_REASON};
 pub use handle::PolicyHandle;
+pub use model::{Action, Policy, RuleInfo};
 pub use pattern::{Pattern, PatternError};
 pub use trace::{RuleOutcome, Trace, TraceStep};
 

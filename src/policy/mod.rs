@@ -57,6 +57,9 @@ pub(crate) mod view;
 use std::collections::HashMap;
 use std::fmt;
 
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
 pub use crate::identity::CertificateFacts;
 pub use compile::FORMAT_VERSION;
 pub use error::{Diagnostic, Diagnostics};
@@ -168,12 +171,33 @@ pub enum Verdict {
 }
 
 impl Verdict {
-    /// `"allow"` or `"deny"`.
+    /// Both verdicts.
+    pub const ALL: [Verdict; 2] = [Verdict::Allow, Verdict::Deny];
+
+    /// `"allow"` or `"deny"`: the one spelling of logs, metrics, headers and JSON.
     pub fn as_str(self) -> &'static str {
         match self {
             Verdict::Allow => "allow",
             Verdict::Deny => "deny",
         }
+    }
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for Verdict {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Verdict {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        by_name(deserializer, &Verdict::ALL, Verdict::as_str, "decision")
     }
 }
 
@@ -232,6 +256,38 @@ impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
+}
+
+impl Serialize for Reason {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Reason {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        by_name(deserializer, &Reason::ALL, Reason::as_str, "reason")
+    }
+}
+
+/// Read one of `all` by its `name` (the same `as_str` spelling it is written with).
+fn by_name<'de, D: Deserializer<'de>, T: Copy>(
+    deserializer: D,
+    all: &[T],
+    name: fn(T) -> &'static str,
+    what: &str,
+) -> Result<T, D::Error> {
+    let text = std::borrow::Cow::<str>::deserialize(deserializer)?;
+    all.iter()
+        .copied()
+        .find(|&v| name(v) == text)
+        .ok_or_else(|| {
+            let known: Vec<&str> = all.iter().map(|&v| name(v)).collect();
+            D::Error::custom(format!(
+                "`{text}` is not a {what}: expected one of {}",
+                known.join(", ")
+            ))
+        })
 }
 
 /// The outcome of [`Policy::decide`]. Names borrow from the policy, so they are bounded by the

@@ -15,25 +15,25 @@ revision: 3
 trust_domains: [hospital.example, partner-lab.example]
 segments:
   clinical:
-members: ["spiffe://hospital.example/ns/clinical/**"]
+    members: ["spiffe://hospital.example/ns/clinical/**"]
   vendor:
-members: ["spiffe://partner-lab.example/**"]
+    members: ["spiffe://partner-lab.example/**"]
 rules:
   - name: vendor-never-reaches-clinical
-action: deny
-from: [vendor]
-to: [clinical]
+    action: deny
+    from: [vendor]
+    to: [clinical]
   - name: ehr-reads-lab-results
-from: ["spiffe://hospital.example/ns/clinical/sa/ehr"]
-to: ["spiffe://hospital.example/ns/clinical/sa/lab"]
-methods: [GET]
-paths: ["/results/**"]
+    from: ["spiffe://hospital.example/ns/clinical/sa/ehr"]
+    to: ["spiffe://hospital.example/ns/clinical/sa/lab"]
+    methods: [GET]
+    paths: ["/results/**"]
 break_glass:
   header: x-break-glass-reason
   allow:
-- name: er-override
-  from: [clinical]
-  to: [clinical]
+    - name: er-override
+      from: [clinical]
+      to: [clinical]
 "#;
 
 const EHR: &str = "spiffe://hospital.example/ns/clinical/sa/ehr";
@@ -363,15 +363,15 @@ fn a_swap_keeps_hits_of_rules_that_stay_and_removes_what_is_gone() {
 
     // Revision 4: the vendor segment and its deny rule are gone; ehr-reads-lab-results stays.
     let next_yaml = BUNDLE
-        .replace("revision: 3", "revision: 4")
-        .replace(
-            "  vendor:\n    members: [\"spiffe://partner-lab.example/**\"]\n",
-            "",
-        )
-        .replace(
-            "  - name: vendor-never-reaches-clinical\n    action: deny\n    from: [vendor]\n    to: [clinical]\n",
-            "",
-        );
+            .replace("revision: 3", "revision: 4")
+            .replace(
+                "  vendor:\n    members: [\"spiffe://partner-lab.example/**\"]\n",
+                "",
+            )
+            .replace(
+                "  - name: vendor-never-reaches-clinical\n    action: deny\n    from: [vendor]\n    to: [clinical]\n",
+                "",
+            );
     let next = Policy::from_yaml_str("test.yaml", &next_yaml).unwrap();
     t.bundle_swapped(&next, "test.yaml", Duration::ZERO);
     run(&t, Some(&next), EHR, LAB, "/results/1", &[]);

@@ -120,7 +120,7 @@ fn main() {
     let handle: PolicyHandle = Arc::new(ArcSwapOption::from_pointee(policy));
     let in_force = handle.load_full().expect("policy");
 
-    let metrics = Telemetry::new(TelemetryConfig::default());
+    let metrics = Telemetry::new(TelemetryConfig::default()).expect("telemetry");
     metrics.bundle_swapped(&in_force, digest_source, Duration::ZERO);
     let sink = std::fs::OpenOptions::new()
         .write(true)
@@ -133,7 +133,8 @@ fn main() {
             queue: 65_536,
             sample_allows: 1.0,
         }),
-    });
+    })
+    .expect("telemetry");
     logged.bundle_swapped(&in_force, digest_source, Duration::ZERO);
 
     let service = |telemetry: Option<&Arc<Telemetry>>| {

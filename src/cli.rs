@@ -505,9 +505,13 @@ async fn run_serve(args: ServeArgs, reload: Option<ReloadConfig>) -> ExitCode {
         args.decision_log_sample_allows,
     ) {
         Ok(telemetry) => telemetry,
-        Err(e) => {
+        Err(crate::telemetry::TelemetryError::DecisionLog(e)) => {
             tracing::error!("--decision-log {}: {e}", args.decision_log);
             return ExitCode::from(2);
+        }
+        Err(e) => {
+            tracing::error!("metrics: {e}");
+            return ExitCode::from(1);
         }
     };
     match crate::admin::start(&args.admin, &telemetry, &handle, stopped(stop_rx.clone())).await {
@@ -584,10 +588,14 @@ async fn run_serve(args: ServeArgs, reload: Option<ReloadConfig>) -> ExitCode {
     match own_identity_config(&args) {
         Ok(None) => {}
         Ok(Some(own)) => {
-            let identity = crate::svid::Identity::new(
-                Arc::clone(&trust),
-                crate::svid::metrics::SvidMetrics::for_telemetry(&telemetry),
-            );
+            let svid_metrics = match crate::svid::metrics::SvidMetrics::for_telemetry(&telemetry) {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::error!("wardgate's own identity metrics: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            let identity = crate::svid::Identity::new(Arc::clone(&trust), svid_metrics);
             let source = match crate::svid::start(own.source, Arc::clone(&identity)) {
                 Ok(source) => source,
                 Err(e) => {

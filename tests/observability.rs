@@ -520,8 +520,8 @@ async fn metrics_and_decision_log_account_for_every_check() {
         assert_eq!(record.method, p.method, "{what}");
         assert_eq!(record.path, p.path, "{what}");
         assert!(!record.host.is_empty(), "{what}");
-        assert_eq!(record.decision, p.decision, "{what}");
-        assert_eq!(record.reason, p.reason, "{what}");
+        assert_eq!(record.decision.as_str(), p.decision, "{what}");
+        assert_eq!(record.reason.as_str(), p.reason, "{what}");
         assert_eq!(record.rule.as_deref(), p.rule, "{what}");
         assert_eq!(record.revision, Some(1), "{what}");
         assert!(record.latency_us < 1_000_000, "{what}");
@@ -785,7 +785,7 @@ async fn readyz_follows_the_first_valid_bundle() {
     assert!(exit.is_some_and(|s| s.success()), "{exit:?}");
     let records = read_records(&log);
     assert_eq!(records.len(), 1);
-    assert_eq!(records[0].1.reason, "no_policy");
+    assert_eq!(records[0].1.reason.as_str(), "no_policy");
     assert_eq!(records[0].1.revision, None);
 }
 

@@ -1,9 +1,10 @@
 //! The policy engine: bundle model, validation, compilation and [`Policy::decide`].
 //!
 //! This module owns the meaning of a rule bundle. Raw YAML ([`bundle`]) is validated and
-//! compiled ([`compile`]) once into an immutable [`Policy`] whose indexes make the per-request
-//! check cheap; [`Policy::decide`] then applies the decision order of DESIGN §3 to one
-//! [`Request`] and returns a typed [`Decision`] naming its reason, rule and segments.
+//! compiled (`compile`) once into an immutable [`Policy`] (the plain data in `model`, the rule
+//! lookup in `index`) that makes the per-request check cheap; [`Policy::decide`] (`eval`) then
+//! applies the decision order described in docs/ARCHITECTURE.md to one [`Request`] and returns
+//! a typed [`Decision`] naming its reason, rule and segments.
 //!
 //! It must never do I/O beyond reading the bundle files it is pointed at, never spawn, lock,
 //! read the clock or touch globals: the server, the CLI and the benches all call the same
@@ -43,6 +44,8 @@ mod compile;
 mod error;
 mod eval;
 mod handle;
+mod index;
+mod model;
 pub mod normalize;
 mod pattern;
 #[cfg(test)]
@@ -54,11 +57,15 @@ pub(crate) mod view;
 use std::collections::HashMap;
 use std::fmt;
 
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
 pub use crate::identity::CertificateFacts;
-pub use compile::{Action, Policy, RuleInfo, FORMAT_VERSION};
+pub use compile::FORMAT_VERSION;
 pub use error::{Diagnostic, Diagnostics};
 pub use eval::{valid_break_glass_reason, MAX_BREAK_GLASS_REASON};
 pub use handle::PolicyHandle;
+pub use model::{Action, Policy, RuleInfo};
 pub use pattern::{Pattern, PatternError};
 pub use trace::{RuleOutcome, Trace, TraceStep};
 
@@ -180,12 +187,33 @@ pub enum Verdict {
 }
 
 impl Verdict {
-    /// `"allow"` or `"deny"`.
+    /// Both verdicts.
+    pub const ALL: [Verdict; 2] = [Verdict::Allow, Verdict::Deny];
+
+    /// `"allow"` or `"deny"`: the one spelling of logs, metrics, headers and JSON.
     pub fn as_str(self) -> &'static str {
         match self {
             Verdict::Allow => "allow",
             Verdict::Deny => "deny",
         }
+    }
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for Verdict {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Verdict {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        by_name(deserializer, &Verdict::ALL, Verdict::as_str, "decision")
     }
 }
 
@@ -244,6 +272,38 @@ impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
+}
+
+impl Serialize for Reason {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Reason {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        by_name(deserializer, &Reason::ALL, Reason::as_str, "reason")
+    }
+}
+
+/// Read one of `all` by its `name` (the same `as_str` spelling it is written with).
+fn by_name<'de, D: Deserializer<'de>, T: Copy>(
+    deserializer: D,
+    all: &[T],
+    name: fn(T) -> &'static str,
+    what: &str,
+) -> Result<T, D::Error> {
+    let text = std::borrow::Cow::<str>::deserialize(deserializer)?;
+    all.iter()
+        .copied()
+        .find(|&v| name(v) == text)
+        .ok_or_else(|| {
+            let known: Vec<&str> = all.iter().map(|&v| name(v)).collect();
+            D::Error::custom(format!(
+                "`{text}` is not a {what}: expected one of {}",
+                known.join(", ")
+            ))
+        })
 }
 
 /// The outcome of [`Policy::decide`]. Names borrow from the policy, so they are bounded by the

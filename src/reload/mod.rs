@@ -221,8 +221,7 @@ impl Reloader {
         };
         let outcome = match fetched {
             Err(FetchError::NotModified) => Outcome::Unchanged,
-            Err(FetchError::TooLarge(why)) => self.refuse(Outcome::TooLarge, &source, &why),
-            Err(FetchError::Failed(why)) => self.refuse(Outcome::FetchError, &source, &why),
+            Err(e) => self.refuse(e.outcome(), &source, &e.to_string()),
             Ok(f) => {
                 let digest = digest_of(&f);
                 if !force && self.last_attempt == Some(digest) {
@@ -422,8 +421,7 @@ impl Reloader {
         let cache_source = path.display().to_string();
         let cached_outcome = match read_path(path, self.config.max_bytes).await {
             Ok(f) => self.judge(f, &cache_source, false).await,
-            Err(FetchError::TooLarge(why)) => self.refuse(Outcome::TooLarge, &cache_source, &why),
-            Err(e) => self.refuse(Outcome::FetchError, &cache_source, &e.to_string()),
+            Err(e) => self.refuse(e.outcome(), &cache_source, &e.to_string()),
         };
         self.observer.attempted(cached_outcome);
         if cached_outcome == Outcome::Swapped {

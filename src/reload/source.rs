@@ -80,6 +80,17 @@ pub(crate) enum FetchError {
     Failed(String),
 }
 
+impl FetchError {
+    /// The reload outcome an attempt that failed with this error ends in.
+    pub(crate) fn outcome(&self) -> super::Outcome {
+        match self {
+            FetchError::NotModified => super::Outcome::Unchanged,
+            FetchError::TooLarge(_) => super::Outcome::TooLarge,
+            FetchError::Failed(_) => super::Outcome::FetchError,
+        }
+    }
+}
+
 /// Whether a directory entry is a bundle file (`*.yaml` / `*.yml`, not hidden).
 pub(crate) fn is_bundle_file(name: &str) -> bool {
     !name.starts_with('.') && (name.ends_with(".yaml") || name.ends_with(".yml"))

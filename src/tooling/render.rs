@@ -275,23 +275,26 @@ fn xml(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-/// Estimated advance width, in px, of `text` set in bold Helvetica or Arial at `size` px.
+/// Estimated advance width, in px, of `text` in the bold sans-serif the SVG names or falls back
+/// to: Helvetica or Arial (macOS, Windows), or DejaVu Sans Bold, what `sans-serif` usually is
+/// on Linux and the widest of them by far.
 ///
-/// Conservative: each glyph counts as the widest member of its class in those fonts' metrics
-/// (narrow `i l .` at 0.34 em, `f t r -` at 0.4 em, most letters and digits at 0.62 em, `w` 0.8,
-/// other capitals 0.8, `m M W` 0.95 em), and anything else, non-ASCII included, as a full em. The
+/// Conservative: each glyph counts as the widest member of its class in those fonts (narrow
+/// `i l .` 0.38 em, `f t r - _` 0.5, other lower-case letters and digits 0.72, `w` 0.93, `m`
+/// 1.05, capitals 0.86, `M W` 1.11), and anything else, non-ASCII included, as 1.2 em. The
 /// drawing reserves this much, so a label is never wider than the room made for it.
 fn text_width(text: &str, size: f64) -> f64 {
     let em: f64 = text
         .chars()
         .map(|c| match c {
-            'i' | 'j' | 'l' | '.' | ',' | ':' | ';' | '!' | '|' | '\'' | ' ' => 0.34,
-            'f' | 't' | 'r' | 'I' | '-' | '(' | ')' | '/' | '[' | ']' => 0.4,
-            'm' | 'M' | 'W' => 0.95,
-            'w' => 0.8,
-            'A'..='Z' => 0.8,
-            'a'..='z' | '0'..='9' | '_' => 0.62,
-            _ => 1.0,
+            'i' | 'j' | 'l' | 'I' | 'J' | '.' | ',' | '|' | '/' | '\'' | ' ' => 0.38,
+            'f' | 't' | 'r' | '-' | '_' | '(' | ')' | '[' | ']' | '!' | ':' | ';' => 0.5,
+            'm' => 1.05,
+            'w' => 0.93,
+            'M' | 'W' => 1.11,
+            'A'..='Z' => 0.86,
+            'a'..='z' | '0'..='9' => 0.72,
+            _ => 1.2,
         })
         .sum();
     (em * size).ceil()

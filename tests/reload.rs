@@ -346,9 +346,16 @@ fn http_reloader(
     h: &PolicyHandle,
     tweak: impl FnOnce(&mut ReloadConfig),
 ) -> Reloader {
-    let mut cfg = ReloadConfig::new(BundleSource::Http(format!(
-        "http://{addr}/bundles/hospital.yaml"
-    )));
+    http_reloader_at(addr, "/bundles/hospital.yaml", h, tweak)
+}
+
+fn http_reloader_at(
+    addr: SocketAddr,
+    path: &str,
+    h: &PolicyHandle,
+    tweak: impl FnOnce(&mut ReloadConfig),
+) -> Reloader {
+    let mut cfg = ReloadConfig::new(BundleSource::Http(format!("http://{addr}{path}")));
     cfg.http_timeout = Duration::from_millis(500);
     tweak(&mut cfg);
     Reloader::new(cfg, Arc::clone(h), Arc::new(NoObserver), "bundle")
@@ -463,4 +470,68 @@ async fn bundle_server_goes_away_and_comes_back_and_the_cache_covers_a_cold_star
     let _ = stop_tx.send(());
     running.await.expect("stops");
     assert_eq!(revision(&h), Some(2));
+}
+
+fn digest(h: &PolicyHandle) -> Option<String> {
+    h.load().as_ref().map(|p| p.digest().to_owned())
+}
+
+/// The bundle digest identifies content, not where it sits (README, "Bundle digest"): the same
+/// file under another name has the same digest, `sha256:` and what `sha256sum` prints for it;
+/// one byte more is another digest.
+#[tokio::test]
+async fn renaming_a_bundle_file_keeps_its_digest_and_editing_it_does_not() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = bundle(1, false);
+    let mut digests = Vec::new();
+    for (name, content) in [
+        ("hospital.yaml", text.clone()),
+        ("renamed.yml", text.clone()),
+        ("edited.yaml", format!("{text}#")),
+    ] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, &content).expect("write");
+        let h = handle();
+        let mut r = file_reloader(&path, &h, TrustedKeys::none());
+        assert_eq!(r.reload(false).await, Outcome::Swapped, "{name}");
+        digests.push(digest(&h).expect("a policy"));
+    }
+    let sha256sum = {
+        use sha2::{Digest, Sha256};
+        format!("sha256:{:x}", Sha256::digest(text.as_bytes()))
+    };
+    assert_eq!(digests[0], sha256sum);
+    assert_eq!(digests[1], digests[0], "renamed");
+    assert_ne!(digests[2], digests[0], "one byte added");
+}
+
+/// A bundle URL without `.yaml` is cached as `<name>.yaml`. A sidecar that started from that
+/// cache while the server was down then gets the same bundle from the server: that is the
+/// bundle in force (unchanged), not another bundle claiming its revision, which would be
+/// refused as a rollback and counted as a failure until the revision is raised.
+#[tokio::test]
+async fn a_cold_start_from_the_cache_and_the_source_agree_on_the_bundle() {
+    let cache = tempfile::tempdir().expect("tempdir");
+    let server = BundleServer::default();
+    server.set(&bundle(1, false));
+    let (addr, task) = start_server(&server, None).await;
+    let h = handle();
+    let mut warm = http_reloader_at(addr, "/bundles/latest", &h, |c| {
+        c.cache_dir = Some(cache.path().to_path_buf());
+    });
+    assert_eq!(warm.initial_load().await, Outcome::Swapped);
+    task.abort();
+    let _ = task.await;
+
+    let cold = handle();
+    let mut r = http_reloader_at(addr, "/bundles/latest", &cold, |c| {
+        c.cache_dir = Some(cache.path().to_path_buf());
+    });
+    assert_eq!(r.initial_load().await, Outcome::FetchError);
+    assert_eq!(revision(&cold), Some(1), "started from the cache");
+    assert_eq!(digest(&cold), digest(&h));
+
+    let (_, _task) = start_server(&server, Some(addr)).await;
+    assert_eq!(r.reload(false).await, Outcome::Unchanged);
+    assert_eq!(digest(&cold), digest(&h));
 }

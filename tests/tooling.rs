@@ -285,6 +285,177 @@ fn hospital_matrix() {
     assert!(pic.contains(">to clinical</text>") && pic.contains(">from vendor</text>"));
 }
 
+/// Width of `text` at `size` px in DejaVu Sans Bold, the font a Linux viewer substitutes for
+/// the SVG's `Helvetica, Arial, sans-serif` (`fc-match Helvetica:bold`) and wider than either:
+/// advance widths in thousandths of an em, read from DejaVuSans-Bold.ttf's `hmtx` table, for
+/// what segment names and the headings are made of; anything else counts as a full em. With
+/// these widths the old fixed 150 px label column cut "from administrative" to "rom
+/// administrative".
+fn sans_bold_width(text: &str, size: f64) -> f64 {
+    let thousandths: u32 = text
+        .chars()
+        .map(|c| match c {
+            'i' | 'j' | 'l' => 343,
+            ' ' => 348,
+            '/' => 365,
+            '.' | ',' => 380,
+            ':' | ';' => 400,
+            '-' => 415,
+            'f' => 435,
+            '(' | ')' => 457,
+            't' => 478,
+            'r' => 493,
+            '_' => 500,
+            'z' => 582,
+            'c' => 593,
+            's' => 595,
+            'x' => 645,
+            'v' | 'y' => 652,
+            'k' => 665,
+            'a' => 675,
+            'e' => 678,
+            'o' => 687,
+            '0'..='9' => 696,
+            'h' | 'n' | 'u' => 712,
+            'b' | 'd' | 'g' | 'p' | 'q' => 716,
+            'w' => 924,
+            'm' => 1042,
+            _ => 1000,
+        })
+        .sum();
+    f64::from(thousandths) / 1000.0 * size
+}
+
+/// One `<text>` or `<rect>` element of the built-in SVG: its attributes and text content.
+#[derive(Debug)]
+struct Element {
+    tag: String,
+    attrs: std::collections::HashMap<String, String>,
+    text: String,
+}
+
+impl Element {
+    fn num(&self, name: &str) -> f64 {
+        self.attrs
+            .get(name)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{self:?} has no numeric {name}"))
+    }
+
+    /// Left and right end of a text's estimated extent.
+    fn extent(&self) -> (f64, f64) {
+        let width = sans_bold_width(&self.text, self.num("font-size"));
+        let x = self.num("x");
+        match self.attrs.get("text-anchor").map(String::as_str) {
+            Some("end") => (x - width, x),
+            Some("middle") => (x - width / 2.0, x + width / 2.0),
+            _ => (x, x + width),
+        }
+    }
+}
+
+/// The SVG's view box width and its `<text>` and `<rect>` elements (the built-in renderer
+/// writes one element per line).
+fn svg_geometry(svg: &str) -> (f64, Vec<Element>) {
+    let mut width = None;
+    let mut elements = Vec::new();
+    for line in svg.lines() {
+        let Some(rest) = line.strip_prefix('<') else {
+            continue;
+        };
+        let tag: String = rest
+            .chars()
+            .take_while(|c| c.is_ascii_alphabetic())
+            .collect();
+        let head = &rest[..rest.find('>').expect("element closes")];
+        let mut attrs = std::collections::HashMap::new();
+        for part in head.split("\" ") {
+            if let Some((name, value)) = part.split_once("=\"") {
+                let name = name.rsplit(' ').next().unwrap_or(name);
+                attrs.insert(
+                    name.to_owned(),
+                    value.trim_end_matches(['"', '/']).to_owned(),
+                );
+            }
+        }
+        let text = rest
+            .split_once('>')
+            .and_then(|(_, t)| t.strip_suffix("</text>"))
+            .unwrap_or("")
+            .replace("&lt;", "<")
+            .replace("&gt;", ">")
+            .replace("&quot;", "\"")
+            .replace("&amp;", "&");
+        if tag == "svg" {
+            let view: Vec<f64> = attrs["viewBox"]
+                .split(' ')
+                .map(|n| n.parse().expect("number"))
+                .collect();
+            width = Some(view[2]);
+        } else if tag == "text" || (tag == "rect" && attrs.contains_key("x")) {
+            elements.push(Element { tag, attrs, text });
+        }
+    }
+    (width.expect("an <svg> element with a viewBox"), elements)
+}
+
+/// The built-in SVG matrix leaves room for every segment name: each row label lies inside the
+/// view box and left of the first cell, each column heading inside the view box and its column,
+/// for the shipped bundle ("from administrative") and for much longer names.
+#[test]
+fn svg_matrix_labels_fit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let long = hospital_text()
+        .replace("administrative", "warehouse-and-maintenance-management")
+        .replace("vendor:", "mmmm-wwww-outside-vendors-and-partners:")
+        .replace("[vendor]", "[mmmm-wwww-outside-vendors-and-partners]")
+        .replace(", vendor]", ", mmmm-wwww-outside-vendors-and-partners]");
+    let long = write(dir.path(), "long.yaml", &long);
+    for bundle in [hospital(), long] {
+        let svg = dir.path().join("matrix.svg");
+        let o = wardgate(&["analyze", s(&bundle), "--svg", s(&svg)]);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        assert!(stderr(&o).contains("built-in renderer"), "{}", stderr(&o));
+        let pic = std::fs::read_to_string(&svg).expect("svg written");
+        let (view_width, elements) = svg_geometry(&pic);
+        let cells: Vec<&Element> = elements.iter().filter(|e| e.tag == "rect").collect();
+        let first_cell = cells.iter().map(|c| c.num("x")).fold(f64::MAX, f64::min);
+        let texts: Vec<&Element> = elements.iter().filter(|e| e.tag == "text").collect();
+        let rows: Vec<&&Element> = texts
+            .iter()
+            .filter(|t| t.text.starts_with("from "))
+            .collect();
+        let heads: Vec<&&Element> = texts.iter().filter(|t| t.text.starts_with("to ")).collect();
+        assert!(!rows.is_empty() && !heads.is_empty(), "{pic}");
+        for t in &texts {
+            let (left, right) = t.extent();
+            assert!(
+                left >= 0.0 && right <= view_width,
+                "{:?} spans {left:.0}..{right:.0}, outside the view box 0..{view_width}",
+                t.text
+            );
+        }
+        for row in &rows {
+            let (_, right) = row.extent();
+            assert!(
+                right <= first_cell,
+                "{:?} ends at {right:.0}, over the first cell at {first_cell}",
+                row.text
+            );
+        }
+        for head in &heads {
+            let (left, right) = head.extent();
+            assert!(
+                cells
+                    .iter()
+                    .any(|c| c.num("x") <= left && right <= c.num("x") + c.num("width")),
+                "{:?} spans {left:.0}..{right:.0}, wider than its column",
+                head.text
+            );
+        }
+    }
+}
+
 #[test]
 fn hospital_who_can_reach_clinical() {
     let v = analyze_json(&hospital(), &["--who-can-reach", "clinical"]);

@@ -13,9 +13,9 @@ use std::collections::HashSet;
 use std::path::Path;
 
 use fnv::FnvHashMap;
-use sha2::{Digest, Sha256};
 
 use super::bundle::{self, RawBundle, RawRule, SourceFile, S};
+use super::digest::bundle_digest;
 use super::error::Diagnostics;
 use super::index::{IndexBuilder, RuleList, Selector};
 use super::model::{Action, Endpoint, Policy, Rule, Segment};
@@ -93,19 +93,7 @@ impl Policy {
         if files.len() != sources.len() {
             return Err(errors);
         }
-        let mut hasher = Sha256::new();
-        for (name, text) in sources {
-            let base = Path::new(name)
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            hasher.update((base.len() as u64).to_be_bytes());
-            hasher.update(base.as_bytes());
-            hasher.update((text.len() as u64).to_be_bytes());
-            hasher.update(text.as_bytes());
-        }
-        let digest = format!("sha256:{:x}", hasher.finalize());
-        let policy = compile(&files, digest, &mut errors);
+        let policy = compile(&files, bundle_digest(sources), &mut errors);
         match policy {
             Some(p) if errors.is_empty() => Ok(p),
             _ => Err(errors),

@@ -41,6 +41,7 @@
 
 mod bundle;
 mod compile;
+mod digest;
 mod error;
 mod eval;
 mod handle;

@@ -90,7 +90,9 @@ impl Policy {
         self.revision
     }
 
-    /// `sha256:<hex>` over the bundle's file names and contents.
+    /// `sha256:<hex>` identifying the bundle: of a single file's bytes (what `sha256sum`
+    /// prints), or of a directory's file names and contents (see `digest`, README "Bundle
+    /// digest").
     pub fn digest(&self) -> &str {
         &self.digest
     }

@@ -92,7 +92,7 @@ impl Sidecar {
         let settings = EnvoySettings {
             svid_cert: destination.cert_path.clone(),
             svid_key: destination.key_path.clone(),
-            trust_bundle: pki.trust_bundle_path.clone(),
+            trust_bundle_dir: pki.trust_bundle_dir.clone(),
             wardgate_socket: socket,
             app: upstream.addr,
         };

@@ -51,16 +51,6 @@
 )]
 #![warn(missing_docs)]
 
-/// `wardgate --version`: the crate version and the git revision it was built from (`build.rs`:
-/// `$WARDGATE_GIT_REV`, else `git rev-parse --short HEAD` with `-dirty` for uncommitted source
-/// changes, else `unknown`).
-pub const VERSION: &str = concat!(
-    env!("CARGO_PKG_VERSION"),
-    " (",
-    env!("WARDGATE_BUILD_REV"),
-    ")"
-);
-
 pub mod admin;
 pub mod app;
 pub mod cli;

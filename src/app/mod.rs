@@ -166,13 +166,15 @@ fn announce(plan: &ServePlan) {
     match &plan.bundle {
         BundlePlan::Embedded => tracing::info!(
             listen = %plan.listen,
-            version = crate::VERSION,
+            version = env!("CARGO_PKG_VERSION"),
+            revision = env!("WARDGATE_BUILD_REV"),
             "no --bundle given: serving the example bundle embedded in the binary (deploy/bundles/hospital.yaml)"
         ),
         BundlePlan::Source(cfg) => tracing::info!(
             source = %cfg.source,
             listen = %plan.listen,
-            version = crate::VERSION,
+            version = env!("CARGO_PKG_VERSION"),
+            revision = env!("WARDGATE_BUILD_REV"),
             "loading bundle"
         ),
     }

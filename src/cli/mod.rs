@@ -21,10 +21,20 @@ use crate::tooling::Exit;
 use serve_args::{LogFormat, ServeArgs};
 use verbs::CheckArgs;
 
+/// `wardgate --version`: the crate version and the git revision it was built from (`build.rs`:
+/// `$WARDGATE_GIT_REV`, else `git rev-parse --short HEAD` with `-dirty` for uncommitted source
+/// changes, else `unknown`).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("WARDGATE_BUILD_REV"),
+    ")"
+);
+
 #[derive(Debug, Parser)]
 #[command(
     name = "wardgate",
-    version = crate::VERSION,
+    version = VERSION,
     about = "Envoy ext_authz sidecar for SPIFFE identity-based segmentation",
     after_help = Exit::help_table(),
 )]

@@ -987,6 +987,11 @@ fn contradicting_flags_are_a_usage_error_and_unknown_names_an_input_error() {
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
     let o = wardgate(&["analyze", s(&hospital()), "--no-such-flag"]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    let o = wardgate(&["replay", s(&hospital()), "--log", "/nonexistent/decisions.jsonl"]);
+    let o = wardgate(&[
+        "replay",
+        s(&hospital()),
+        "--log",
+        "/nonexistent/decisions.jsonl",
+    ]);
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
 }

@@ -69,9 +69,13 @@ impl AppError {
     /// to stopping on an error after it started.
     pub fn before_serving(&self) -> bool {
         match self {
-            AppError::Server(ServerError::Transport(_)) | AppError::ServerTask(_) => false,
-            AppError::ShadowMetrics(_) => false,
-            _ => true,
+            AppError::DecisionLog { .. }
+            | AppError::Admin { .. }
+            | AppError::Identity(_)
+            | AppError::Mtls(_) => true,
+            // Every server error but the transport's is a listener that could not be set up.
+            AppError::Server(e) => !matches!(e, ServerError::Transport(_)),
+            AppError::ShadowMetrics(_) | AppError::ServerTask(_) => false,
         }
     }
 }
@@ -126,12 +130,13 @@ pub async fn serve(
     // process: once tokio listens for a signal, its default action is gone for good.
     let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     let d = &plan.decision_log;
-    let telemetry = Telemetry::from_flags(&d.target, d.queue, d.sample_allows).map_err(|source| {
-        AppError::DecisionLog {
-            target: d.target.clone(),
-            source,
-        }
-    })?;
+    let telemetry =
+        Telemetry::from_flags(&d.target, d.queue, d.sample_allows).map_err(|source| {
+            AppError::DecisionLog {
+                target: d.target.clone(),
+                source,
+            }
+        })?;
     let mut tasks = Tasks::new();
     let server = match start(plan, &telemetry, &mut tasks, hangups).await {
         Ok(server) => server,
@@ -209,7 +214,12 @@ async fn start(
     match crate::admin::start(&admin, telemetry, &handle, tasks.stopped()).await {
         Ok(Some(listener)) => tasks.running.push(listener),
         Ok(None) => {}
-        Err(source) => return Err(AppError::Admin { addr: admin, source }),
+        Err(source) => {
+            return Err(AppError::Admin {
+                addr: admin,
+                source,
+            })
+        }
     }
     let observer: Arc<dyn ReloadObserver> = telemetry.clone();
     match bundle {
@@ -281,13 +291,9 @@ async fn start(
     // A listener that cannot bind ends its task at once with `ServerError::Bind`, which
     // `AppError::before_serving` reports as a start-up refusal.
     Ok(match tls {
-        Some((addr, tls)) => tokio::spawn(server::run_tls(
-            addr,
-            tls,
-            handle,
-            config,
-            tasks.stopped(),
-        )),
+        Some((addr, tls)) => {
+            tokio::spawn(server::run_tls(addr, tls, handle, config, tasks.stopped()))
+        }
         None => tokio::spawn(server::run(listen, handle, config, tasks.stopped())),
     })
 }

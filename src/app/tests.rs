@@ -55,7 +55,10 @@ async fn serve_runs_a_plan_until_shutdown_and_removes_its_socket() {
         .expect("drains in time")
         .expect("serve task");
     assert!(result.is_ok(), "{result:?}");
-    assert!(!socket.exists(), "the socket file is removed on the way out");
+    assert!(
+        !socket.exists(),
+        "the socket file is removed on the way out"
+    );
 }
 
 #[tokio::test]
@@ -65,12 +68,9 @@ async fn an_admin_address_in_use_refuses_to_start_and_leaves_nothing_running() {
     let socket = dir.path().join("wardgate.sock");
     let mut plan = ServePlan::new(ListenAddr::Unix(socket.clone()));
     plan.admin = AdminAddr::Listen(ListenAddr::Tcp(taken.local_addr().unwrap()));
-    let result = tokio::time::timeout(
-        Duration::from_secs(10),
-        serve(plan, std::future::pending()),
-    )
-    .await
-    .expect("returns without a shutdown signal");
+    let result = tokio::time::timeout(Duration::from_secs(10), serve(plan, std::future::pending()))
+        .await
+        .expect("returns without a shutdown signal");
     let err = result.expect_err("the admin address is taken");
     assert!(matches!(err, AppError::Admin { .. }), "{err:?}");
     assert!(err.before_serving());

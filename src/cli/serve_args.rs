@@ -193,19 +193,26 @@ impl ServeArgs {
         })
     }
 
-    /// Each `--trusted-key` file, read once (the enforced and the shadow bundle share them).
+    /// Each `--trusted-key` file, read once (the enforced and the shadow bundle share them) and
+    /// checked to be a key even when no `--bundle` would use it.
     fn trusted_key_texts(&self) -> Result<Vec<(PathBuf, String)>, PlanError> {
-        self.trusted_keys
-            .iter()
-            .map(|path| {
-                std::fs::read_to_string(path)
-                    .map(|text| (path.clone(), text))
-                    .map_err(|source| PlanError::TrustedKeyUnreadable {
-                        path: path.clone(),
-                        source,
-                    })
-            })
-            .collect()
+        let mut texts = Vec::new();
+        for path in &self.trusted_keys {
+            let text = std::fs::read_to_string(path).map_err(|source| {
+                PlanError::TrustedKeyUnreadable {
+                    path: path.clone(),
+                    source,
+                }
+            })?;
+            crate::reload::TrustedKeys::none()
+                .add(&text)
+                .map_err(|why| PlanError::TrustedKeyInvalid {
+                    path: path.clone(),
+                    why,
+                })?;
+            texts.push((path.clone(), text));
+        }
+        Ok(texts)
     }
 
     /// Reload settings for one source (the enforced bundle or the shadow bundle).
@@ -252,8 +259,8 @@ impl ServeArgs {
             if self.allow_callers.is_empty() {
                 return Err(PlanError::TlsWithoutAllowCaller);
             }
-            let allow =
-                crate::tls::AllowList::parse(&self.allow_callers).map_err(PlanError::AllowCaller)?;
+            let allow = crate::tls::AllowList::parse(&self.allow_callers)
+                .map_err(PlanError::AllowCaller)?;
             Some(MtlsListener { addr, allow })
         } else {
             if !self.allow_callers.is_empty() {
@@ -362,7 +369,12 @@ mod tests {
             PlanError::AllowCallerWithoutTls
         ));
         assert!(matches!(
-            err(&[&TLS[..3], &["--allow-caller", "spiffe://td/x/**/y"], &TLS[3..5]].concat()),
+            err(&[
+                &TLS[..3],
+                &["--allow-caller", "spiffe://td/x/**/y"],
+                &TLS[3..5]
+            ]
+            .concat()),
             PlanError::AllowCaller(_)
         ));
         assert!(matches!(
@@ -434,9 +446,18 @@ mod tests {
         std::fs::write(&not_a_key, "hello").unwrap();
         let missing = dir.path().join("missing.pub");
         for (args, flag) in [
-            (vec!["--destination-principal", "http://x"], "--destination-principal"),
-            (vec!["--trusted-key", missing.to_str().unwrap()], "--trusted-key"),
-            (vec!["--trusted-key", not_a_key.to_str().unwrap()], "--trusted-key"),
+            (
+                vec!["--destination-principal", "http://x"],
+                "--destination-principal",
+            ),
+            (
+                vec!["--trusted-key", missing.to_str().unwrap()],
+                "--trusted-key",
+            ),
+            (
+                vec!["--trusted-key", not_a_key.to_str().unwrap()],
+                "--trusted-key",
+            ),
             (vec!["--tls", "--listen", "unix:/tmp/w.sock"], "--tls"),
             (TLS[..5].to_vec(), "--tls needs at least one --allow-caller"),
             (vec!["--allow-caller", "spiffe://td/x"], "--allow-caller"),

@@ -225,10 +225,7 @@ pub(crate) fn run_analyze(args: AnalyzeArgs) -> Exit {
         return report_disagreements(&disagreements);
     }
     // A rule that never decides is probably a mistake; review and info findings are not.
-    let never_decides = findings
-        .iter()
-        .flatten()
-        .any(|f| f.severity == "warning");
+    let never_decides = findings.iter().flatten().any(|f| f.severity == "warning");
     if never_decides {
         Exit::No
     } else {

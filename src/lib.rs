@@ -41,7 +41,9 @@
 //! * `tooling`: the platform-team verbs `test`, `analyze`, `diff` and `replay`: policy unit
 //!   tests, exact who-can-reach / segment-matrix / findings analysis of the compiled rules,
 //!   semantic bundle diffs, and decision-log replay against a candidate bundle.
-//! * [`cli`]: the `wardgate` command line (serve, validate, check).
+//! * [`app`]: `serve` wired: the checked [`app::ServePlan`] and [`app::serve`], which starts
+//!   every task in order and drains them on shutdown.
+//! * [`cli`]: the `wardgate` command line: parse, dispatch, print, one table of exit codes.
 #![forbid(unsafe_code)]
 #![deny(
     missing_debug_implementations,
@@ -53,6 +55,7 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod app;
 pub mod cli;
 pub mod decision_log;
 pub mod extauthz;

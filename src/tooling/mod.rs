@@ -11,14 +11,23 @@
 //! This module must never change a policy, never sample requests to make a claim, and never read
 //! the policy's indexes: it goes through `policy::view` only.
 //!
-//! Exit codes shared by the verbs: 0 nothing to report, 1 failures or revocations only, 2 new
-//! grants (`diff`, `replay`), 3 the verb could not run (unreadable or invalid bundle or input).
+//! Every verb returns an [`Exit`] (see `exit.rs`: one table of exit codes for all verbs).
+//! Output goes through `say!`/`say_raw!` (stdout) and `tell!` (stderr), which stop quietly at a
+//! closed pipe (`wardgate analyze ... | head` must not panic), never through `println!`.
 
 /// `println!` that ignores a closed stdout (`wardgate analyze ... | head` must not panic).
 macro_rules! say {
     ($($t:tt)*) => {{
         use std::io::Write as _;
         let _ = writeln!(std::io::stdout().lock(), $($t)*);
+    }};
+}
+
+/// `eprintln!` that ignores a closed stderr (`wardgate replay ... 2>&1 | head`).
+macro_rules! tell {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($t)*);
     }};
 }
 
@@ -32,6 +41,7 @@ macro_rules! say_raw {
 
 pub(crate) mod analyze;
 pub(crate) mod diff;
+pub(crate) mod exit;
 pub(crate) mod model;
 pub(crate) mod render;
 pub(crate) mod replay;
@@ -42,36 +52,26 @@ pub(crate) mod testing;
 mod proptests;
 
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 
 use crate::policy::Policy;
 
 pub(crate) use diff::DiffArgs;
+pub(crate) use exit::Exit;
 pub(crate) use replay::ReplayArgs;
 pub(crate) use testing::TestArgs;
 
-/// Exit codes of the tooling verbs.
-pub(crate) mod exit {
-    /// `test`: a case failed. `diff`/`replay`: only revocations.
-    pub(crate) const DIFFERENCE: u8 = 1;
-    /// `diff`/`replay`: at least one new grant.
-    pub(crate) const GRANT: u8 = 2;
-    /// The verb could not run.
-    pub(crate) const CANNOT_RUN: u8 = 3;
-}
-
 /// Load and compile a bundle, printing every problem as `FILE:LINE:COL: message`.
-pub(crate) fn load(path: &Path) -> Result<Policy, ExitCode> {
+pub(crate) fn load(path: &Path) -> Result<Policy, Exit> {
     Policy::from_path(path).map_err(|errors| {
         for d in errors.iter() {
-            eprintln!("{d}");
+            tell!("{d}");
         }
-        eprintln!(
+        tell!(
             "{}: invalid bundle ({} error(s))",
             path.display(),
             errors.0.len()
         );
-        ExitCode::from(exit::CANNOT_RUN)
+        Exit::Input
     })
 }
 
@@ -117,7 +117,7 @@ pub(crate) struct AnalyzeArgs {
 }
 
 /// Run `wardgate analyze`.
-pub(crate) fn run_analyze(args: AnalyzeArgs) -> ExitCode {
+pub(crate) fn run_analyze(args: AnalyzeArgs) -> Exit {
     let policy = match load(&args.bundle) {
         Ok(p) => p,
         Err(code) => return code,
@@ -134,8 +134,8 @@ pub(crate) fn run_analyze(args: AnalyzeArgs) -> ExitCode {
     };
     for s in &sensitive {
         if explicit_sensitive && !m.segments.iter().any(|x| x.name == s.as_str()) {
-            eprintln!("error: --sensitive {s}: the bundle has no segment `{s}`");
-            return ExitCode::from(exit::CANNOT_RUN);
+            tell!("error: --sensitive {s}: the bundle has no segment `{s}`");
+            return Exit::Input;
         }
     }
     let mut targets = Vec::new();
@@ -143,8 +143,8 @@ pub(crate) fn run_analyze(args: AnalyzeArgs) -> ExitCode {
         match an.target(t) {
             Ok(p) => targets.push((t.clone(), p)),
             Err(e) => {
-                eprintln!("error: --who-can-reach: {e}");
-                return ExitCode::from(exit::CANNOT_RUN);
+                tell!("error: --who-can-reach: {e}");
+                return Exit::Input;
             }
         }
     }
@@ -152,8 +152,8 @@ pub(crate) fn run_analyze(args: AnalyzeArgs) -> ExitCode {
     let want_matrix = args.matrix || nothing_chosen || format == Format::Dot || args.svg.is_some();
     let want_findings = args.findings || (nothing_chosen && args.svg.is_none());
     if format == Format::Dot && (!targets.is_empty() || args.findings) {
-        eprintln!("error: --format dot draws the matrix only");
-        return ExitCode::from(exit::CANNOT_RUN);
+        tell!("error: --format dot draws the matrix only");
+        return Exit::Usage;
     }
     let reaches: Vec<analyze::Reach> = targets
         .iter()
@@ -166,10 +166,10 @@ pub(crate) fn run_analyze(args: AnalyzeArgs) -> ExitCode {
     };
     if let (Some(file), Some(mx)) = (&args.svg, &matrix) {
         match render::write_matrix_svg(mx, &sensitive, file) {
-            Ok(how) => eprintln!("wrote {} ({how} renderer)", file.display()),
+            Ok(how) => tell!("wrote {} ({how} renderer)", file.display()),
             Err(e) => {
-                eprintln!("error: cannot write {}: {e}", file.display());
-                return ExitCode::from(exit::CANNOT_RUN);
+                tell!("error: cannot write {}: {e}", file.display());
+                return Exit::Input;
             }
         }
     }
@@ -221,17 +221,23 @@ pub(crate) fn run_analyze(args: AnalyzeArgs) -> ExitCode {
         }
     }
     let disagreements = an.disagreements.borrow().clone();
-    report_disagreements(&disagreements)
+    if !disagreements.is_empty() {
+        return report_disagreements(&disagreements);
+    }
+    // A rule that never decides is probably a mistake; review and info findings are not.
+    let never_decides = findings.iter().flatten().any(|f| f.severity == "warning");
+    if never_decides {
+        Exit::No
+    } else {
+        Exit::Ok
+    }
 }
 
-/// Print internal analysis/engine disagreements (never expected) and pick the exit code.
-fn report_disagreements(list: &[String]) -> ExitCode {
-    if list.is_empty() {
-        return ExitCode::SUCCESS;
-    }
+/// Print internal analysis/engine disagreements (never expected): [`Exit::Internal`].
+fn report_disagreements(list: &[String]) -> Exit {
     for d in list {
-        eprintln!("internal error: {d}");
+        tell!("internal error: {d}");
     }
-    eprintln!("internal error: the analysis disagrees with the engine; please report this bundle");
-    ExitCode::from(exit::CANNOT_RUN)
+    tell!("internal error: the analysis disagrees with the engine; please report this bundle");
+    Exit::Internal
 }

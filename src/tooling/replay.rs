@@ -14,11 +14,10 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io::BufRead as _;
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 use serde::Serialize;
 
-use super::{exit, load};
+use super::{load, Exit};
 use crate::decision_log::DecisionRecord;
 use crate::policy::{
     CertificateFacts, Decision, PeerCertificate, Policy, Reason, Request, Verdict,
@@ -357,7 +356,7 @@ fn decided_by(reason: Reason, rule: Option<&str>) -> String {
 }
 
 /// Run `wardgate replay`.
-pub(crate) fn run(args: ReplayArgs) -> ExitCode {
+pub(crate) fn run(args: ReplayArgs) -> Exit {
     let candidate = match load(&args.bundle) {
         Ok(p) => p,
         Err(code) => return code,
@@ -372,8 +371,8 @@ pub(crate) fn run(args: ReplayArgs) -> ExitCode {
     let file = match std::fs::File::open(&args.log) {
         Ok(f) => f,
         Err(e) => {
-            eprintln!("error: cannot read {}: {e}", args.log.display());
-            return ExitCode::from(exit::CANNOT_RUN);
+            tell!("error: cannot read {}: {e}", args.log.display());
+            return Exit::Input;
         }
     };
     let mut total = 0usize;
@@ -478,7 +477,7 @@ pub(crate) fn run(args: ReplayArgs) -> ExitCode {
         }
     }
     for u in &unreadable {
-        eprintln!("warning: skipped {u}");
+        tell!("warning: skipped {u}");
     }
     let undetermined: usize = groups
         .values()
@@ -486,12 +485,12 @@ pub(crate) fn run(args: ReplayArgs) -> ExitCode {
         .map(|g| g.count)
         .sum();
     let changed = grants + revocations;
-    let code = if grants > 0 {
-        exit::GRANT
+    let exit = if grants > 0 {
+        Exit::NewGrants
     } else if revocations > 0 {
-        exit::DIFFERENCE
+        Exit::No
     } else {
-        0
+        Exit::Ok
     };
     if args.json {
         let out = serde_json::json!({
@@ -507,7 +506,7 @@ pub(crate) fn run(args: ReplayArgs) -> ExitCode {
             "not_reproduced_by_baseline": not_reproduced,
             "unreadable": unreadable.len(),
             "groups": groups.values().collect::<Vec<_>>(),
-            "exit": code,
+            "exit": exit.code(),
         });
         say!("{out}");
     } else {
@@ -559,13 +558,14 @@ pub(crate) fn run(args: ReplayArgs) -> ExitCode {
             }
         }
         say!(
-            "\nresult: {}",
-            match code {
-                0 => "no decision changes (exit 0)",
-                1 => "only allow -> deny changes (exit 1)",
-                _ => "some denied requests would now be allowed (exit 2)",
-            }
+            "\nresult: {} (exit {})",
+            match exit {
+                Exit::Ok => "no decision changes",
+                Exit::No => "only allow -> deny changes",
+                _ => "some denied requests would now be allowed",
+            },
+            exit.code()
         );
     }
-    ExitCode::from(code)
+    exit
 }

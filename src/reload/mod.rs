@@ -26,6 +26,7 @@
 //! miss), SIGHUP, and for HTTP a jittered poll with exponential backoff on errors and refusals.
 //! An idle file source costs one read per poll.
 
+mod base64;
 mod cache;
 mod settle;
 mod signature;

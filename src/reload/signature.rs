@@ -207,7 +207,7 @@ fn key_id_of(sig_text: &str) -> String {
     let decoded = sig_text
         .lines()
         .nth(1)
-        .and_then(|line| decode_base64(line.trim()));
+        .and_then(|line| super::base64::decode(line.trim()));
     match decoded.as_deref().and_then(|b| b.get(2..10)) {
         Some(id) => id.iter().rev().fold(String::new(), |mut s, b| {
             let _ = write!(s, "{b:02X}");
@@ -215,36 +215,6 @@ fn key_id_of(sig_text: &str) -> String {
         }),
         None => "unknown".to_string(),
     }
-}
-
-/// Standard base64 with padding; `None` on anything else.
-fn decode_base64(text: &str) -> Option<Vec<u8>> {
-    fn value(c: u8) -> Option<u32> {
-        match c {
-            b'A'..=b'Z' => Some(u32::from(c - b'A')),
-            b'a'..=b'z' => Some(u32::from(c - b'a') + 26),
-            b'0'..=b'9' => Some(u32::from(c - b'0') + 52),
-            b'+' => Some(62),
-            b'/' => Some(63),
-            _ => None,
-        }
-    }
-    let bytes = text.trim_end_matches('=').as_bytes();
-    let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
-    for chunk in bytes.chunks(4) {
-        let mut acc = 0u32;
-        for (i, c) in chunk.iter().enumerate() {
-            acc |= value(*c)? << (18 - 6 * i);
-        }
-        let n = match chunk.len() {
-            4 => 3,
-            3 => 2,
-            2 => 1,
-            _ => return None,
-        };
-        out.extend_from_slice(&acc.to_be_bytes()[1..=n]);
-    }
-    Some(out)
 }
 
 /// `sha256sum` output: `<hex>  <name>` or `<hex> *<name>` per line.

@@ -330,12 +330,63 @@ pub(crate) fn cache_name(url: &str) -> String {
     format!("http-{hex}.yaml")
 }
 
+/// `%XX` escapes decoded (anything malformed kept as it is).
+fn percent_decode(text: &str) -> Vec<u8> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = (bytes[i] == b'%')
+            .then(|| text.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match escaped {
+            Some(b) => {
+                out.push(b);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+/// The URL to request, without user-info, and the `Authorization: Basic` value the user-info
+/// stands for (`user:password`, percent-decoded, as curl reads it). Credentials travel in a
+/// header marked sensitive, never in the request URI, which the HTTP client logs at debug level.
+fn split_credentials(url: &str) -> (String, Option<String>) {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return (url.to_string(), None);
+    };
+    let rest = &url[scheme_end..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let Some((userinfo, host)) = rest[..authority_end].rsplit_once('@') else {
+        return (url.to_string(), None);
+    };
+    let request = format!("{}{host}{}", &url[..scheme_end], &rest[authority_end..]);
+    let mut credentials = percent_decode(userinfo);
+    if !userinfo.contains(':') {
+        credentials.push(b':');
+    }
+    (
+        request,
+        Some(format!("Basic {}", super::base64::encode(&credentials))),
+    )
+}
+
 /// An HTTP(S) client for one bundle URL.
 #[derive(Clone)]
 pub(crate) struct HttpFetcher {
     client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>,
-    /// The full URL, for requests only.
+    /// The URL requested: the source's, without user-info (query kept).
     url: String,
+    /// `Authorization` header from the URL's user-info.
+    authorization: Option<hyper::header::HeaderValue>,
+    /// Name of the cached copy (from the full URL).
+    cache_name: String,
     timeout: Duration,
     max_bytes: u64,
 }
@@ -358,9 +409,18 @@ impl HttpFetcher {
             .enable_http1()
             .build();
         let client = Client::builder(hyper_util::rt::TokioExecutor::new()).build(https);
+        let (request_url, authorization) = split_credentials(url);
+        let authorization = authorization
+            .and_then(|v| hyper::header::HeaderValue::from_str(&v).ok())
+            .map(|mut v| {
+                v.set_sensitive(true);
+                v
+            });
         HttpFetcher {
             client,
-            url: url.to_string(),
+            url: request_url,
+            authorization,
+            cache_name: cache_name(url),
             timeout,
             max_bytes,
         }
@@ -375,7 +435,7 @@ impl HttpFetcher {
         let (body, new_etag) = self.get(&self.url, etag).await?;
         let mut out = Fetched::default();
         out.files.push((redact_url(&self.url), body));
-        out.base_names.push(cache_name(&self.url));
+        out.base_names.push(self.cache_name.clone());
         out.etag = new_etag;
         if want_signature {
             let sig_url = signature_url(&self.url);
@@ -422,6 +482,9 @@ impl HttpFetcher {
         );
         if let Some(tag) = etag {
             req = req.header("if-none-match", tag);
+        }
+        if let Some(auth) = &self.authorization {
+            req = req.header(hyper::header::AUTHORIZATION, auth.clone());
         }
         let req = req
             .body(Empty::new())
@@ -501,6 +564,26 @@ mod tests {
             .parse::<BundleSource>()
             .unwrap_err();
         assert!(!err.contains("hunter2") && !err.contains("abc123"), "{err}");
+    }
+
+    #[test]
+    fn user_info_becomes_a_basic_authorization_header() {
+        assert_eq!(
+            split_credentials("https://deploy:p%40ss@h.example:8443/b.yaml?t=1"),
+            (
+                "https://h.example:8443/b.yaml?t=1".to_string(),
+                Some(format!("Basic {}", crate::reload::base64::encode(b"deploy:p@ss")))
+            )
+        );
+        assert_eq!(
+            split_credentials("https://token@h.example/b.yaml").1,
+            Some(format!("Basic {}", crate::reload::base64::encode(b"token:")))
+        );
+        assert_eq!(
+            split_credentials("https://h.example/b.yaml?u=a@b"),
+            ("https://h.example/b.yaml?u=a@b".to_string(), None)
+        );
+        assert_eq!(percent_decode("a%2"), b"a%2");
     }
 
     #[test]

@@ -9,26 +9,6 @@ fn keypair() -> (minisign::KeyPair, String) {
     (kp, pk)
 }
 
-fn encode_base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8] =
-        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let mut acc = 0u32;
-        for (i, b) in chunk.iter().enumerate() {
-            acc |= u32::from(*b) << (16 - 8 * i);
-        }
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(ALPHABET[(acc >> (18 - 6 * i) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
 /// BLAKE2b-512, unkeyed (RFC 7693), written out for the legacy-signature fixture.
 fn blake2b_512(data: &[u8]) -> Vec<u8> {
     const IV: [u64; 8] = [
@@ -169,10 +149,10 @@ fn file_signature_verifies_only_with_the_right_key_and_content() {
 fn legacy(kp: &minisign::KeyPair, data: &[u8]) -> (Vec<u8>, String) {
     let prehashed = sign(kp, data);
     let mut lines: Vec<String> = prehashed.lines().map(str::to_string).collect();
-    let mut raw = decode_base64(&lines[1]).expect("base64");
+    let mut raw = crate::reload::base64::decode(&lines[1]).expect("base64");
     assert_eq!(&raw[..2], b"ED", "prehashed algorithm tag");
     raw[1] = b'd';
-    lines[1] = encode_base64(&raw);
+    lines[1] = crate::reload::base64::encode(&raw);
     let content = blake2b_512(data);
     (content, lines.join("\n") + "\n")
 }

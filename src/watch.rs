@@ -118,11 +118,17 @@ mod tests {
         );
 
         std::fs::write(&file, "a: 2\n").unwrap();
-        assert!(drain(&mut rx, Duration::from_millis(300)).await > 0, "in-place write");
+        assert!(
+            drain(&mut rx, Duration::from_millis(300)).await > 0,
+            "in-place write"
+        );
         let staged = dir.path().join("bundle.yaml.tmp");
         std::fs::write(&staged, "a: 3\n").unwrap();
         drain(&mut rx, Duration::from_millis(100)).await;
         std::fs::rename(&staged, &file).unwrap();
-        assert!(drain(&mut rx, Duration::from_millis(300)).await > 0, "rename into place");
+        assert!(
+            drain(&mut rx, Duration::from_millis(300)).await > 0,
+            "rename into place"
+        );
     }
 }

@@ -76,7 +76,12 @@ fn rule_names(h: &PolicyHandle) -> Vec<String> {
 }
 
 /// Run `r` in the background; the returned sender stops it.
-fn follow(r: Reloader) -> (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+fn follow(
+    r: Reloader,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(r.run(async {
         let _ = stop_rx.await;
@@ -96,10 +101,13 @@ async fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
     true
 }
 
+/// A policy as a witness saw it: its revision and rule names.
+type Seen = (u64, Vec<String>);
+
 /// Every policy a handle held, as (revision, rule names), sampled every millisecond from its own
 /// task: what a check arriving at that moment would have been decided by.
 struct Witness {
-    seen: Arc<Mutex<Vec<(u64, Vec<String>)>>>,
+    seen: Arc<Mutex<Vec<Seen>>>,
     stop: Arc<std::sync::atomic::AtomicBool>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -131,7 +139,7 @@ impl Witness {
         Witness { seen, stop, task }
     }
 
-    async fn stop(self) -> Vec<(u64, Vec<String>)> {
+    async fn stop(self) -> Vec<Seen> {
         self.stop.store(true, Ordering::SeqCst);
         let _ = self.task.await;
         let seen = self.seen.lock().expect("lock").clone();

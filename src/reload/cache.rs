@@ -120,7 +120,10 @@ pub(crate) fn highest_revision(dir: &Path) -> Result<Option<u64>, String> {
 /// Record `revision` as the highest ever enforced.
 pub(crate) fn record_highest_revision(dir: &Path, revision: u64) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
-    write_atomically(&highest_revision_path(dir), format!("{revision}\n").as_bytes())
+    write_atomically(
+        &highest_revision_path(dir),
+        format!("{revision}\n").as_bytes(),
+    )
 }
 
 fn hex(digest: &[u8; 32]) -> String {
@@ -182,7 +185,10 @@ mod tests {
         assert_eq!(highest_revision(dir.path()), Ok(Some(7)));
         std::fs::write(highest_revision_path(dir.path()), "seven").unwrap();
         let err = highest_revision(dir.path()).unwrap_err();
-        assert!(err.contains("highest-revision") && err.contains("seven"), "{err}");
+        assert!(
+            err.contains("highest-revision") && err.contains("seven"),
+            "{err}"
+        );
         // Nothing but the recorded file is left behind by the atomic writes.
         let names: Vec<String> = std::fs::read_dir(dir.path())
             .unwrap()
@@ -199,7 +205,11 @@ mod tests {
             let _mark = JudgingMark::set(dir.path(), &digest, 1).unwrap();
             assert_eq!(unfinished_judgement(dir.path()), Some((digest, 1)));
         }
-        assert_eq!(unfinished_judgement(dir.path()), None, "removed when dropped");
+        assert_eq!(
+            unfinished_judgement(dir.path()),
+            None,
+            "removed when dropped"
+        );
         // A process that dies does not drop its mark.
         std::mem::forget(JudgingMark::set(dir.path(), &digest, 2).unwrap());
         assert_eq!(unfinished_judgement(dir.path()), Some((digest, 2)));

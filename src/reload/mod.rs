@@ -36,9 +36,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use settle::{digest_of, read_path, settled};
 pub use signature::{SignatureError, TrustedKeys, MANIFEST, SIG_SUFFIX};
 pub use source::{redact_url, BundleSource};
-use settle::{digest_of, read_path, settled};
 use source::{FetchError, Fetched, HttpFetcher};
 
 use crate::policy::Policy;
@@ -349,7 +349,10 @@ impl Reloader {
     /// refusal; what went in is unchanged), without judging or logging them again, unless
     /// `force`.
     fn repeat(&mut self, digest: &[u8; 32], force: bool, source: &str) -> Option<Outcome> {
-        let last = self.last.as_mut().filter(|l| !force && l.digest == *digest)?;
+        let last = self
+            .last
+            .as_mut()
+            .filter(|l| !force && l.digest == *digest)?;
         if !last.outcome.is_refusal() {
             return Some(Outcome::Unchanged);
         }

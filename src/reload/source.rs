@@ -44,7 +44,9 @@ pub fn redact_url(url: &str) -> String {
     let rest = &url[scheme_end + 3..];
     let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let (authority, tail) = rest.split_at(authority_end);
-    let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
     let path_end = tail.find(['?', '#']).unwrap_or(tail.len());
     format!("{}://{host}{}", &url[..scheme_end], &tail[..path_end])
 }
@@ -150,7 +152,8 @@ fn not_regular(path: &Path, meta: &std::fs::Metadata) -> FetchError {
 /// file, and the read stops one byte past the budget whatever the metadata said, so neither a
 /// device nor a file growing while it is read can flood the reader.
 fn read_regular(path: &Path, budget: &mut u64) -> Result<Vec<u8>, FetchError> {
-    let cannot = |e: std::io::Error| FetchError::Failed(format!("cannot read {}: {e}", path.display()));
+    let cannot =
+        |e: std::io::Error| FetchError::Failed(format!("cannot read {}: {e}", path.display()));
     let meta = std::fs::metadata(path).map_err(cannot)?;
     if !meta.is_file() {
         return Err(not_regular(path, &meta));
@@ -265,19 +268,20 @@ pub(crate) fn fetch_path(path: &Path, max_bytes: u64) -> Result<Fetched, FetchEr
 
 /// Watch a file or directory bundle's directory (for a file: its parent, so symlink swaps are seen), for
 /// content changes of the bundle's own files only.
-pub(crate) fn watch(path: &Path, tx: tokio::sync::mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
+pub(crate) fn watch(
+    path: &Path,
+    tx: tokio::sync::mpsc::Sender<()>,
+) -> Option<notify::RecommendedWatcher> {
     if path.is_dir() {
         let root = path.to_path_buf();
         let relevant = move |p: &Path| {
             p == root
-                || p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| {
-                        is_bundle_file(n)
-                            || n.starts_with("..")
-                            || n == MANIFEST
-                            || n == format!("{MANIFEST}{SIG_SUFFIX}")
-                    })
+                || p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                    is_bundle_file(n)
+                        || n.starts_with("..")
+                        || n == MANIFEST
+                        || n == format!("{MANIFEST}{SIG_SUFFIX}")
+                })
         };
         return crate::watch::watch_dirs_where(&[path.to_path_buf()], relevant, tx);
     }
@@ -559,7 +563,10 @@ mod tests {
         }
         assert_eq!(redact_url("http://h.example"), "http://h.example");
         assert_eq!(redact_url("http://u@[::1]:80?q"), "http://[::1]:80");
-        assert_eq!(redact_url("/etc/wardgate/bundle.yaml"), "/etc/wardgate/bundle.yaml");
+        assert_eq!(
+            redact_url("/etc/wardgate/bundle.yaml"),
+            "/etc/wardgate/bundle.yaml"
+        );
         let err = "https://u:hunter2@h.example/b yaml?sig=abc123"
             .parse::<BundleSource>()
             .unwrap_err();
@@ -572,12 +579,18 @@ mod tests {
             split_credentials("https://deploy:p%40ss@h.example:8443/b.yaml?t=1"),
             (
                 "https://h.example:8443/b.yaml?t=1".to_string(),
-                Some(format!("Basic {}", crate::reload::base64::encode(b"deploy:p@ss")))
+                Some(format!(
+                    "Basic {}",
+                    crate::reload::base64::encode(b"deploy:p@ss")
+                ))
             )
         );
         assert_eq!(
             split_credentials("https://token@h.example/b.yaml").1,
-            Some(format!("Basic {}", crate::reload::base64::encode(b"token:")))
+            Some(format!(
+                "Basic {}",
+                crate::reload::base64::encode(b"token:")
+            ))
         );
         assert_eq!(
             split_credentials("https://h.example/b.yaml?u=a@b"),
@@ -601,7 +614,9 @@ mod tests {
         assert_ne!(a, b, "the full URL decides the name");
         for name in [&a, &b] {
             assert!(is_bundle_file(name), "{name}");
-            assert!(name.starts_with("http-") && !name.contains("Amz") && !name.contains("h.example"));
+            assert!(
+                name.starts_with("http-") && !name.contains("Amz") && !name.contains("h.example")
+            );
         }
     }
 
@@ -616,7 +631,10 @@ mod tests {
         );
         // A FIFO nobody writes to: refused at once instead of blocking the open.
         let fifo = dir.path().join("bundle.yaml");
-        let made = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
         assert!(made.success());
         let err = fetch_path(&fifo, 1024).unwrap_err();
         assert!(
@@ -634,7 +652,11 @@ mod tests {
         std::fs::remove_file(&fifo).unwrap();
         std::fs::write(&fifo, "version: 1\n").unwrap();
         let sig = dir.path().join("bundle.yaml.minisig");
-        assert!(std::process::Command::new("mkfifo").arg(&sig).status().unwrap().success());
+        assert!(std::process::Command::new("mkfifo")
+            .arg(&sig)
+            .status()
+            .unwrap()
+            .success());
         let err = fetch_path(&fifo, 1024).unwrap_err();
         assert!(
             matches!(&err, FetchError::Failed(m) if m.contains("bundle.yaml.minisig is a FIFO")),
@@ -648,7 +670,10 @@ mod tests {
         let file = dir.path().join("bundle.yaml");
         std::fs::write(&file, "x".repeat(100)).unwrap();
         let mut budget = 99;
-        assert!(matches!(read_regular(&file, &mut budget), Err(FetchError::TooLarge(_))));
+        assert!(matches!(
+            read_regular(&file, &mut budget),
+            Err(FetchError::TooLarge(_))
+        ));
         let mut budget = 100;
         assert_eq!(read_regular(&file, &mut budget).unwrap().len(), 100);
         assert_eq!(budget, 0);

@@ -38,15 +38,26 @@ async fn bytes_that_killed_two_processes_are_skipped_at_start_until_sighup() {
     let file = dir.path().join("bundle.yaml");
     std::fs::write(&file, bundle(1)).unwrap();
     let first: PolicyHandle = Arc::default();
-    assert_eq!(reloader(&file, &cache, &first).initial_load().await, Outcome::Swapped);
+    assert_eq!(
+        reloader(&file, &cache, &first).initial_load().await,
+        Outcome::Swapped
+    );
 
     std::fs::write(&file, bundle(2)).unwrap();
     died_compiling(&file, &cache, cache::CRASH_LIMIT);
     let h: PolicyHandle = Arc::default();
     let mut r = reloader(&file, &cache, &h);
-    assert_eq!(r.initial_load().await, Outcome::TooLarge, "not compiled a third time");
+    assert_eq!(
+        r.initial_load().await,
+        Outcome::TooLarge,
+        "not compiled a third time"
+    );
     assert_eq!(revision(&h), Some(1), "the cached bundle serves meanwhile");
-    assert_eq!(r.reload(false).await, Outcome::TooLarge, "nor at the next poll");
+    assert_eq!(
+        r.reload(false).await,
+        Outcome::TooLarge,
+        "nor at the next poll"
+    );
     assert_eq!(revision(&h), Some(1));
 
     // SIGHUP asks for them again; they compile this time and the mark is gone.

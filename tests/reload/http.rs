@@ -78,7 +78,11 @@ async fn credentials_and_presigned_queries_stay_out_of_logs_and_file_names() {
     server.mode.store(1, Ordering::SeqCst);
     assert_eq!(r.reload(false).await, Outcome::FetchError);
     server.mode.store(0, Ordering::SeqCst);
-    server.set(&format!("{}# {}\n", bundle(2, false), "x".repeat(100 * 1024)));
+    server.set(&format!(
+        "{}# {}\n",
+        bundle(2, false),
+        "x".repeat(100 * 1024)
+    ));
     assert_eq!(r.reload(false).await, Outcome::TooLarge);
     server.mode.store(2, Ordering::SeqCst);
     assert_eq!(r.reload(false).await, Outcome::FetchError);
@@ -176,10 +180,11 @@ async fn an_endless_body_is_cut_off_at_the_size_limit() {
         while let Ok((stream, _)) = listener.accept().await {
             let counter = Arc::clone(&counter);
             tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |_req: Request<hyper::body::Incoming>| {
-                    let produced = Arc::clone(&counter);
-                    async move { Ok::<_, Infallible>(Response::new(Endless { produced })) }
-                });
+                let svc =
+                    hyper::service::service_fn(move |_req: Request<hyper::body::Incoming>| {
+                        let produced = Arc::clone(&counter);
+                        async move { Ok::<_, Infallible>(Response::new(Endless { produced })) }
+                    });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
                     .await;

@@ -48,7 +48,10 @@ async fn a_broken_bundle_is_refused_at_every_poll_until_other_bytes_arrive() {
     let _ = stop.send(());
     task.await.expect("stops");
     let failures = metric(&telemetry, "wardgate_reload_consecutive_failures");
-    assert!(failures >= 6.0, "{failures} failures in a row after 7 more polls");
+    assert!(
+        failures >= 6.0,
+        "{failures} failures in a row after 7 more polls"
+    );
     assert_eq!(
         metric(&telemetry, "wardgate_reload_last_success_timestamp_seconds"),
         last_success,
@@ -117,19 +120,24 @@ async fn an_idle_file_source_reads_its_bundle_once_per_poll() {
     let opens = Arc::new(AtomicU64::new(0));
     let counted = Arc::clone(&opens);
     let target = file.clone();
-    let mut counter =
-        notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            if let Ok(event) = event {
-                if matches!(event.kind, notify::EventKind::Access(notify::event::AccessKind::Open(_)))
-                    && event.paths.iter().any(|p| *p == target)
-                {
-                    counted.fetch_add(1, Ordering::SeqCst);
-                }
+    let mut counter = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if let Ok(event) = event {
+            if matches!(
+                event.kind,
+                notify::EventKind::Access(notify::event::AccessKind::Open(_))
+            ) && event.paths.contains(&target)
+            {
+                counted.fetch_add(1, Ordering::SeqCst);
             }
-        })
-        .expect("inotify");
-    notify::Watcher::watch(&mut counter, dir.path(), notify::RecursiveMode::NonRecursive)
-        .expect("watch");
+        }
+    })
+    .expect("inotify");
+    notify::Watcher::watch(
+        &mut counter,
+        dir.path(),
+        notify::RecursiveMode::NonRecursive,
+    )
+    .expect("watch");
 
     let h = handle();
     let mut cfg = ReloadConfig::new(BundleSource::Path(file.clone()));

@@ -46,7 +46,11 @@ async fn rollback_protection_survives_a_restart() {
     let mut r = cached_reloader(&file, &cache, &second, |c| key_text(&mut c.trusted_keys));
     assert_eq!(r.initial_load().await, Outcome::Rollback);
     assert_eq!(revision(&second), Some(5));
-    assert_eq!(r.reload(false).await, Outcome::Rollback, "and while running");
+    assert_eq!(
+        r.reload(false).await,
+        Outcome::Rollback,
+        "and while running"
+    );
     drop(r);
 
     // The cache was not overwritten with revision 3: with the source gone, 5 is what starts.
@@ -85,7 +89,11 @@ async fn a_source_refused_at_start_for_any_reason_falls_back_to_the_cache() {
 
     let too_large = format!("{}# {}\n", bundle(2, false), "x".repeat(4096));
     let cases: [(&str, &str, Outcome); 3] = [
-        ("invalid", "version: 1\nrevision: 2\nrules: [\n", Outcome::Invalid),
+        (
+            "invalid",
+            "version: 1\nrevision: 2\nrules: [\n",
+            Outcome::Invalid,
+        ),
         ("too large", &too_large, Outcome::TooLarge),
         ("not UTF-8", "revision: 2\n\u{0}", Outcome::Invalid),
     ];

@@ -6,7 +6,7 @@ use std::io::Write;
 use super::*;
 
 /// Rule sets seen under revision 2 that lack the `extra` rule the complete bundle has.
-fn truncated(seen: &[(u64, Vec<String>)]) -> Vec<&(u64, Vec<String>)> {
+fn truncated(seen: &[Seen]) -> Vec<&Seen> {
     seen.iter()
         .filter(|(rev, names)| *rev == 2 && !names.iter().any(|n| n == "extra"))
         .collect()
@@ -45,7 +45,10 @@ async fn a_file_rewritten_in_place_in_two_writes_is_never_enforced_half_written(
     let _ = stop.send(());
     task.await.expect("reloader stops");
     let seen = witness.stop().await;
-    assert!(done, "the complete bundle is not in force 10 s after the last write");
+    assert!(
+        done,
+        "the complete bundle is not in force 10 s after the last write"
+    );
     assert!(
         truncated(&seen).is_empty(),
         "the half-written bundle was enforced: {seen:?}"

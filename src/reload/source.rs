@@ -12,7 +12,7 @@ use std::fmt;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper::body::Bytes;
@@ -99,6 +99,9 @@ pub(crate) struct Fetched {
     pub(crate) is_dir: bool,
     /// HTTP entity tag, for the next conditional request.
     pub(crate) etag: Option<String>,
+    /// Files and directories: the newest change time (ctime) of everything read, or the time of
+    /// reading if something changed while it was read. `None` for HTTP.
+    pub(crate) changed: Option<SystemTime>,
 }
 
 /// Why nothing new could be fetched.
@@ -147,11 +150,42 @@ fn not_regular(path: &Path, meta: &std::fs::Metadata) -> FetchError {
     ))
 }
 
-/// Read the regular file at `path`, at most `budget` bytes (what was read is taken from it).
-/// The type is checked before opening (a FIFO would block the open) and again on the opened
-/// file, and the read stops one byte past the budget whatever the metadata said, so neither a
-/// device nor a file growing while it is read can flood the reader.
-fn read_regular(path: &Path, budget: &mut u64) -> Result<Vec<u8>, FetchError> {
+/// When an inode last changed (its content, its name, its permissions): its ctime, which no
+/// program can set back.
+fn changed_at(meta: &std::fs::Metadata) -> SystemTime {
+    use std::os::unix::fs::MetadataExt;
+    let secs = u64::try_from(meta.ctime()).unwrap_or(0);
+    let nanos = u32::try_from(meta.ctime_nsec())
+        .unwrap_or(0)
+        .min(999_999_999);
+    UNIX_EPOCH + Duration::new(secs, nanos)
+}
+
+/// Fold what `before` and `after` reading something say into `newest`: its change time, or now
+/// if it changed while it was read.
+fn note_change(
+    newest: &mut Option<SystemTime>,
+    before: &std::fs::Metadata,
+    after: &std::fs::Metadata,
+) {
+    let t = if changed_at(before) != changed_at(after) || before.len() != after.len() {
+        SystemTime::now()
+    } else {
+        changed_at(after)
+    };
+    *newest = Some(newest.map_or(t, |n| n.max(t)));
+}
+
+/// Read the regular file at `path`, at most `budget` bytes (what was read is taken from it),
+/// noting its change time in `newest`. The type is checked before opening (a FIFO would block
+/// the open) and again on the opened file, and the read stops one byte past the budget whatever
+/// the metadata said, so neither a device nor a file growing while it is read can flood the
+/// reader.
+fn read_regular(
+    path: &Path,
+    budget: &mut u64,
+    newest: &mut Option<SystemTime>,
+) -> Result<Vec<u8>, FetchError> {
     let cannot =
         |e: std::io::Error| FetchError::Failed(format!("cannot read {}: {e}", path.display()));
     let meta = std::fs::metadata(path).map_err(cannot)?;
@@ -173,13 +207,15 @@ fn read_regular(path: &Path, budget: &mut u64) -> Result<Vec<u8>, FetchError> {
         return Err(not_regular(path, &opened));
     }
     let mut bytes = Vec::with_capacity(usize::try_from(opened.len().min(*budget)).unwrap_or(0));
-    file.take(budget.saturating_add(1))
+    (&file)
+        .take(budget.saturating_add(1))
         .read_to_end(&mut bytes)
         .map_err(cannot)?;
     if bytes.len() as u64 > *budget {
         return Err(over());
     }
     *budget -= bytes.len() as u64;
+    note_change(newest, &opened, &file.metadata().map_err(cannot)?);
     Ok(bytes)
 }
 
@@ -187,10 +223,13 @@ fn read_regular(path: &Path, budget: &mut u64) -> Result<Vec<u8>, FetchError> {
 const SIDE_FILE_LIMIT: u64 = 1024 * 1024;
 
 /// A regular file that may be absent (a signature, a manifest).
-fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, FetchError> {
+fn read_optional(
+    path: &Path,
+    newest: &mut Option<SystemTime>,
+) -> Result<Option<Vec<u8>>, FetchError> {
     match std::fs::metadata(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        _ => read_regular(path, &mut SIDE_FILE_LIMIT.clone()).map(Some),
+        _ => read_regular(path, &mut SIDE_FILE_LIMIT.clone(), newest).map(Some),
     }
 }
 
@@ -202,6 +241,7 @@ pub(crate) fn fetch_path(path: &Path, max_bytes: u64) -> Result<Fetched, FetchEr
     let meta = std::fs::metadata(path)
         .map_err(|e| FetchError::Failed(format!("cannot read {}: {e}", path.display())))?;
     let mut budget = max_bytes;
+    let mut newest = None;
     let mut out = Fetched::default();
     if meta.is_dir() {
         out.is_dir = true;
@@ -236,17 +276,23 @@ pub(crate) fn fetch_path(path: &Path, max_bytes: u64) -> Result<Fetched, FetchEr
         }
         for name in names {
             let p = path.join(&name);
-            out.files
-                .push((p.display().to_string(), read_regular(&p, &mut budget)?));
+            out.files.push((
+                p.display().to_string(),
+                read_regular(&p, &mut budget, &mut newest)?,
+            ));
             out.base_names.push(name);
         }
-        if let Some(m) = read_optional(&path.join(MANIFEST))? {
-            let sig = read_optional(&path.join(format!("{MANIFEST}{SIG_SUFFIX}")))?
+        if let Some(m) = read_optional(&path.join(MANIFEST), &mut newest)? {
+            let sig = read_optional(&path.join(format!("{MANIFEST}{SIG_SUFFIX}")), &mut newest)?
                 .map(|b| String::from_utf8_lossy(&b).into_owned());
             out.manifest = Some((m, sig));
         }
+        // Entries added, removed or renamed change the directory itself.
+        let after = std::fs::metadata(path)
+            .map_err(|e| FetchError::Failed(format!("cannot read {}: {e}", path.display())))?;
+        note_change(&mut newest, &meta, &after);
     } else {
-        let bytes = read_regular(path, &mut budget)?;
+        let bytes = read_regular(path, &mut budget, &mut newest)?;
         out.files.push((path.display().to_string(), bytes));
         let base = path
             .file_name()
@@ -256,13 +302,14 @@ pub(crate) fn fetch_path(path: &Path, max_bytes: u64) -> Result<Fetched, FetchEr
         let mut sig_path = path.as_os_str().to_owned();
         sig_path.push(SIG_SUFFIX);
         let sig_path = PathBuf::from(sig_path);
-        if let Some(sig) = read_optional(&sig_path)? {
+        if let Some(sig) = read_optional(&sig_path, &mut newest)? {
             out.signature = Some((
                 sig_path.display().to_string(),
                 String::from_utf8_lossy(&sig).into_owned(),
             ));
         }
     }
+    out.changed = newest;
     Ok(out)
 }
 
@@ -671,11 +718,19 @@ mod tests {
         std::fs::write(&file, "x".repeat(100)).unwrap();
         let mut budget = 99;
         assert!(matches!(
-            read_regular(&file, &mut budget),
+            read_regular(&file, &mut budget, &mut None),
             Err(FetchError::TooLarge(_))
         ));
         let mut budget = 100;
-        assert_eq!(read_regular(&file, &mut budget).unwrap().len(), 100);
+        let mut changed = None;
+        assert_eq!(
+            read_regular(&file, &mut budget, &mut changed)
+                .unwrap()
+                .len(),
+            100
+        );
+        let age = SystemTime::now().duration_since(changed.unwrap()).unwrap();
+        assert!(age < Duration::from_secs(5), "just written: {age:?}");
         assert_eq!(budget, 0);
     }
 }

@@ -278,6 +278,7 @@ impl Reloader {
         if let Some(old) = self.retired.take() {
             let _ = tokio::task::spawn_blocking(move || drop(old)).await;
         }
+        self.last_why.clear();
         let source = self.config.source.to_string();
         let fetched = match &self.config.source {
             BundleSource::Path(p) => read_path(p.clone(), self.config.max_bytes).await,
@@ -457,7 +458,8 @@ impl Reloader {
             self.label
         );
         self.observer.swapped(&policy, source, compile_time);
-        if self.revision_since.map(|(r, _)| r) != Some(policy.revision()) {
+        // The rewrite grace covers what the source itself put in force, not the cached copy.
+        if from_source.is_some() && self.revision_since.map(|(r, _)| r) != Some(policy.revision()) {
             self.revision_since = Some((policy.revision(), Instant::now()));
         }
         if let Some(dir) = &self.config.cache_dir {

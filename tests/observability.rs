@@ -727,7 +727,22 @@ async fn readyz_follows_the_first_valid_bundle() {
         response.status.as_ref().map(|s| s.code),
         Some(tonic::Code::PermissionDenied as i32)
     );
-    let (scraped, text) = scrape(admin).await.unwrap();
+    // The socket is bound before the first load, which waits for the file to settle: give the
+    // refusal time to be counted.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (scraped, text) = loop {
+        let (scraped, text) = scrape(admin).await.unwrap();
+        let refused: f64 = scraped
+            .series("wardgate_reload_attempts_total")
+            .iter()
+            .filter(|(l, _)| !matches!(l["result"].as_str(), "ok" | "unchanged"))
+            .map(|(_, v)| v)
+            .sum();
+        if refused >= 1.0 || Instant::now() > deadline {
+            break (scraped, text);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert_eq!(scraped.get("wardgate_ready", &[]), Some(0.0), "{text}");
     let no_policy = [
         ("decision", "deny"),

@@ -17,11 +17,11 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::admin::AdminAddr;
-use crate::policy::{Policy, PolicyHandle};
-use crate::reload::{ReloadObserver, Reloader};
 use crate::extauthz::AuthzConfig;
 use crate::grpc::{self, ServerConfig, ServerError};
 use crate::listen::ListenError;
+use crate::policy::{Policy, PolicyHandle};
+use crate::reload::{ReloadObserver, Reloader};
 use crate::telemetry::metrics::MetricsError;
 use crate::telemetry::TelemetryError;
 use crate::telemetry::{DecisionLogTarget, Telemetry};
@@ -201,7 +201,8 @@ async fn close(telemetry: &Telemetry) {
 
 type ServerHandle = JoinHandle<Result<(), ServerError>>;
 
-/// Start everything in order; the gRPC server last, once a first bundle load was attempted.
+/// Start everything in order: admin, wardgate's own identity, the gRPC server (bound before any
+/// bundle work), then the enforced and the shadow bundle's first loads.
 async fn start(
     plan: ServePlan,
     telemetry: &Arc<Telemetry>,
@@ -229,6 +230,66 @@ async fn start(
             })
         }
     }
+    // The shadow evaluator exists before its first load, so the gRPC service can hold it.
+    let shadow = match shadow {
+        None => None,
+        Some(cfg) => {
+            let evaluator = crate::shadow::Shadow::new(
+                Arc::new(arc_swap::ArcSwapOption::empty()),
+                Some(telemetry.registry()),
+            )
+            .map_err(AppError::ShadowMetrics)?;
+            Some((evaluator, cfg))
+        }
+    };
+    // The trust bundles shared by the mTLS listener and forwarded-chain verification, kept
+    // current by wardgate's identity source (src/svid) when one is configured.
+    let trust: crate::trust::TrustHandle = Arc::default();
+    let mut tls = None;
+    let mut verify_chain = false;
+    if let Some(own) = identity {
+        let metrics = crate::svid::metrics::SvidMetrics::for_telemetry(telemetry)
+            .map_err(AppError::Metrics)?;
+        let identity = crate::svid::Identity::new(Arc::clone(&trust), metrics);
+        let source =
+            crate::svid::start(own.source, Arc::clone(&identity)).map_err(AppError::Identity)?;
+        tracing::info!(source = source.kind(), "following wardgate's own identity");
+        tasks.spawn(source.run(Box::pin(tasks.stopped())));
+        if let Some(mtls) = own.mtls {
+            tracing::info!(listen = %mtls.addr, allow = %mtls.allow, "mTLS listener: callers admitted");
+            let config = crate::tls::server_config(identity, mtls.allow).map_err(AppError::Mtls)?;
+            tls = Some((mtls.addr, config));
+        }
+        verify_chain = own.verify_chain;
+    }
+    let config = ServerConfig {
+        authz: AuthzConfig {
+            destination_principal,
+            telemetry: Some(Arc::clone(telemetry)),
+            verify_chain: verify_chain.then(|| Arc::clone(&trust)),
+            shadow: shadow.as_ref().map(|(evaluator, _)| Arc::clone(evaluator)),
+        },
+        ..ServerConfig::default()
+    };
+    // The socket is bound before any bundle work: a slow or hostile bundle never leaves Envoy
+    // without an answer. Until a bundle is in force every check is denied `no_policy` and the
+    // health service says NOT_SERVING. A listener that cannot bind ends its task at once with
+    // a listen error, which `AppError::before_serving` reports as a start-up refusal.
+    let server = match tls {
+        Some((addr, tls)) => tokio::spawn(grpc::run_tls(
+            addr,
+            tls,
+            Arc::clone(&handle),
+            config,
+            tasks.stopped(),
+        )),
+        None => tokio::spawn(grpc::run(
+            listen,
+            Arc::clone(&handle),
+            config,
+            tasks.stopped(),
+        )),
+    };
     let observer: Arc<dyn ReloadObserver> = telemetry.clone();
     match bundle {
         BundlePlan::Embedded => {
@@ -247,64 +308,19 @@ async fn start(
             tasks.spawn(reloader.run(tasks.stopped()));
         }
     }
-    let shadow = match shadow {
-        None => None,
-        Some(cfg) => {
-            let evaluator = crate::shadow::Shadow::new(
-                Arc::new(arc_swap::ArcSwapOption::empty()),
-                Some(telemetry.registry()),
-            )
-            .map_err(AppError::ShadowMetrics)?;
-            tracing::info!(source = %cfg.source, "loading shadow bundle (evaluated, never enforced)");
-            let shadow_observer: Arc<dyn ReloadObserver> = evaluator.clone();
-            let mut reloader = Reloader::new(
-                cfg,
-                Arc::clone(evaluator.handle()),
-                shadow_observer,
-                "shadow bundle",
-            );
-            reloader.initial_load().await;
-            tasks.spawn(reloader.run(tasks.stopped()));
-            Some(evaluator)
-        }
-    };
-    // The trust bundles shared by the mTLS listener and forwarded-chain verification, kept
-    // current by wardgate's identity source (src/svid) when one is configured.
-    let trust: crate::trust::TrustHandle = Arc::default();
-    let mut tls = None;
-    let mut verify_chain = false;
-    if let Some(own) = identity {
-        let metrics =
-            crate::svid::metrics::SvidMetrics::for_telemetry(telemetry).map_err(AppError::Metrics)?;
-        let identity = crate::svid::Identity::new(Arc::clone(&trust), metrics);
-        let source =
-            crate::svid::start(own.source, Arc::clone(&identity)).map_err(AppError::Identity)?;
-        tracing::info!(source = source.kind(), "following wardgate's own identity");
-        tasks.spawn(source.run(Box::pin(tasks.stopped())));
-        if let Some(mtls) = own.mtls {
-            tracing::info!(listen = %mtls.addr, allow = %mtls.allow, "mTLS listener: callers admitted");
-            let config = crate::tls::server_config(identity, mtls.allow).map_err(AppError::Mtls)?;
-            tls = Some((mtls.addr, config));
-        }
-        verify_chain = own.verify_chain;
+    if let Some((evaluator, cfg)) = shadow {
+        tracing::info!(source = %cfg.source, "loading shadow bundle (evaluated, never enforced)");
+        let shadow_observer: Arc<dyn ReloadObserver> = evaluator.clone();
+        let mut reloader = Reloader::new(
+            cfg,
+            Arc::clone(evaluator.handle()),
+            shadow_observer,
+            "shadow bundle",
+        );
+        reloader.initial_load().await;
+        tasks.spawn(reloader.run(tasks.stopped()));
     }
-    let config = ServerConfig {
-        authz: AuthzConfig {
-            destination_principal,
-            telemetry: Some(Arc::clone(telemetry)),
-            verify_chain: verify_chain.then(|| Arc::clone(&trust)),
-            shadow,
-        },
-        ..ServerConfig::default()
-    };
-    // A listener that cannot bind ends its task at once with `ServerError::Bind`, which
-    // `AppError::before_serving` reports as a start-up refusal.
-    Ok(match tls {
-        Some((addr, tls)) => {
-            tokio::spawn(grpc::run_tls(addr, tls, handle, config, tasks.stopped()))
-        }
-        None => tokio::spawn(grpc::run(listen, handle, config, tasks.stopped())),
-    })
+    Ok(server)
 }
 
 /// Compile the embedded bundle and put it in force: stored into the handle first, observers

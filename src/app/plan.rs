@@ -11,8 +11,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use crate::admin::AdminAddr;
-use crate::reload::ReloadConfig;
 use crate::listen::ListenAddr;
+use crate::reload::ReloadConfig;
 use crate::svid::SourceConfig;
 use crate::telemetry::DecisionLogTarget;
 use crate::tls::AllowList;

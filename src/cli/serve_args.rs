@@ -13,8 +13,8 @@ use clap::Args;
 
 use crate::admin::AdminAddr;
 use crate::app::{BundlePlan, DecisionLogPlan, MtlsListener, OwnIdentity, PlanError, ServePlan};
-use crate::reload::{BundleSource, ReloadConfig};
 use crate::listen::ListenAddr;
+use crate::reload::{BundleSource, ReloadConfig};
 use crate::svid::{files, workload_api, SourceConfig};
 use crate::telemetry::DecisionLogTarget;
 

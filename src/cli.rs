@@ -54,6 +54,8 @@ enum Command {
     Diff(crate::tooling::DiffArgs),
     /// Re-decide logged decisions with a candidate bundle and report what would change.
     Replay(crate::tooling::ReplayArgs),
+    /// Propose a least-privilege bundle (and its tests) from logged decisions.
+    Learn(crate::tooling::learn::LearnArgs),
 }
 
 #[derive(Debug, Args)]
@@ -319,6 +321,7 @@ pub fn main() -> ExitCode {
         Command::Analyze(args) => crate::tooling::run_analyze(args),
         Command::Diff(args) => crate::tooling::diff::run(args),
         Command::Replay(args) => crate::tooling::replay::run(args),
+        Command::Learn(args) => crate::tooling::learn::run(args),
     }
 }
 

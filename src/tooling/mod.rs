@@ -32,6 +32,7 @@ macro_rules! say_raw {
 
 pub(crate) mod analyze;
 pub(crate) mod diff;
+pub(crate) mod learn;
 pub(crate) mod model;
 pub(crate) mod render;
 pub(crate) mod replay;

@@ -42,7 +42,11 @@ fn main() -> std::process::ExitCode {
     };
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     for line in traffic::generate(&policy, requests, seed) {
-        let line = if redact { traffic::redact_line(&line) } else { line };
+        let line = if redact {
+            traffic::redact_line(&line)
+        } else {
+            line
+        };
         if writeln!(out, "{line}").is_err() {
             break;
         }

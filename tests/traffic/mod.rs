@@ -156,9 +156,15 @@ fn kinds() -> Vec<Kind> {
             let p = format!("/results/{}", patient_number(r));
             timed(req(EHR, LAB, "HEAD", p), r, When::Any)
         }),
-        w(20, |r| timed(req(EHR, LAB, "GET", "/results".into()), r, When::Any)),
-        w(80, |r| timed(req(EHR, LAB, "POST", "/orders".into()), r, When::Any)),
-        w(80, |r| timed(req(LAB, EHR, "POST", "/results".into()), r, When::Any)),
+        w(20, |r| {
+            timed(req(EHR, LAB, "GET", "/results".into()), r, When::Any)
+        }),
+        w(80, |r| {
+            timed(req(EHR, LAB, "POST", "/orders".into()), r, When::Any)
+        }),
+        w(80, |r| {
+            timed(req(LAB, EHR, "POST", "/results".into()), r, When::Any)
+        }),
         w(100, |r| {
             // DICOM study, series, instance: the viewer fetches at any of the three depths.
             let mut p = format!("/studies/{}", dicom_uid(r));
@@ -169,7 +175,11 @@ fn kinds() -> Vec<Kind> {
             timed(req(EHR, IMAGING, "GET", p), r, When::Any)
         }),
         w(60, |r| {
-            let mut x = timed(req(EHR, PHARMACY, "POST", "/prescriptions".into()), r, When::Any);
+            let mut x = timed(
+                req(EHR, PHARMACY, "POST", "/prescriptions".into()),
+                r,
+                When::Any,
+            );
             x.headers = vec![(
                 "x-purpose-of-use",
                 if r.u8(0..10) == 0 { "ETREAT" } else { "TREAT" },
@@ -196,7 +206,13 @@ fn kinds() -> Vec<Kind> {
             let p = format!("/api/appointments/{}", r.u32(10_000..99_999));
             timed(req(BILLING, SCHEDULING, "GET", p), r, When::Any)
         }),
-        w(30, |r| timed(req(INTERFACE, BILLING, "POST", "/api/claims".into()), r, When::Any)),
+        w(30, |r| {
+            timed(
+                req(INTERFACE, BILLING, "POST", "/api/claims".into()),
+                r,
+                When::Any,
+            )
+        }),
         w(20, |r| {
             let p = format!("/api/invoices/{}", r.u32(10_000..99_999));
             timed(req(SCHEDULING, BILLING, "PUT", p), r, When::Any)
@@ -206,7 +222,11 @@ fn kinds() -> Vec<Kind> {
             timed(req(HR, SCHEDULING, "GET", p), r, When::Office)
         }),
         w(40, |r| {
-            let mut x = timed(req(REFLAB, INTERFACE, "POST", "/inbound/results".into()), r, When::Any);
+            let mut x = timed(
+                req(REFLAB, INTERFACE, "POST", "/inbound/results".into()),
+                r,
+                When::Any,
+            );
             x.cert = Some(SignedDuration::from_mins(30));
             x
         }),
@@ -215,9 +235,17 @@ fn kinds() -> Vec<Kind> {
             let p = format!("/patients/{}/medications", uuid(r));
             timed(req(PHARMACY, EHR, "GET", p), r, When::Any)
         }),
-        w(30, |r| timed(req(IMAGING, EHR, "POST", "/reports".into()), r, When::Any)),
+        w(30, |r| {
+            timed(req(IMAGING, EHR, "POST", "/reports".into()), r, When::Any)
+        }),
         // --- rare ------------------------------------------------------------------------------
-        n(2, |r| timed(req(HR, BILLING, "GET", "/api/payroll/export".into()), r, When::Office)),
+        n(2, |r| {
+            timed(
+                req(HR, BILLING, "GET", "/api/payroll/export".into()),
+                r,
+                When::Office,
+            )
+        }),
         n(3, |r| {
             let p = format!("/results/{}", patient_number(r));
             timed(req(PHARMACY, LAB, "GET", p), r, When::Any)
@@ -233,14 +261,32 @@ fn kinds() -> Vec<Kind> {
             x.cert = Some(SignedDuration::from_mins(30));
             x
         }),
-        n(6, |r| timed(req(EHR, LAB, "GET", "/admin/config".into()), r, When::Any)),
-        n(4, |r| timed(req(BILLING, SCHEDULING, "GET", "/admin".into()), r, When::Any)),
-        n(5, |r| timed(req(SCANNER, EHR, "GET", "/patients".into()), r, When::Any)),
-        n(3, |r| {
-            timed(req(EHR, LAB, "GET", "/results/..%2F..%2Fadmin".into()), r, When::Any)
+        n(6, |r| {
+            timed(req(EHR, LAB, "GET", "/admin/config".into()), r, When::Any)
         }),
         n(4, |r| {
-            let mut x = timed(req(REFLAB, INTERFACE, "POST", "/inbound/results".into()), r, When::Any);
+            timed(
+                req(BILLING, SCHEDULING, "GET", "/admin".into()),
+                r,
+                When::Any,
+            )
+        }),
+        n(5, |r| {
+            timed(req(SCANNER, EHR, "GET", "/patients".into()), r, When::Any)
+        }),
+        n(3, |r| {
+            timed(
+                req(EHR, LAB, "GET", "/results/..%2F..%2Fadmin".into()),
+                r,
+                When::Any,
+            )
+        }),
+        n(4, |r| {
+            let mut x = timed(
+                req(REFLAB, INTERFACE, "POST", "/inbound/results".into()),
+                r,
+                When::Any,
+            );
             x.cert = Some(SignedDuration::from_hours(24));
             x
         }),
@@ -354,9 +400,7 @@ pub fn generate(policy: &Policy, requests: usize, seed: u64) -> Vec<String> {
         }
     }
     reqs.sort_by_key(|r| r.time);
-    reqs.iter()
-        .map(|r| log_line(policy, r, &mut rng))
-        .collect()
+    reqs.iter().map(|r| log_line(policy, r, &mut rng)).collect()
 }
 
 /// The path with every identifier segment (digits, with hex letters, dots or dashes: numbers,
@@ -366,7 +410,8 @@ pub fn redact_path(path: &str) -> String {
     path.split('/')
         .map(|s| {
             if s.bytes().any(|b| b.is_ascii_digit())
-                && s.bytes().all(|b| b.is_ascii_hexdigit() || b == b'.' || b == b'-')
+                && s.bytes()
+                    .all(|b| b.is_ascii_hexdigit() || b == b'.' || b == b'-')
             {
                 REDACTION_MARKER
             } else {

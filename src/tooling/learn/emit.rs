@@ -26,7 +26,11 @@ fn q(s: &str) -> String {
 fn list(items: impl IntoIterator<Item = String>) -> String {
     format!(
         "[{}]",
-        items.into_iter().map(|s| q(&s)).collect::<Vec<_>>().join(", ")
+        items
+            .into_iter()
+            .map(|s| q(&s))
+            .collect::<Vec<_>>()
+            .join(", ")
     )
 }
 
@@ -96,7 +100,11 @@ fn base_rule_yaml(out: &mut String, r: &RuleView<'_>, segments: &[String]) {
         let _ = writeln!(out, "    to: {}", endpoints(to, segments));
     }
     if let Some(m) = r.methods {
-        let _ = writeln!(out, "    methods: {}", list(m.iter().map(|x| x.to_string())));
+        let _ = writeln!(
+            out,
+            "    methods: {}",
+            list(m.iter().map(|x| x.to_string()))
+        );
     }
     if let Some(p) = r.paths {
         let _ = writeln!(out, "    paths: {}", list(p.iter().map(Pattern::to_string)));
@@ -144,7 +152,11 @@ pub(crate) fn bundle(p: &Proposal, obs: &Observations, base: Option<(&Policy, &s
     );
     let _ = writeln!(out, "version: 1");
     let _ = writeln!(out, "revision: {}", p.revision);
-    let _ = writeln!(out, "trust_domains: {}", list(p.trust_domains.iter().cloned()));
+    let _ = writeln!(
+        out,
+        "trust_domains: {}",
+        list(p.trust_domains.iter().cloned())
+    );
     let _ = writeln!(out, "\nsegments:");
     for s in &p.segments {
         if !s.from_base {
@@ -354,15 +366,14 @@ pub(crate) fn tests(
             .get(&(r.from.as_str(), r.to.as_str()))
             .cloned()
             .unwrap_or_default();
-        let headers: Vec<(String, String)> =
-            base_rule(base, r.conditions_from.as_deref())
-                .map(|c| {
-                    c.headers
-                        .iter()
-                        .filter_map(|(k, v)| v.first().map(|x| (k.to_string(), x.to_string())))
-                        .collect()
-                })
-                .unwrap_or_default();
+        let headers: Vec<(String, String)> = base_rule(base, r.conditions_from.as_deref())
+            .map(|c| {
+                c.headers
+                    .iter()
+                    .filter_map(|(k, v)| v.first().map(|x| (k.to_string(), x.to_string())))
+                    .collect()
+            })
+            .unwrap_or_default();
         let hmap: HashMap<String, String> = headers.iter().cloned().collect();
         let pick = r.members.iter().filter_map(|&i| list.get(i)).find(|l| {
             conv.iter()
@@ -413,13 +424,13 @@ pub(crate) fn tests(
         }
         let decided_before_rules = base.is_some() && reason != "default_deny";
         let covered = match (from, to) {
-            (Some(f), Some(t)) if !decided_before_rules => by_conv
-                .get(&(f.as_str(), t.as_str()))
-                .is_some_and(|rules| {
+            (Some(f), Some(t)) if !decided_before_rules => {
+                by_conv.get(&(f.as_str(), t.as_str())).is_some_and(|rules| {
                     rules
                         .iter()
                         .any(|r| rule_matches(r, base, s, &HashMap::new()))
-                }),
+                })
+            }
             _ => false,
         };
         let what = format!(

@@ -149,11 +149,7 @@ pub(crate) fn run(args: LearnArgs) -> ExitCode {
         .map(|p| p.display().to_string())
         .unwrap_or_else(|| "<learned>".to_string());
     let base_name = args.base.as_ref().map(|p| p.display().to_string());
-    let text = emit::bundle(
-        &proposal,
-        &obs,
-        base.as_ref().zip(base_name.as_deref()),
-    );
+    let text = emit::bundle(&proposal, &obs, base.as_ref().zip(base_name.as_deref()));
     // The proposal must compile; a failure here is a bug in learn, never the user's problem.
     if let Err(errors) = Policy::from_yaml_str(&bundle_name, &text) {
         for d in errors.iter() {

@@ -75,7 +75,9 @@ impl Skip {
     pub(crate) fn describe(self) -> &'static str {
         match self {
             Skip::NoSource => "no source principal",
-            Skip::NoDestination => "no destination principal (a rule would have to match every destination)",
+            Skip::NoDestination => {
+                "no destination principal (a rule would have to match every destination)"
+            }
             Skip::BadIdentity => "source or destination is not an exact SPIFFE ID a rule can name",
             Skip::OutsideTrustDomains => "destination outside the base bundle's trust domains",
             Skip::BadPath => "path does not normalise, or has a `*` segment",
@@ -323,8 +325,7 @@ pub(crate) fn read(
     let mut obs = Observations::default();
     for (fi, path) in logs.iter().enumerate() {
         let name = path.display().to_string();
-        let file =
-            std::fs::File::open(path).map_err(|e| format!("cannot read {name}: {e}"))?;
+        let file = std::fs::File::open(path).map_err(|e| format!("cannot read {name}: {e}"))?;
         obs.files.push(name.clone());
         for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
             let at = LineRef {

@@ -209,7 +209,14 @@ fn propose_segments(ids: &BTreeSet<String>, tds: &[String]) -> Vec<SegmentPropos
         } else {
             alt
         };
-        let name = unique(if first.is_empty() { "segment".into() } else { first }, &used);
+        let name = unique(
+            if first.is_empty() {
+                "segment".into()
+            } else {
+                first
+            },
+            &used,
+        );
         used.insert(name.clone());
         out.push(SegmentProposal {
             name,
@@ -259,6 +266,19 @@ fn conditioned_rules(base: Option<&Policy>) -> BTreeSet<String> {
     .unwrap_or_default()
 }
 
+/// One generalised path of a conversation (under one set of kept conditions) while rules are
+/// formed.
+struct PatternAcc {
+    methods: BTreeSet<String>,
+    members: Vec<usize>,
+    wildcards: Vec<Wildcard>,
+    pat: Pattern,
+    dropped: Vec<String>,
+}
+
+/// A rule's grouping key: first path segment, the base rule whose conditions it keeps, methods.
+type RuleKey = (String, Option<String>, Vec<String>);
+
 /// A kept request family before grouping into rules.
 struct Family {
     pattern: String,
@@ -292,7 +312,11 @@ fn paths_word(first: &str, patterns: &[&str]) -> String {
     if word.is_empty() {
         first.to_string()
     } else {
-        word.chars().take(48).collect::<String>().trim_end_matches('-').to_string()
+        word.chars()
+            .take(48)
+            .collect::<String>()
+            .trim_end_matches('-')
+            .to_string()
     }
 }
 
@@ -305,7 +329,11 @@ fn first_segment(pattern: &str) -> String {
             if s.is_empty() {
                 "path".to_string()
             } else {
-                s.chars().take(40).collect::<String>().trim_end_matches('-').to_string()
+                s.chars()
+                    .take(40)
+                    .collect::<String>()
+                    .trim_end_matches('-')
+                    .to_string()
             }
         }
     }
@@ -328,7 +356,10 @@ fn conversation_families(
     let mut left = Vec::new();
     for fam in generalise(&paths, &settings.thresholds) {
         let pat = Pattern::parse_path(&fam.pattern).map_err(|e| {
-            format!("internal error: generalised path `{}` is not a pattern: {e}", fam.pattern)
+            format!(
+                "internal error: generalised path `{}` is not a pattern: {e}",
+                fam.pattern
+            )
         })?;
         let mut by_method: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
         for &i in &fam.members {
@@ -439,9 +470,8 @@ pub(crate) fn propose(
                             .identities
                             .iter()
                             .filter(|id| {
-                                split_id(id).is_some_and(|(td, p)| {
-                                    pats.iter().any(|m| m.matches_id(td, p))
-                                })
+                                split_id(id)
+                                    .is_some_and(|(td, p)| pats.iter().any(|m| m.matches_id(td, p)))
                             })
                             .cloned()
                             .collect(),
@@ -509,24 +539,26 @@ pub(crate) fn propose(
     for key in obs.conversations.keys() {
         let (families, left) = conversation_families(obs, key, settings, &conditioned)?;
         left_out.extend(left);
-        // (cond, pattern) -> methods, members, wildcards, dropped
-        type Acc = (BTreeSet<String>, Vec<usize>, Vec<Wildcard>, Pattern, Vec<String>);
-        let mut by_pattern: BTreeMap<(Option<String>, String), Acc> = BTreeMap::new();
+        // (cond, pattern) -> its methods, observations, wildcards and dropped conditions
+        let mut by_pattern: BTreeMap<(Option<String>, String), PatternAcc> = BTreeMap::new();
         for f in families {
             let e = by_pattern
                 .entry((f.cond.clone(), f.pattern.clone()))
-                .or_insert_with(|| {
-                    (BTreeSet::new(), Vec::new(), f.wildcards.clone(), f.pat.clone(), Vec::new())
+                .or_insert_with(|| PatternAcc {
+                    methods: BTreeSet::new(),
+                    members: Vec::new(),
+                    wildcards: f.wildcards.clone(),
+                    pat: f.pat.clone(),
+                    dropped: Vec::new(),
                 });
-            e.0.insert(f.method);
-            e.1.extend(f.members);
-            e.4.extend(f.dropped);
+            e.methods.insert(f.method);
+            e.members.extend(f.members);
+            e.dropped.extend(f.dropped);
         }
-        // (first segment, cond, methods) -> patterns
-        let mut groups: BTreeMap<(String, Option<String>, Vec<String>), Vec<(String, Acc)>> =
-            BTreeMap::new();
+        // (first segment, cond, methods) -> patterns: one rule each
+        let mut groups: BTreeMap<RuleKey, Vec<(String, PatternAcc)>> = BTreeMap::new();
         for ((cond, pattern), acc) in by_pattern {
-            let methods: Vec<String> = acc.0.iter().cloned().collect();
+            let methods: Vec<String> = acc.methods.iter().cloned().collect();
             groups
                 .entry((first_segment(&pattern), cond, methods))
                 .or_default()
@@ -569,13 +601,13 @@ pub(crate) fn propose(
                 to_segment: to_segment.clone(),
                 crosses_into: crosses_into.clone(),
             };
-            for (pattern, (_, members, wild, pat, dropped)) in pats {
+            for (pattern, acc) in pats {
                 rule.wildcards
-                    .extend(wild.into_iter().map(|w| (pattern.clone(), w)));
+                    .extend(acc.wildcards.into_iter().map(|w| (pattern.clone(), w)));
                 rule.paths.push(pattern);
-                rule.patterns.push(pat);
-                rule.members.extend(members);
-                for d in dropped {
+                rule.patterns.push(acc.pat);
+                rule.members.extend(acc.members);
+                for d in acc.dropped {
                     if !rule.conditions_dropped.contains(&d) {
                         rule.conditions_dropped.push(d);
                     }

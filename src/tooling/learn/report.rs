@@ -254,14 +254,18 @@ pub(crate) fn text(obs: &Observations, p: &Proposal, cx: &Context<'_>) -> String
         "  learned from   {}  (allowed, or denied only because no rule allowed them)",
         obs.learnable()
     );
+    let _ = writeln!(o, "  denied         {denied}  (kept denied: never learned)");
     let _ = writeln!(
         o,
-        "  denied         {denied}  (kept denied: never learned)"
+        "  break-glass    {bg}  (never turned into standing rules)"
     );
-    let _ = writeln!(o, "  break-glass    {bg}  (never turned into standing rules)");
     let _ = writeln!(o, "  not learnable  {skipped}");
     if !obs.unreadable.is_empty() {
-        let _ = writeln!(o, "  unreadable     {}  (see warnings)", obs.unreadable.len());
+        let _ = writeln!(
+            o,
+            "  unreadable     {}  (see warnings)",
+            obs.unreadable.len()
+        );
     }
     let conversations = {
         let mut c: Vec<(&str, &str)> = p
@@ -304,12 +308,7 @@ pub(crate) fn text(obs: &Observations, p: &Proposal, cx: &Context<'_>) -> String
     let _ = writeln!(o, "\nsegments");
     for s in &p.segments {
         let origin = if s.from_base { "base" } else { "proposed" };
-        let _ = writeln!(
-            o,
-            "  {:<16} {origin:<9} {}",
-            s.name,
-            s.members.join(", ")
-        );
+        let _ = writeln!(o, "  {:<16} {origin:<9} {}", s.name, s.members.join(", "));
         if s.identities.is_empty() {
             let _ = writeln!(o, "  {:<16} {:<9} no identity seen", "", "");
         }
@@ -356,11 +355,7 @@ pub(crate) fn text(obs: &Observations, p: &Proposal, cx: &Context<'_>) -> String
             if p.left_out.len() == 1 { "y" } else { "ies" }
         );
         for l in &p.left_out {
-            let first = l
-                .lines
-                .first()
-                .map(|&at| obs.place(at))
-                .unwrap_or_default();
+            let first = l.lines.first().map(|&at| obs.place(at)).unwrap_or_default();
             let _ = writeln!(
                 o,
                 "  {} {} from {} to {}  {}{}  first at {first}",
@@ -377,7 +372,11 @@ pub(crate) fn text(obs: &Observations, p: &Proposal, cx: &Context<'_>) -> String
             );
         }
     }
-    let review: Vec<_> = p.rules.iter().filter(|r| r.crosses_into.is_some()).collect();
+    let review: Vec<_> = p
+        .rules
+        .iter()
+        .filter(|r| r.crosses_into.is_some())
+        .collect();
     if !review.is_empty() {
         let _ = writeln!(
             o,

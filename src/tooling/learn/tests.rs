@@ -27,12 +27,21 @@ fn hospital() -> Policy {
 
 /// Patterns of `generalise` for `paths`, sorted.
 fn patterns(paths: &[&str], t: &Thresholds) -> Vec<String> {
-    let mut p: Vec<String> = generalise(paths, t).into_iter().map(|f| f.pattern).collect();
+    let mut p: Vec<String> = generalise(paths, t)
+        .into_iter()
+        .map(|f| f.pattern)
+        .collect();
     p.sort();
     p
 }
 
-fn line(from: &str, to: &str, method: &str, path: &str, outcome: (&str, &str, Option<&str>)) -> String {
+fn line(
+    from: &str,
+    to: &str,
+    method: &str,
+    path: &str,
+    outcome: (&str, &str, Option<&str>),
+) -> String {
     let mut v = serde_json::json!({
         "time": "2026-11-23T10:00:00Z",
         "source": from,
@@ -93,7 +102,16 @@ fn identifiers_are_recognised_and_words_are_not() {
     ] {
         assert_eq!(identifier_kind(seg), Some(kind), "{seg}");
     }
-    for seg in ["results", "v1", "v2", "billing-codes", "healthz", "deadbeef", "a%20b", "x1"] {
+    for seg in [
+        "results",
+        "v1",
+        "v2",
+        "billing-codes",
+        "healthz",
+        "deadbeef",
+        "a%20b",
+        "x1",
+    ] {
         assert_eq!(identifier_kind(seg), None, "{seg}");
     }
 }
@@ -105,10 +123,16 @@ fn varying_identifiers_become_a_wildcard_and_nothing_else_does() {
         ["/results", "/results/*"]
     );
     // One value does not vary: it stays literal.
-    assert_eq!(patterns(&["/results/4711", "/results/4711"], &T), ["/results/4711"]);
+    assert_eq!(
+        patterns(&["/results/4711", "/results/4711"], &T),
+        ["/results/4711"]
+    );
     // Words stay literal, next to a wildcard.
     assert_eq!(
-        patterns(&["/patients/1/chart", "/patients/2/chart", "/patients/search"], &T),
+        patterns(
+            &["/patients/1/chart", "/patients/2/chart", "/patients/search"],
+            &T
+        ),
         ["/patients/*/chart", "/patients/search"]
     );
     // The threshold is a flag.
@@ -143,7 +167,14 @@ fn deep_wildcard_only_where_every_level_varies_at_enough_depths() {
     assert_eq!(patterns(&deep, &T), ["/studies/**"]);
     // Two depths are not enough.
     assert_eq!(
-        patterns(&["/studies/1.2.3", "/studies/1.2.4/1.5.1", "/studies/1.2.5/1.5.2"], &T),
+        patterns(
+            &[
+                "/studies/1.2.3",
+                "/studies/1.2.4/1.5.1",
+                "/studies/1.2.5/1.5.2"
+            ],
+            &T
+        ),
         ["/studies/*", "/studies/*/*"]
     );
     // A literal below stops it: the structure is kept.
@@ -155,14 +186,26 @@ fn deep_wildcard_only_where_every_level_varies_at_enough_depths() {
     ];
     assert_eq!(
         patterns(&structured, &T),
-        ["/studies/*", "/studies/*/series/*", "/studies/*/series/*/instances/*"]
+        [
+            "/studies/*",
+            "/studies/*/series/*",
+            "/studies/*/series/*/instances/*"
+        ]
     );
 }
 
 #[test]
 fn every_observation_is_in_exactly_one_family_that_matches_it() {
     let paths = [
-        "/", "/a", "/a/1", "/a/2", "/a/2/x", "/b/3/4/5", "/b/6", "/b/7/8", "/c/%7B%7D/d",
+        "/",
+        "/a",
+        "/a/1",
+        "/a/2",
+        "/a/2/x",
+        "/b/3/4/5",
+        "/b/6",
+        "/b/7/8",
+        "/c/%7B%7D/d",
     ];
     let fams = generalise(&paths, &T);
     let mut seen = vec![0; paths.len()];
@@ -170,7 +213,12 @@ fn every_observation_is_in_exactly_one_family_that_matches_it() {
         let pat = crate::policy::Pattern::parse_path(&f.pattern).expect("pattern");
         for &i in &f.members {
             seen[i] += 1;
-            assert!(pat.matches_path(paths[i]), "{} must match {}", f.pattern, paths[i]);
+            assert!(
+                pat.matches_path(paths[i]),
+                "{} must match {}",
+                f.pattern,
+                paths[i]
+            );
         }
     }
     assert!(seen.iter().all(|&n| n == 1), "{seen:?}");
@@ -193,20 +241,43 @@ fn rare_requests_and_conversations_are_left_out_and_listed() {
     let left: Vec<(&str, &str, usize, bool)> = p
         .left_out
         .iter()
-        .map(|l| (l.method.as_str(), l.path.as_str(), l.count, l.rare_conversation))
+        .map(|l| {
+            (
+                l.method.as_str(),
+                l.path.as_str(),
+                l.count,
+                l.rare_conversation,
+            )
+        })
         .collect();
     assert_eq!(
         left,
-        [("GET", "/invoices", 2, true), ("DELETE", "/orders/1", 1, false)]
+        [
+            ("GET", "/invoices", 2, true),
+            ("DELETE", "/orders/1", 1, false)
+        ]
     );
-    assert_eq!(p.left_out[0].lines.iter().map(|l| l.line).collect::<Vec<_>>(), [8, 9]);
+    assert_eq!(
+        p.left_out[0]
+            .lines
+            .iter()
+            .map(|l| l.line)
+            .collect::<Vec<_>>(),
+        [8, 9]
+    );
 }
 
 #[test]
 fn families_covered_by_a_wider_one_are_folded_and_methods_kept_apart() {
     let mut lines = Vec::new();
     for i in 0..5 {
-        lines.push(line(EHR, LAB, "GET", &format!("/patients/{i}"), DEFAULT_DENY));
+        lines.push(line(
+            EHR,
+            LAB,
+            "GET",
+            &format!("/patients/{i}"),
+            DEFAULT_DENY,
+        ));
         lines.push(line(EHR, LAB, "GET", "/patients/search", DEFAULT_DENY));
         lines.push(line(EHR, LAB, "POST", "/patients/search", DEFAULT_DENY));
     }
@@ -226,8 +297,18 @@ fn families_covered_by_a_wider_one_are_folded_and_methods_kept_apart() {
     assert_eq!(
         rules,
         [
-            ("ehr-to-lab-get-patients", vec!["GET"], vec!["/patients/*"], 10),
-            ("ehr-to-lab-post-patients-search", vec!["POST"], vec!["/patients/search"], 5),
+            (
+                "ehr-to-lab-get-patients",
+                vec!["GET"],
+                vec!["/patients/*"],
+                10
+            ),
+            (
+                "ehr-to-lab-post-patients-search",
+                vec!["POST"],
+                vec!["/patients/search"],
+                5
+            ),
         ]
     );
 }
@@ -267,7 +348,11 @@ fn names_and_segments_come_from_the_identities() {
         segs,
         [
             ("admin", vec!["spiffe://hospital.example/ns/admin/**"], 1),
-            ("clinical", vec!["spiffe://hospital.example/ns/clinical/**"], 1),
+            (
+                "clinical",
+                vec!["spiffe://hospital.example/ns/clinical/**"],
+                1
+            ),
             ("partner", vec!["spiffe://partner.example/**"], 1),
         ]
     );
@@ -279,9 +364,21 @@ fn the_log_is_classified_and_bad_lines_are_named() {
     let lines = vec![
         line(EHR, LAB, "GET", "/results/1", ALLOW),
         "not json".to_string(),
-        line(EHR, LAB, "GET", "/admin", ("deny", "rule", Some("no-workload-reaches-admin-consoles"))),
+        line(
+            EHR,
+            LAB,
+            "GET",
+            "/admin",
+            ("deny", "rule", Some("no-workload-reaches-admin-consoles")),
+        ),
         line(EHR, "", "GET", "/x", DEFAULT_DENY).replace(",\"destination\":\"\"", ""),
-        line(EHR, LAB, "GET", "/p/1", ("allow", "break_glass", Some("clinical-emergency-override"))),
+        line(
+            EHR,
+            LAB,
+            "GET",
+            "/p/1",
+            ("allow", "break_glass", Some("clinical-emergency-override")),
+        ),
         line(EHR, LAB, "GET", "/results/2", ("maybe", "rule", None)),
         line(EHR, LAB, "POST", "/orders", DEFAULT_DENY),
     ];
@@ -294,9 +391,16 @@ fn the_log_is_classified_and_bad_lines_are_named() {
         "{}",
         obs.unreadable[0]
     );
-    assert!(obs.unreadable[1].contains(":6: `decision` `maybe`"), "{}", obs.unreadable[1]);
+    assert!(
+        obs.unreadable[1].contains(":6: `decision` `maybe`"),
+        "{}",
+        obs.unreadable[1]
+    );
     assert_eq!(obs.learnable(), 2);
-    assert_eq!(obs.skipped.get(&Skip::NoDestination).map(|t| t.count), Some(1));
+    assert_eq!(
+        obs.skipped.get(&Skip::NoDestination).map(|t| t.count),
+        Some(1)
+    );
     assert_eq!(obs.break_glass.values().map(|t| t.count).sum::<usize>(), 1);
     let denial = obs.denials.keys().next().expect("a denial");
     assert_eq!(denial.2, "rule");
@@ -313,14 +417,32 @@ fn what_the_base_refuses_is_never_learned() {
     // Logged as allowed by a permissive bundle, but the base's deny rule refuses it.
     let vendor = "spiffe://partner-lab.example/ns/vendor/sa/reflab";
     let lines: Vec<String> = (0..6)
-        .map(|i| line(vendor, LAB, "GET", &format!("/results/{i}"), ("allow", "rule", Some("allow-all"))))
+        .map(|i| {
+            line(
+                vendor,
+                LAB,
+                "GET",
+                &format!("/results/{i}"),
+                ("allow", "rule", Some("allow-all")),
+            )
+        })
         .collect();
     let (obs, p) = learn(&lines, Some(&base), 5);
     assert!(p.rules.is_empty());
     let (key, d) = obs.denials.iter().next().expect("denial");
-    assert_eq!((key.2.as_str(), key.3.as_deref(), key.4), ("rule", Some("vendor-never-reaches-clinical"), RefusedBy::Base));
+    assert_eq!(
+        (key.2.as_str(), key.3.as_deref(), key.4),
+        (
+            "rule",
+            Some("vendor-never-reaches-clinical"),
+            RefusedBy::Base
+        )
+    );
     assert_eq!(d.count, 6);
-    assert_eq!(observe::base_decision(&base, &d.example, key.0.as_deref(), key.1.as_deref()).0, Verdict::Deny);
+    assert_eq!(
+        observe::base_decision(&base, &d.example, key.0.as_deref(), key.1.as_deref()).0,
+        Verdict::Deny
+    );
 }
 
 #[test]
@@ -339,7 +461,8 @@ fn the_bundle_keeps_the_base_and_its_conditions_and_compiles() {
     }
     let (obs, p) = learn(&lines, Some(&base), 5);
     let text = emit::bundle(&p, &obs, Some((&base, "hospital.yaml")));
-    let learned = Policy::from_yaml_str("learned.yaml", &text).unwrap_or_else(|e| panic!("{e:?}\n{text}"));
+    let learned =
+        Policy::from_yaml_str("learned.yaml", &text).unwrap_or_else(|e| panic!("{e:?}\n{text}"));
     assert_eq!(learned.revision(), 2);
     let deny: Vec<String> = base
         .view_rules()
@@ -352,7 +475,10 @@ fn the_bundle_keeps_the_base_and_its_conditions_and_compiles() {
         .map(|r| r.name.to_string())
         .collect();
     assert_eq!(deny, kept);
-    assert_eq!(learned.break_glass_names().collect::<Vec<_>>(), ["clinical-emergency-override"]);
+    assert_eq!(
+        learned.break_glass_names().collect::<Vec<_>>(),
+        ["clinical-emergency-override"]
+    );
     let rx = learned
         .view_rules()
         .find(|r| r.name == "ehr-to-pharmacy-post-prescriptions")

@@ -436,6 +436,22 @@ fn bad_input_is_named() {
         "{}",
         text(&out.stderr)
     );
+    // Only refusals: nothing to learn, and no base to give trust domains.
+    let refused: Vec<String> = generated(2_000, 3)
+        .into_iter()
+        .filter(|l| l.contains("\"decision\":\"deny\"") && !l.contains("default_deny"))
+        .collect();
+    assert!(!refused.is_empty());
+    let only = dir.path().join("refused.jsonl");
+    std::fs::write(&only, refused.join("\n")).expect("write");
+    let out = wardgate(&["learn", "--log", s(&only)]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(
+        text(&out.stderr).contains("nothing to learn"),
+        "{}",
+        text(&out.stderr)
+    );
+
     let out = wardgate(&["learn", "--log", s(&log), "--sensitive", "icu"]);
     assert_eq!(out.status.code(), Some(3));
     assert!(

@@ -157,7 +157,11 @@ pub(crate) fn bundle(p: &Proposal, obs: &Observations, base: Option<(&Policy, &s
         "trust_domains: {}",
         list(p.trust_domains.iter().cloned())
     );
-    let _ = writeln!(out, "\nsegments:");
+    let _ = writeln!(
+        out,
+        "\nsegments:{}",
+        if p.segments.is_empty() { " {}" } else { "" }
+    );
     for s in &p.segments {
         if !s.from_base {
             let _ = writeln!(

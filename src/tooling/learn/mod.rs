@@ -143,6 +143,13 @@ pub(crate) fn run(args: LearnArgs) -> ExitCode {
             return ExitCode::from(exit::CANNOT_RUN);
         }
     };
+    if proposal.trust_domains.is_empty() {
+        eprintln!(
+            "error: nothing to learn: no request in the logs was allowed (or denied only by \
+             default) between two SPIFFE IDs, and no --base gives trust domains"
+        );
+        return ExitCode::from(exit::CANNOT_RUN);
+    }
     let bundle_name = args
         .output
         .as_ref()

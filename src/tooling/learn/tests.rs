@@ -22,7 +22,11 @@ const LAB: &str = "spiffe://hospital.example/ns/clinical/sa/lab";
 const BILLING: &str = "spiffe://hospital.example/ns/admin/sa/billing";
 
 fn hospital() -> Policy {
-    Policy::from_yaml_str("hospital.yaml", crate::cli::EMBEDDED_BUNDLE).expect("hospital bundle")
+    Policy::from_yaml_str(
+        "hospital.yaml",
+        include_str!("../../../deploy/bundles/hospital.yaml"),
+    )
+    .expect("hospital bundle")
 }
 
 /// Patterns of `generalise` for `paths`, sorted.

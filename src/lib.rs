@@ -38,9 +38,10 @@
 //! * [`telemetry`]: Prometheus metrics and the decision-log writer (bounded queue, own thread).
 //! * [`admin`]: the admin HTTP listener: `/metrics`, `/healthz`, `/readyz`, `/v1/bundle`,
 //!   `/v1/rules`.
-//! * `tooling`: the platform-team verbs `test`, `analyze`, `diff` and `replay`: policy unit
-//!   tests, exact who-can-reach / segment-matrix / findings analysis of the compiled rules,
-//!   semantic bundle diffs, and decision-log replay against a candidate bundle.
+//! * `tooling`: the platform-team verbs `test`, `analyze`, `diff`, `replay` and `learn`: policy
+//!   unit tests, exact who-can-reach / segment-matrix / findings analysis of the compiled rules,
+//!   semantic bundle diffs, decision-log replay against a candidate bundle, and a bundle proposed
+//!   from decision logs.
 //! * [`app`]: `serve` wired: the checked [`app::ServePlan`] and [`app::serve`], which starts
 //!   every task in order and drains them on shutdown.
 //! * [`cli`]: the `wardgate` command line: parse, dispatch, print, one table of exit codes.

@@ -64,6 +64,8 @@ enum Command {
     Diff(crate::tooling::DiffArgs),
     /// Re-decide logged decisions with a candidate bundle; exit codes as for diff.
     Replay(crate::tooling::ReplayArgs),
+    /// Propose a least-privilege bundle (and its tests) from logged decisions.
+    Learn(crate::tooling::learn::LearnArgs),
 }
 
 /// Entry point of the binary.
@@ -89,6 +91,7 @@ pub fn main() -> ExitCode {
         Command::Analyze(args) => crate::tooling::run_analyze(args),
         Command::Diff(args) => crate::tooling::diff::run(args),
         Command::Replay(args) => crate::tooling::replay::run(args),
+        Command::Learn(args) => crate::tooling::learn::run(args),
     };
     exit.into()
 }

@@ -1,4 +1,4 @@
-//! Policy tooling for platform teams: `wardgate test`, `analyze`, `diff` and `replay`.
+//! Policy tooling for platform teams: `wardgate test`, `analyze`, `diff`, `replay` and `learn`.
 //!
 //! These verbs answer, from the compiled [`Policy`] the server would run, the questions a
 //! platform or security team asks of a bundle: do these requests get the decisions we expect
@@ -6,7 +6,9 @@
 //! change grant or revoke (`diff`), and which recorded decisions would this candidate change
 //! (`replay`). `test` and `replay` call `Policy::decide`/`decide_traced` on every request;
 //! `analyze` and `diff` compute exact answers from the compiled rules as sets of requests
-//! (`space`, `model`) and confirm every example they print with `decide`.
+//! (`space`, `model`) and confirm every example they print with `decide`. `learn` goes the other
+//! way: it writes a new bundle (never changing one) from logged decisions, whose proofs are these
+//! verbs.
 //!
 //! This module must never change a policy, never sample requests to make a claim, and never read
 //! the policy's indexes: it goes through `policy::view` only.
@@ -42,6 +44,7 @@ macro_rules! say_raw {
 pub(crate) mod analyze;
 pub(crate) mod diff;
 pub(crate) mod exit;
+pub(crate) mod learn;
 pub(crate) mod model;
 pub(crate) mod render;
 pub(crate) mod replay;

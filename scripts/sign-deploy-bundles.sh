@@ -9,7 +9,9 @@
 #   deploy/kubernetes/overlays/hospital-lab/hospital.yaml           copy of deploy/bundles/hospital.yaml
 #   deploy/kubernetes/overlays/hospital-lab/hospital.yaml.minisig   its signature
 #   deploy/kubernetes/base/bundle/bundle.yaml.minisig               the starter bundle's signature
-#   deploy/kubernetes/base/keys/bundle-signing.pub                  the public key of both
+#   deploy/istio/bundle.yaml.minisig                                the Istio bundle's signature
+#   deploy/kubernetes/base/keys/bundle-signing.pub                  the public key of all three
+#   deploy/istio/keys/bundle-signing.pub                            the same key, for deploy/istio
 #
 # The key pair is made afresh on every run and the secret key is deleted when the script ends:
 # the shipped public key is an example's, whose secret key nobody holds. In production, sign
@@ -31,5 +33,8 @@ minisign -S -s "$work/key.sec" -m "$overlay/hospital.yaml" -x "$overlay/hospital
     -t "wardgate example bundle (hospital), signed by scripts/sign-deploy-bundles.sh" >/dev/null
 minisign -S -s "$work/key.sec" -m "$base/bundle/bundle.yaml" -x "$base/bundle/bundle.yaml.minisig" \
     -t "wardgate starter bundle, signed by scripts/sign-deploy-bundles.sh" >/dev/null
+minisign -S -s "$work/key.sec" -m deploy/istio/bundle.yaml -x deploy/istio/bundle.yaml.minisig \
+    -t "wardgate example bundle (Istio identities), signed by scripts/sign-deploy-bundles.sh" >/dev/null
 cp "$work/key.pub" "$base/keys/bundle-signing.pub"
-echo "sign-deploy-bundles: signed $overlay/hospital.yaml and $base/bundle/bundle.yaml; public key in $base/keys/bundle-signing.pub" >&2
+cp "$work/key.pub" deploy/istio/keys/bundle-signing.pub
+echo "sign-deploy-bundles: signed $overlay/hospital.yaml, $base/bundle/bundle.yaml and deploy/istio/bundle.yaml; public key in $base/keys/bundle-signing.pub and deploy/istio/keys/" >&2

@@ -12,6 +12,8 @@ generated from:
                    PodMetricsEndpoint) and prometheus_types.go (RelabelConfig), commit 6adcebc5076c
   ClusterSPIFFEID  spire-controller-manager api/v1alpha1/clusterspiffeid_types.go
                    (ClusterSPIFFEIDSpec), commit 430567cc024f
+  AuthorizationPolicy, PeerAuthentication (security.istio.io/v1)
+                   istio manifests/charts/base/files/crd-all.gen.yaml, commit 86c9f01fd735
 An object of any other kind without a schema is an error, not a warning.
 
 Prints one line per object and version, then `validated N objects against OLDEST and NEWEST`;
@@ -68,10 +70,44 @@ CUSTOM = {
             "autoPopulateDNSNames": BOOL, "className": STR, "fallback": BOOL, "hint": STR,
         },
     },
+    ("security.istio.io/v1", "AuthorizationPolicy"): {
+        "apiVersion": STR, "kind": STR, "metadata": OBJECT_META,
+        "spec": {
+            "selector": {"matchLabels": {"*": STR}},
+            "targetRef": {"group": STR, "kind": STR, "name": STR, "namespace": STR},
+            "targetRefs": [{"group": STR, "kind": STR, "name": STR, "namespace": STR}],
+            "action": STR,
+            "provider": {"name": STR},
+            "rules": [{
+                "from": [{"source": {k: [STR] for k in (
+                    "principals", "notPrincipals", "requestPrincipals", "notRequestPrincipals",
+                    "namespaces", "notNamespaces", "ipBlocks", "notIpBlocks",
+                    "remoteIpBlocks", "notRemoteIpBlocks", "serviceAccounts", "notServiceAccounts")}}],
+                "to": [{"operation": {k: [STR] for k in (
+                    "hosts", "notHosts", "ports", "notPorts", "methods", "notMethods",
+                    "paths", "notPaths")}}],
+                "when": [{"key": STR, "values": [STR], "notValues": [STR]}],
+            }],
+        },
+    },
+    ("security.istio.io/v1", "PeerAuthentication"): {
+        "apiVersion": STR, "kind": STR, "metadata": OBJECT_META,
+        "spec": {
+            "selector": {"matchLabels": {"*": STR}},
+            "mtls": {"mode": STR},
+            "portLevelMtls": {"*": {"mode": STR}},
+        },
+    },
+}
+ENUMS = {
+    "AuthorizationPolicy": [(("spec", "action"), {"ALLOW", "DENY", "AUDIT", "CUSTOM"})],
+    "PeerAuthentication": [(("spec", "mtls", "mode"), {"UNSET", "DISABLE", "PERMISSIVE", "STRICT"})],
 }
 REQUIRED = {
     "PodMonitor": [("spec", "selector"), ("spec", "podMetricsEndpoints")],
     "ClusterSPIFFEID": [("spec", "spiffeIDTemplate")],
+    "AuthorizationPolicy": [],
+    "PeerAuthentication": [],
 }
 
 
@@ -118,6 +154,16 @@ def check_custom(obj):
             node = node.get(part) if isinstance(node, dict) else None
         if node in (None, [], {}):
             problems.append(f"{obj['kind']}.{'.'.join(required)}: required")
+    for path, allowed in ENUMS.get(obj["kind"], []):
+        node = obj
+        for part in path:
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is not None and node not in allowed:
+            problems.append(f"{obj['kind']}.{'.'.join(path)}: `{node}` is not one of {sorted(allowed)}")
+    if obj["kind"] == "AuthorizationPolicy":
+        spec = obj.get("spec", {})
+        if (spec.get("action") == "CUSTOM") != ("provider" in spec):
+            problems.append("AuthorizationPolicy: `provider` goes with action CUSTOM, and only with it")
     for endpoint in obj.get("spec", {}).get("podMetricsEndpoints", []) or []:
         for relabel in (endpoint.get("relabelings") or []) + (endpoint.get("metricRelabelings") or []):
             if "action" in relabel and relabel["action"] not in RELABEL_ACTIONS:

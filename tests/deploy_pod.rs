@@ -214,7 +214,6 @@ fn can_connect_as(uid: u32, gid: u32, path: &Path) -> Result<bool, BoxError> {
         .arg(path)
         .uid(uid)
         .gid(gid)
-        .groups(&[])
         .stderr(std::process::Stdio::null())
         .status()?;
     Ok(status.success())
@@ -270,6 +269,11 @@ async fn the_rendered_pod_serves_decisions_with_svids_from_the_agent_socket() {
         .map(endpoint.strip_prefix("unix://").unwrap())
         .expect("the agent socket is in a volume wardgate mounts");
     let lab = pki.svid("lab").unwrap().clone();
+    // The SVID the agent rotates to, later.
+    let rotated = pki
+        .issue("hospital.example", "lab-rotated", &lab.spiffe_id, Lifetime::DAY)
+        .unwrap()
+        .clone();
     let state = WorkloadState::new(
         &lab,
         &pki.cas["hospital.example"],
@@ -309,8 +313,7 @@ async fn the_rendered_pod_serves_decisions_with_svids_from_the_agent_socket() {
     if as_root {
         command
             .uid(security_id(&wardgate_spec, "runAsUser").unwrap())
-            .gid(security_id(&wardgate_spec, "runAsGroup").unwrap())
-            .groups(&[]);
+            .gid(security_id(&wardgate_spec, "runAsGroup").unwrap());
     }
     let mut wardgate = ChildGuard::spawn("wardgate", command, pod.dir.path()).unwrap();
     let admin = pod
@@ -472,10 +475,6 @@ async fn the_rendered_pod_serves_decisions_with_svids_from_the_agent_socket() {
     assert_eq!(app.hits(), 3, "only the three allowed calls reached the app");
 
     // --- rotation: a new SVID is pushed by SDS and served without a restart -------------------
-    let rotated = pki
-        .issue("hospital.example", "lab-rotated", &lab.spiffe_id, Lifetime::DAY)
-        .unwrap()
-        .clone();
     agent.set(state.with_svid(&rotated, &pki.cas["hospital.example"]));
     let serial = support::mtls::serial_of(&rotated.cert_der);
     let serial = serial.trim_start_matches('0').to_owned();

@@ -29,6 +29,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 };
 use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_server::SecretDiscoveryService;
 pub use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_server::SecretDiscoveryServiceServer;
+use envoy_types::pb::google::protobuf::Any;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::workload_api::WorkloadState;
@@ -87,7 +88,7 @@ impl Sds {
 }
 
 /// The secrets `names` asks for (all of them when `names` is empty), or the error SPIRE gives.
-fn build(state: &WorkloadState, names: &[String]) -> Result<Vec<prost_types::Any>, Status> {
+fn build(state: &WorkloadState, names: &[String]) -> Result<Vec<Any>, Status> {
     let mut wanted: Vec<&str> = names
         .iter()
         .map(String::as_str)
@@ -104,7 +105,11 @@ fn build(state: &WorkloadState, names: &[String]) -> Result<Vec<prost_types::Any
         .first()
         .ok_or_else(|| Status::permission_denied("no identity issued"))?;
     let own_domain = trust_domain_id(&first.spiffe_id);
-    let mut bundles: BTreeMap<String, Vec<u8>> = state.federated_bundles.clone();
+    let mut bundles: BTreeMap<String, Vec<u8>> = state
+        .federated_bundles
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     bundles.insert(own_domain.clone(), first.bundle.clone());
 
     let mut resources = Vec::new();
@@ -159,8 +164,11 @@ fn inline(bytes: Vec<u8>) -> Option<DataSource> {
     })
 }
 
-fn any<M: prost::Name>(message: &M) -> Result<prost_types::Any, Status> {
-    prost_types::Any::from_msg(message).map_err(|e| Status::internal(e.to_string()))
+fn any<M: prost::Name>(message: &M) -> Result<Any, Status> {
+    Ok(Any {
+        type_url: M::type_url(),
+        value: message.encode_to_vec(),
+    })
 }
 
 /// A validation context named `name`: Envoy's SPIFFE certificate validator with the bundles of
@@ -169,7 +177,7 @@ fn validation_secret(
     name: &str,
     bundles: &BTreeMap<String, Vec<u8>>,
     domains: &[&str],
-) -> Result<prost_types::Any, Status> {
+) -> Result<Any, Status> {
     let mut trust_domains = Vec::new();
     for domain in domains {
         let der = bundles
@@ -202,7 +210,7 @@ fn validation_secret(
 fn tls_secret(
     name: &str,
     svid: &super::workload_api::pb::X509svid,
-) -> Result<prost_types::Any, Status> {
+) -> Result<Any, Status> {
     any(&Secret {
         name: name.to_owned(),
         r#type: Some(secret::Type::TlsCertificate(TlsCertificate {
@@ -363,7 +371,7 @@ impl SecretDiscoveryService for Sds {
                         version += 1;
                         last_names.is_some()
                     }
-                    _ = stopping.wait_for(|s| *s) => {
+                    () = async { let _ = stopping.wait_for(|s| *s).await; } => {
                         let _ = tx.send(Err(Status::unavailable("agent shutting down"))).await;
                         return;
                     }

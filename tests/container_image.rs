@@ -18,7 +18,10 @@ fn skip_or_fail(test: &str, why: &str) {
         panic!("{test}: {why} (CI=true: this fails the build)");
     }
     let bar = "!".repeat(100);
-    let _ = writeln!(std::io::stderr(), "\n{bar}\n!! SKIPPED {test}: {why}\n{bar}\n");
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n{bar}\n!! SKIPPED {test}: {why}\n{bar}\n"
+    );
 }
 
 fn run(program: &str, args: &[&str]) -> (bool, String, String) {
@@ -69,7 +72,10 @@ fn files_under(root: &Path) -> Vec<String> {
 
 #[test]
 fn the_image_holds_the_static_binary_and_ca_roots_and_runs_as_declared() {
-    let Some(image) = std::env::var("WARDGATE_IMAGE").ok().filter(|v| !v.is_empty()) else {
+    let Some(image) = std::env::var("WARDGATE_IMAGE")
+        .ok()
+        .filter(|v| !v.is_empty())
+    else {
         skip_or_fail(
             "container_image",
             "WARDGATE_IMAGE is not set: scripts/test.sh builds the image (scripts/build-image.sh)",
@@ -87,7 +93,11 @@ fn the_image_holds_the_static_binary_and_ca_roots_and_runs_as_declared() {
     let (ok, out, err) = run("skopeo", &["inspect", &reference]);
     assert!(ok, "skopeo inspect {reference}: {err}");
     let manifest: Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(manifest["Layers"].as_array().map(Vec::len), Some(1), "{manifest}");
+    assert_eq!(
+        manifest["Layers"].as_array().map(Vec::len),
+        Some(1),
+        "{manifest}"
+    );
     assert_eq!(manifest["Os"], "linux");
     let (ok, out, err) = run("skopeo", &["inspect", "--config", &reference]);
     assert!(ok, "{err}");
@@ -98,7 +108,10 @@ fn the_image_holds_the_static_binary_and_ca_roots_and_runs_as_declared() {
     assert_eq!(config["Entrypoint"], entrypoint);
     let cmd: Value = serde_json::from_str(&containerfile("CMD")).unwrap();
     assert_eq!(config["Cmd"], cmd);
-    assert_eq!(config["Labels"]["org.opencontainers.image.title"], "wardgate");
+    assert_eq!(
+        config["Labels"]["org.opencontainers.image.title"],
+        "wardgate"
+    );
     let version = config["Labels"]["org.opencontainers.image.version"]
         .as_str()
         .unwrap()
@@ -119,10 +132,16 @@ fn the_image_holds_the_static_binary_and_ca_roots_and_runs_as_declared() {
     let rootfs = bundle.join("rootfs");
     assert_eq!(
         files_under(&rootfs),
-        ["etc/ssl/certs/ca-certificates.crt", "usr/local/bin/wardgate"]
+        [
+            "etc/ssl/certs/ca-certificates.crt",
+            "usr/local/bin/wardgate"
+        ]
     );
     let roots = std::fs::read_to_string(rootfs.join("etc/ssl/certs/ca-certificates.crt")).unwrap();
-    assert!(roots.matches("BEGIN CERTIFICATE").count() > 50, "a CA bundle");
+    assert!(
+        roots.matches("BEGIN CERTIFICATE").count() > 50,
+        "a CA bundle"
+    );
 
     // The entrypoint, run from the unpacked root filesystem: chroot as the image's user, so
     // nothing from the host (no libc, no loader) is reachable.
@@ -170,5 +189,8 @@ fn the_image_holds_the_static_binary_and_ca_roots_and_runs_as_declared() {
     println!("in the image: {}", out.trim());
     let (ok, out, err) = chroot(&["validate", "/bundle/broken.yaml"]);
     assert!(!ok, "a broken bundle validated: {out}{err}");
-    assert!(format!("{out}{err}").contains("/bundle/broken.yaml:"), "{out}{err}");
+    assert!(
+        format!("{out}{err}").contains("/bundle/broken.yaml:"),
+        "{out}{err}"
+    );
 }

@@ -18,8 +18,8 @@ use std::time::Duration;
 use support::client::{MtlsClient, Protocol, RawRequest};
 use support::pki::Pki;
 use support::process::{require_envoy, Envoy, EnvoySettings, Wardgate};
-use support::upstream::EchoUpstream;
 use support::shipped_bundle;
+use support::upstream::EchoUpstream;
 
 /// One service: echo app, wardgate, Envoy.
 struct Service {
@@ -31,12 +31,7 @@ struct Service {
     dns_name: String,
 }
 
-async fn start_service(
-    envoy_binary: &Path,
-    pki: &Pki,
-    name: &'static str,
-    dir: &Path,
-) -> Service {
+async fn start_service(envoy_binary: &Path, pki: &Pki, name: &'static str, dir: &Path) -> Service {
     let dir = dir.join(name);
     std::fs::create_dir_all(&dir).unwrap();
     let svid = pki.svid(name).unwrap();
@@ -97,7 +92,10 @@ async fn demo() {
     let Some(envoy_binary) = require_envoy("demo") else {
         return;
     };
-    let dir = tempfile::Builder::new().prefix("wardgate-demo-").tempdir().unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("wardgate-demo-")
+        .tempdir()
+        .unwrap();
     let pki = Pki::generate(&dir.path().join("pki")).unwrap();
     let services = [
         start_service(&envoy_binary, &pki, "lab", dir.path()).await,
@@ -161,7 +159,11 @@ async fn demo() {
             caller: "reflab",
             service: engine,
             request: RawRequest::new("POST", "/inbound/results"),
-            expect: ("allow", "rule", Some("reflab-delivers-results-to-interface-engine")),
+            expect: (
+                "allow",
+                "rule",
+                Some("reflab-delivers-results-to-interface-engine"),
+            ),
         },
         Call {
             title: "vendor: the reference lab reads the clinical lab",
@@ -224,7 +226,10 @@ async fn demo() {
             reply.status,
             got.0,
             got.1,
-            got.2.as_deref().map(|r| format!("  rule: {r}")).unwrap_or_default()
+            got.2
+                .as_deref()
+                .map(|r| format!("  rule: {r}"))
+                .unwrap_or_default()
         );
         let expected = (
             call.expect.0.to_owned(),
@@ -233,7 +238,10 @@ async fn demo() {
         );
         let status_ok = (reply.status == 200) == (call.expect.0 == "allow");
         if got != expected || !status_ok {
-            mismatches.push(format!("{}: expected {expected:?}, got {got:?} (HTTP {})", call.title, reply.status));
+            mismatches.push(format!(
+                "{}: expected {expected:?}, got {got:?} (HTTP {})",
+                call.title, reply.status
+            ));
         }
     }
 

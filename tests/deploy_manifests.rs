@@ -47,7 +47,8 @@ fn validate(files: &[&Path]) -> (bool, String) {
         String::from_utf8_lossy(&output.stderr)
     );
     if text.contains("No module named") {
-        let help = "python3 cannot import kubernetes_validate or yaml: run scripts/install-test-deps.sh";
+        let help =
+            "python3 cannot import kubernetes_validate or yaml: run scripts/install-test-deps.sh";
         panic!("{help}\n{text}");
     }
     (output.status.success(), text)
@@ -94,9 +95,21 @@ fn every_rendered_object_passes_strict_schema_validation_for_the_oldest_and_newe
     // PodMonitor and a namespace on the cluster-scoped ClusterSPIFFEID are each refused.
     let rendered = render(&kubectl, "overlays/hospital-lab");
     for (kind, pointer, value) in [
-        ("Deployment", "/spec/template/spec/containers/1/runAsUser", Value::from(0)),
-        ("PodMonitor", "/spec/podMetricsEndpoints/0/portname", Value::from("admin")),
-        ("ClusterSPIFFEID", "/metadata/namespace", Value::from("clinical")),
+        (
+            "Deployment",
+            "/spec/template/spec/containers/1/runAsUser",
+            Value::from(0),
+        ),
+        (
+            "PodMonitor",
+            "/spec/podMetricsEndpoints/0/portname",
+            Value::from("admin"),
+        ),
+        (
+            "ClusterSPIFFEID",
+            "/metadata/namespace",
+            Value::from("clinical"),
+        ),
     ] {
         let mut object = rendered.one(kind).unwrap().clone();
         let (parent, key) = pointer.rsplit_once('/').unwrap();
@@ -179,7 +192,10 @@ fn the_configmaps_hold_the_very_files_the_tests_run() {
     // kustomize reads no file outside the overlay's directory, so the overlay holds a copy of
     // the shipped bundle: it must not differ by one byte.
     let shipped = std::fs::read(repo("deploy/bundles/hospital.yaml")).unwrap();
-    let copy = std::fs::read(repo("deploy/kubernetes/overlays/hospital-lab/hospital.yaml")).unwrap();
+    let copy = std::fs::read(repo(
+        "deploy/kubernetes/overlays/hospital-lab/hospital.yaml",
+    ))
+    .unwrap();
     assert!(
         shipped == copy,
         "deploy/kubernetes/overlays/hospital-lab/hospital.yaml differs from deploy/bundles/hospital.yaml: \
@@ -201,7 +217,9 @@ fn the_configmaps_hold_the_very_files_the_tests_run() {
         let mount = mount_path(deployment, "wardgate", "bundle");
         let key = bundle_arg
             .strip_prefix(&format!("{mount}/"))
-            .unwrap_or_else(|| panic!("{rel}: --bundle {bundle_arg} is not in the bundle volume {mount}"));
+            .unwrap_or_else(|| {
+                panic!("{rel}: --bundle {bundle_arg} is not in the bundle volume {mount}")
+            });
         assert_eq!(
             str_at(bundle_cm, &format!("/data/{}", escape(key))),
             read(bundle_file),
@@ -209,7 +227,10 @@ fn the_configmaps_hold_the_very_files_the_tests_run() {
         );
 
         // The signature beside it verifies with the key wardgate is given.
-        let signature = str_at(bundle_cm, &format!("/data/{}", escape(&format!("{key}.minisig"))));
+        let signature = str_at(
+            bundle_cm,
+            &format!("/data/{}", escape(&format!("{key}.minisig"))),
+        );
         let key_arg = flag_value(&wardgate, "--trusted-key").unwrap();
         let keys_cm = rendered.config_map_of_volume("trusted-keys").unwrap();
         let keys_mount = mount_path(deployment, "wardgate", "trusted-keys");
@@ -275,7 +296,9 @@ fn only_envoy_and_wardgate_can_reach_the_socket_and_nothing_reaches_the_app_arou
 
     // The socket's directory is an emptyDir mounted by Envoy and wardgate only.
     let listen = flag_value(&wardgate_args, "--listen").unwrap();
-    let socket = listen.strip_prefix("unix:").expect("wardgate listens on a Unix socket");
+    let socket = listen
+        .strip_prefix("unix:")
+        .expect("wardgate listens on a Unix socket");
     let socket_dir = Path::new(socket).parent().unwrap().to_str().unwrap();
     let socket_volume = mounts(wardgate)
         .into_iter()
@@ -314,12 +337,20 @@ fn only_envoy_and_wardgate_can_reach_the_socket_and_nothing_reaches_the_app_arou
         let sc = &c["securityContext"];
         assert_eq!(sc["readOnlyRootFilesystem"], true, "{}", c["name"]);
         assert_eq!(sc["allowPrivilegeEscalation"], false, "{}", c["name"]);
-        assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]), "{}", c["name"]);
+        assert_eq!(
+            sc["capabilities"]["drop"],
+            serde_json::json!(["ALL"]),
+            "{}",
+            c["name"]
+        );
         assert_ne!(sc["runAsUser"], 0, "{}", c["name"]);
     }
 
     // The app declares no port and Envoy reaches it on loopback.
-    assert!(app.get("ports").is_none(), "the app must not declare a port");
+    assert!(
+        app.get("ports").is_none(),
+        "the app must not declare a port"
+    );
     let envoy_config = envoy_config(&rendered);
     let local_app = cluster(&envoy_config, "local_app");
     assert_eq!(
@@ -333,7 +364,10 @@ fn only_envoy_and_wardgate_can_reach_the_socket_and_nothing_reaches_the_app_arou
     // NetworkPolicy: Envoy's port from anywhere, the admin port from `monitoring` only, nothing
     // else; both named ports are the containers' and the processes listen on them.
     let policy = rendered.one("NetworkPolicy").unwrap();
-    assert_eq!(policy["spec"]["policyTypes"], serde_json::json!(["Ingress"]));
+    assert_eq!(
+        policy["spec"]["policyTypes"],
+        serde_json::json!(["Ingress"])
+    );
     assert_eq!(
         policy["spec"]["podSelector"]["matchLabels"]
             .as_object()
@@ -365,7 +399,10 @@ fn only_envoy_and_wardgate_can_reach_the_socket_and_nothing_reaches_the_app_arou
     let admin_arg = flag_value(&wardgate_args, "--admin").unwrap();
     assert_eq!(admin_arg, format!("0.0.0.0:{admin_port}"));
     // Envoy's admin API is on loopback, not a declared port.
-    assert_eq!(str_at(&envoy_config, "/admin/address/socket_address/address"), "127.0.0.1");
+    assert_eq!(
+        str_at(&envoy_config, "/admin/address/socket_address/address"),
+        "127.0.0.1"
+    );
 }
 
 fn envoy_config(rendered: &Rendered) -> Value {
@@ -391,7 +428,10 @@ fn prometheus_scrapes_wardgate_under_the_job_the_alerts_select() {
     let deployment = rendered.one("Deployment").unwrap();
     let monitor = rendered.one("PodMonitor").unwrap();
     let labels = &deployment["spec"]["template"]["metadata"]["labels"];
-    for (k, v) in monitor["spec"]["selector"]["matchLabels"].as_object().unwrap() {
+    for (k, v) in monitor["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .unwrap()
+    {
         assert_eq!(labels[k], *v, "the PodMonitor selects the pod by {k}");
     }
     let endpoints = monitor["spec"]["podMetricsEndpoints"].as_array().unwrap();
@@ -452,7 +492,10 @@ fn spire_registers_the_pod_under_the_identity_the_bundle_names() {
         );
     assert_eq!(id, "spiffe://hospital.example/ns/clinical/sa/lab");
     let bundle = read("deploy/bundles/hospital.yaml");
-    assert!(bundle.contains(&format!("\"{id}\"")), "the bundle names {id}");
+    assert!(
+        bundle.contains(&format!("\"{id}\"")),
+        "the bundle names {id}"
+    );
     // Envoy must trust the partner domains whose callers the bundle judges.
     let federates: BTreeSet<&str> = registration["spec"]["federatesWith"]
         .as_array()

@@ -29,8 +29,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use support::client::{plain_get, Protocol, RawRequest};
 use support::kube::{
-    command_line, container, flag_value, manifests_dir, mounts, pod_spec, require_kubectl,
-    str_at, Rendered,
+    command_line, container, flag_value, manifests_dir, mounts, pod_spec, require_kubectl, str_at,
+    Rendered,
 };
 use support::pki::{Lifetime, Pki};
 use support::process::{free_port, require_envoy, ChildGuard};
@@ -127,7 +127,10 @@ impl Pod {
     /// `host:port` in the pod -> 127.0.0.1 and the mapped port.
     fn address(&mut self, addr: &str) -> Result<SocketAddr, BoxError> {
         let (_, port) = addr.rsplit_once(':').ok_or("not host:port")?;
-        Ok(SocketAddr::from(([127, 0, 0, 1], self.port(port.parse()?)?)))
+        Ok(SocketAddr::from((
+            [127, 0, 0, 1],
+            self.port(port.parse()?)?,
+        )))
     }
 
     /// One argument with every path inside a mount and every `host:port` mapped.
@@ -184,7 +187,9 @@ fn map_envoy_config(pod: &mut Pod, value: &mut Value) -> Result<(), BoxError> {
                 pipe.insert("path".into(), Value::from(local.display().to_string()));
             }
             if let Some(Value::Object(sa)) = map.get_mut("socket_address") {
-                let port = sa["port_value"].as_u64().ok_or("socket_address without port")?;
+                let port = sa["port_value"]
+                    .as_u64()
+                    .ok_or("socket_address without port")?;
                 let local = pod.port(port)?;
                 sa.insert("address".into(), Value::from("127.0.0.1"));
                 sa.insert("port_value".into(), Value::from(local));
@@ -227,7 +232,11 @@ fn security_id(container: &Value, field: &str) -> Result<u32, BoxError> {
     )?)
 }
 
-async fn wait_for<F, Fut>(what: &str, logs: impl Fn() -> String, mut probe: F) -> Result<(), BoxError>
+async fn wait_for<F, Fut>(
+    what: &str,
+    logs: impl Fn() -> String,
+    mut probe: F,
+) -> Result<(), BoxError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -271,7 +280,12 @@ async fn the_rendered_pod_serves_decisions_with_svids_from_the_agent_socket() {
     let lab = pki.svid("lab").unwrap().clone();
     // The SVID the agent rotates to, later.
     let rotated = pki
-        .issue("hospital.example", "lab-rotated", &lab.spiffe_id, Lifetime::DAY)
+        .issue(
+            "hospital.example",
+            "lab-rotated",
+            &lab.spiffe_id,
+            Lifetime::DAY,
+        )
         .unwrap()
         .clone();
     let state = WorkloadState::new(
@@ -298,7 +312,10 @@ async fn the_rendered_pod_serves_decisions_with_svids_from_the_agent_socket() {
         .and_then(|e| e["value"].as_str())
         .unwrap()
         .to_owned();
-    assert!(listen.starts_with("127.0.0.1:"), "the app listens on loopback only");
+    assert!(
+        listen.starts_with("127.0.0.1:"),
+        "the app listens on loopback only"
+    );
     let app_addr = pod.address(&listen).unwrap();
     let app = EchoUpstream::start_at(app_addr).await.unwrap();
 
@@ -391,7 +408,11 @@ async fn the_rendered_pod_serves_decisions_with_svids_from_the_agent_socket() {
         serde_saphyr::from_str(&std::fs::read_to_string(&config_local).unwrap()).unwrap();
     map_envoy_config(&mut pod, &mut config).unwrap();
     let mapped_config = pod.dir.path().join("envoy-mapped.yaml");
-    std::fs::write(&mapped_config, serde_json::to_string_pretty(&config).unwrap()).unwrap();
+    std::fs::write(
+        &mapped_config,
+        serde_json::to_string_pretty(&config).unwrap(),
+    )
+    .unwrap();
     let mut envoy_args = Vec::new();
     for arg in envoy_declared.iter().skip(1) {
         if *arg == config_arg {
@@ -443,10 +464,30 @@ async fn the_rendered_pod_serves_decisions_with_svids_from_the_agent_socket() {
         .unwrap()
     };
     let cases: &[(&str, RawRequest, u16, &str)] = &[
-        ("ehr", RawRequest::new("GET", "/results/7"), 200, "ehr-reads-lab-results"),
-        ("ehr", RawRequest::new("POST", "/orders"), 200, "ehr-orders-lab-tests"),
-        ("ehr", RawRequest::new("GET", "/results/../admin"), 403, "rule"),
-        ("billing", RawRequest::new("GET", "/results/7"), 403, "default_deny"),
+        (
+            "ehr",
+            RawRequest::new("GET", "/results/7"),
+            200,
+            "ehr-reads-lab-results",
+        ),
+        (
+            "ehr",
+            RawRequest::new("POST", "/orders"),
+            200,
+            "ehr-orders-lab-tests",
+        ),
+        (
+            "ehr",
+            RawRequest::new("GET", "/results/../admin"),
+            403,
+            "rule",
+        ),
+        (
+            "billing",
+            RawRequest::new("GET", "/results/7"),
+            403,
+            "default_deny",
+        ),
         // partner-lab's SVID verifies only with its federated bundle ("ALL" by SDS).
         ("reflab", RawRequest::new("GET", "/results/7"), 403, "rule"),
         (
@@ -461,18 +502,34 @@ async fn the_rendered_pod_serves_decisions_with_svids_from_the_agent_socket() {
             .send(request)
             .await
             .unwrap_or_else(|e| panic!("{who} {request:?}: {e}\n{}", logs()));
-        assert_eq!(reply.status, *status, "{who} {request:?}: {}\n{}", reply.text(), logs());
+        assert_eq!(
+            reply.status,
+            *status,
+            "{who} {request:?}: {}\n{}",
+            reply.text(),
+            logs()
+        );
         if *status == 200 {
             let echo = reply.json().unwrap();
             assert_eq!(echo["headers"]["x-wardgate-rule"][0], *what, "{echo}");
         } else {
-            assert_eq!(reply.header("x-wardgate-reason"), Some(*what), "{who} {request:?}");
+            assert_eq!(
+                reply.header("x-wardgate-reason"),
+                Some(*what),
+                "{who} {request:?}"
+            );
         }
     }
     // A certificate from a CA of no trust domain never gets past Envoy's SPIFFE validator.
-    let rogue = client("rogue-ehr").send(&RawRequest::new("GET", "/results/7")).await;
+    let rogue = client("rogue-ehr")
+        .send(&RawRequest::new("GET", "/results/7"))
+        .await;
     assert!(rogue.is_err(), "rogue certificate accepted: {rogue:?}");
-    assert_eq!(app.hits(), 3, "only the three allowed calls reached the app");
+    assert_eq!(
+        app.hits(),
+        3,
+        "only the three allowed calls reached the app"
+    );
 
     // --- rotation: a new SVID is pushed by SDS and served without a restart -------------------
     agent.set(state.with_svid(&rotated, &pki.cas["hospital.example"]));

@@ -138,10 +138,12 @@ impl Mesh {
     }
 
     async fn send(&self, who: &str, request: &RawRequest) -> support::client::Reply {
-        self.client(who)
-            .send(request)
-            .await
-            .unwrap_or_else(|e| panic!("{who} {request:?}: {e}\n{}", self.envoy.child.log_tail(3000)))
+        self.client(who).send(request).await.unwrap_or_else(|e| {
+            panic!(
+                "{who} {request:?}: {e}\n{}",
+                self.envoy.child.log_tail(3000)
+            )
+        })
     }
 }
 
@@ -151,10 +153,16 @@ async fn wardgate_decides_for_an_istio_sidecar_through_the_custom_provider() {
         return;
     };
     let shape = IstioShape::from_shipped_files();
-    assert_eq!(shape.cluster, "outbound|9191||wardgate.wardgate.svc.cluster.local");
+    assert_eq!(
+        shape.cluster,
+        "outbound|9191||wardgate.wardgate.svc.cluster.local"
+    );
     assert!(!shape.fail_open, "the shipped provider fails closed");
 
-    let dir = tempfile::Builder::new().prefix("wardgate-istio-").tempdir().unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("wardgate-istio-")
+        .tempdir()
+        .unwrap();
     let pki_dir = dir.path().join("pki");
     std::fs::create_dir_all(&pki_dir).unwrap();
     // Istio's CA for trust domain cluster.local; workload certificates as istiod issues them
@@ -163,20 +171,46 @@ async fn wardgate_decides_for_an_istio_sidecar_through_the_custom_provider() {
     let root = pki_dir.join("root-cert.pem");
     std::fs::write(&root, &ca.cert_pem).unwrap();
     let issue = |id: &str, stem: &str, lifetime| ca.issue(id, lifetime, &pki_dir, stem).unwrap();
-    let lab = issue("spiffe://cluster.local/ns/clinical/sa/lab", "lab", Lifetime::DAY);
+    let lab = issue(
+        "spiffe://cluster.local/ns/clinical/sa/lab",
+        "lab",
+        Lifetime::DAY,
+    );
     let svids = BTreeMap::from([
-        ("ehr", issue("spiffe://cluster.local/ns/clinical/sa/ehr", "ehr", Lifetime::SHORT)),
-        ("pharmacy", issue("spiffe://cluster.local/ns/clinical/sa/pharmacy", "pharmacy", Lifetime::DAY)),
-        ("billing", issue("spiffe://cluster.local/ns/admin/sa/billing", "billing", Lifetime::DAY)),
+        (
+            "ehr",
+            issue(
+                "spiffe://cluster.local/ns/clinical/sa/ehr",
+                "ehr",
+                Lifetime::SHORT,
+            ),
+        ),
+        (
+            "pharmacy",
+            issue(
+                "spiffe://cluster.local/ns/clinical/sa/pharmacy",
+                "pharmacy",
+                Lifetime::DAY,
+            ),
+        ),
+        (
+            "billing",
+            issue(
+                "spiffe://cluster.local/ns/admin/sa/billing",
+                "billing",
+                Lifetime::DAY,
+            ),
+        ),
     ]);
 
     let app = EchoUpstream::start().await.unwrap();
     let wardgate_port = free_port().unwrap();
     let bundle = repo("deploy/istio/bundle.yaml");
     let key = repo("deploy/istio/keys/bundle-signing.pub");
-    let (mut wardgate, _) = start_wardgate(&bundle, Some(&key), wardgate_port, dir.path(), "wardgate")
-        .await
-        .unwrap();
+    let (mut wardgate, _) =
+        start_wardgate(&bundle, Some(&key), wardgate_port, dir.path(), "wardgate")
+            .await
+            .unwrap();
 
     let listen = SocketAddr::from(([127, 0, 0, 1], free_port().unwrap()));
     let admin = SocketAddr::from(([127, 0, 0, 1], free_port().unwrap()));
@@ -199,10 +233,13 @@ async fn wardgate_decides_for_an_istio_sidecar_through_the_custom_provider() {
     let config_path = dir.path().join("envoy-istio.yaml");
     std::fs::write(&config_path, render_template(&template, &vars).unwrap()).unwrap();
     let mut command = Command::new(&envoy_binary);
-    command
-        .arg("-c")
-        .arg(&config_path)
-        .args(["--concurrency", "1", "--disable-hot-restart", "--log-level", "warn"]);
+    command.arg("-c").arg(&config_path).args([
+        "--concurrency",
+        "1",
+        "--disable-hot-restart",
+        "--log-level",
+        "warn",
+    ]);
     let envoy = Envoy {
         child: ChildGuard::spawn("envoy", command, dir.path()).unwrap(),
         listen,
@@ -235,14 +272,20 @@ async fn wardgate_decides_for_an_istio_sidecar_through_the_custom_provider() {
         "{echo}"
     );
     // Istio's sidecar tells the workload who called.
-    let xfcc = echo["headers"]["x-forwarded-client-cert"][0].as_str().unwrap_or_default();
-    assert!(xfcc.contains("URI=spiffe://cluster.local/ns/clinical/sa/ehr"), "{xfcc}");
+    let xfcc = echo["headers"]["x-forwarded-client-cert"][0]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        xfcc.contains("URI=spiffe://cluster.local/ns/clinical/sa/ehr"),
+        "{xfcc}"
+    );
 
     // Break-glass: allowed, and the workload learns which entry allowed it.
     let reply = mesh
         .send(
             "pharmacy",
-            &RawRequest::new("GET", "/results/7").header("x-break-glass-reason", "code blue, bed 4"),
+            &RawRequest::new("GET", "/results/7")
+                .header("x-break-glass-reason", "code blue, bed 4"),
         )
         .await;
     assert_eq!(reply.status, 200, "{}", reply.text());
@@ -255,15 +298,26 @@ async fn wardgate_decides_for_an_istio_sidecar_through_the_custom_provider() {
     // Denied: 403 with the reason in a header and the body, no rule name, nothing upstream.
     let before = app.hits();
     for (who, request, reason) in [
-        ("billing", RawRequest::new("GET", "/results/7"), "default_deny"),
+        (
+            "billing",
+            RawRequest::new("GET", "/results/7"),
+            "default_deny",
+        ),
         // Istio's BASE normalisation resolves the dot segments before ext_authz sees the path.
         ("ehr", RawRequest::new("GET", "/results/../admin"), "rule"),
-        ("ehr", RawRequest::new("DELETE", "/results/7"), "default_deny"),
+        (
+            "ehr",
+            RawRequest::new("DELETE", "/results/7"),
+            "default_deny",
+        ),
     ] {
         let reply = mesh.send(who, &request).await;
         assert_eq!(reply.status, 403, "{who} {request:?}: {}", reply.text());
         assert_eq!(reply.header("x-wardgate-reason"), Some(reason));
-        assert_eq!(reply.json().unwrap(), serde_json::json!({ "reason": reason }));
+        assert_eq!(
+            reply.json().unwrap(),
+            serde_json::json!({ "reason": reason })
+        );
         assert!(!reply.text().contains("no-workload-reaches-admin-consoles"));
     }
     assert_eq!(app.hits(), before, "no denied request reached the workload");
@@ -280,26 +334,49 @@ async fn wardgate_decides_for_an_istio_sidecar_through_the_custom_provider() {
     assert!(bounded.contains("max_svid_lifetime: 1h"));
     let bounded_path = dir.path().join("bounded.yaml");
     std::fs::write(&bounded_path, bounded).unwrap();
-    let (mut wardgate, _) =
-        start_wardgate(&bounded_path, None, wardgate_port, dir.path(), "wardgate-bounded")
-            .await
-            .unwrap();
-    let reply = mesh.send("ehr", &RawRequest::new("GET", "/results/7")).await;
+    let (mut wardgate, _) = start_wardgate(
+        &bounded_path,
+        None,
+        wardgate_port,
+        dir.path(),
+        "wardgate-bounded",
+    )
+    .await
+    .unwrap();
+    let reply = mesh
+        .send("ehr", &RawRequest::new("GET", "/results/7"))
+        .await;
     assert_eq!(reply.status, 403, "{}", reply.text());
     assert_eq!(reply.header("x-wardgate-reason"), Some("svid_lifetime"));
     // A segment without a bound is unaffected.
-    let reply = mesh.send("billing", &RawRequest::new("GET", "/encounters/1/billing-codes")).await;
-    assert_eq!(reply.status, 403, "billing -> lab is not ehr: default_deny, not svid_lifetime");
+    let reply = mesh
+        .send(
+            "billing",
+            &RawRequest::new("GET", "/encounters/1/billing-codes"),
+        )
+        .await;
+    assert_eq!(
+        reply.status, 403,
+        "billing -> lab is not ehr: default_deny, not svid_lifetime"
+    );
     assert_eq!(reply.header("x-wardgate-reason"), Some("default_deny"));
 
     // Fail closed: wardgate down, every request refused (failOpen: false; Envoy's 403).
     wardgate.terminate(Duration::from_secs(10));
     let before = app.hits();
-    let reply = mesh.send("ehr", &RawRequest::new("GET", "/results/7")).await;
+    let reply = mesh
+        .send("ehr", &RawRequest::new("GET", "/results/7"))
+        .await;
     assert_eq!(reply.status, 403, "{}", reply.text());
-    assert_eq!(reply.header("x-wardgate-reason"), None, "Envoy's own refusal, not a decision");
+    assert_eq!(
+        reply.header("x-wardgate-reason"),
+        None,
+        "Envoy's own refusal, not a decision"
+    );
     assert_eq!(app.hits(), before);
-    let (_, stats) = plain_get(mesh.envoy.admin, "/stats?filter=ext_authz").await.unwrap();
+    let (_, stats) = plain_get(mesh.envoy.admin, "/stats?filter=ext_authz")
+        .await
+        .unwrap();
     let failures: u64 = stats
         .lines()
         .filter(|l| l.contains("ext_authz.error") || l.contains("ext_authz.failure_mode_allowed"))

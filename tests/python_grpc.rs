@@ -54,7 +54,10 @@ fn require_python_grpc(test: &str) -> bool {
         panic!("{test}: {help}");
     }
     let bar = "!".repeat(100);
-    let _ = writeln!(std::io::stderr(), "\n{bar}\n!! SKIPPED {test}: {help}\n{bar}\n");
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n{bar}\n!! SKIPPED {test}: {help}\n{bar}\n"
+    );
     false
 }
 
@@ -68,8 +71,8 @@ async fn a_grpcio_client_gets_decisions_over_the_unix_socket_with_default_author
     let wardgate = Wardgate::start(&shipped_bundle(), &socket, dir.path(), &[])
         .await
         .unwrap();
-    let example = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("docs/examples/check_over_unix_socket.py");
+    let example =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/examples/check_over_unix_socket.py");
     let run = |extra: &[&str], from: &str, method: &str, path: &str| {
         let socket = socket.to_str().unwrap().to_owned();
         let mut args = vec![
@@ -92,10 +95,20 @@ async fn a_grpcio_client_gets_decisions_over_the_unix_socket_with_default_author
         )
     };
 
-    let (ok, out) = run(&[], "spiffe://hospital.example/ns/clinical/sa/ehr", "GET", "/results/7");
+    let (ok, out) = run(
+        &[],
+        "spiffe://hospital.example/ns/clinical/sa/ehr",
+        "GET",
+        "/results/7",
+    );
     assert!(ok, "{out}\n{}", wardgate.child.log_tail(2000));
     assert_eq!(out.trim(), "allow ehr-reads-lab-results");
-    let (ok, out) = run(&[], "spiffe://hospital.example/ns/admin/sa/billing", "GET", "/results/7");
+    let (ok, out) = run(
+        &[],
+        "spiffe://hospital.example/ns/admin/sa/billing",
+        "GET",
+        "/results/7",
+    );
     assert!(ok, "{out}");
     assert_eq!(out.trim(), "deny default_deny");
 
@@ -106,6 +119,9 @@ async fn a_grpcio_client_gets_decisions_over_the_unix_socket_with_default_author
         "GET",
         "/results/7",
     );
-    assert!(!ok, "the call without grpc.default_authority succeeded: {out}");
+    assert!(
+        !ok,
+        "the call without grpc.default_authority succeeded: {out}"
+    );
     assert!(out.starts_with("call failed:"), "{out}");
 }

@@ -128,7 +128,9 @@ impl Rendered {
         match (found.next(), found.next()) {
             (Some(object), None) => Ok(object),
             (None, _) => Err(format!("{}: no {kind}", self.dir.display()).into()),
-            (Some(_), Some(_)) => Err(format!("{}: more than one {kind}", self.dir.display()).into()),
+            (Some(_), Some(_)) => {
+                Err(format!("{}: more than one {kind}", self.dir.display()).into())
+            }
         }
     }
 

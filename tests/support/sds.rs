@@ -180,9 +180,9 @@ fn validation_secret(
 ) -> Result<Any, Status> {
     let mut trust_domains = Vec::new();
     for domain in domains {
-        let der = bundles
-            .get(*domain)
-            .ok_or_else(|| Status::not_found(format!("no bundle found for trust domain: {domain:?}")))?;
+        let der = bundles.get(*domain).ok_or_else(|| {
+            Status::not_found(format!("no bundle found for trust domain: {domain:?}"))
+        })?;
         trust_domains.push(TrustDomain {
             name: domain.trim_start_matches("spiffe://").to_owned(),
             trust_bundle: inline(pem_certificates(der)?.into_bytes()),
@@ -196,21 +196,20 @@ fn validation_secret(
     };
     any(&Secret {
         name: name.to_owned(),
-        r#type: Some(secret::Type::ValidationContext(CertificateValidationContext {
-            custom_validator_config: Some(TypedExtensionConfig {
-                name: "envoy.tls.cert_validator.spiffe".to_owned(),
-                typed_config: Some(any(&validator)?),
-            }),
-            ..Default::default()
-        })),
+        r#type: Some(secret::Type::ValidationContext(
+            CertificateValidationContext {
+                custom_validator_config: Some(TypedExtensionConfig {
+                    name: "envoy.tls.cert_validator.spiffe".to_owned(),
+                    typed_config: Some(any(&validator)?),
+                }),
+                ..Default::default()
+            },
+        )),
     })
 }
 
 /// A TLS certificate named `name`: the SVID's chain and PKCS#8 key, PEM.
-fn tls_secret(
-    name: &str,
-    svid: &super::workload_api::pb::X509svid,
-) -> Result<Any, Status> {
+fn tls_secret(name: &str, svid: &super::workload_api::pb::X509svid) -> Result<Any, Status> {
     any(&Secret {
         name: name.to_owned(),
         r#type: Some(secret::Type::TlsCertificate(TlsCertificate {
@@ -243,7 +242,9 @@ fn der_length(der: &[u8]) -> Option<usize> {
         let n = usize::from(first & 0x7f);
         let bytes = der.get(2..2 + n)?;
         (
-            bytes.iter().fold(0usize, |acc, b| (acc << 8) | usize::from(*b)),
+            bytes
+                .iter()
+                .fold(0usize, |acc, b| (acc << 8) | usize::from(*b)),
             2 + n,
         )
     };

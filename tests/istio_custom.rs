@@ -130,7 +130,7 @@ impl Mesh {
         MtlsClient::new(
             self.envoy.listen,
             &self.lab.dns_name,
-            &[self.ca.cert_der.clone()],
+            std::slice::from_ref(&self.ca.cert_der),
             Some(&self.svids[who]),
             Protocol::Http2,
         )

@@ -39,7 +39,7 @@ if [ -z "$binary" ]; then
 fi
 [ -x "$binary" ] || { echo "build-image: $binary is not an executable file" >&2; exit 1; }
 # The runtime image has no libc: the binary must not need a dynamic loader.
-if ldd "$binary" >/dev/null 2>&1; then
+if ldd "$binary" 2>&1 | grep -q '=>'; then
     echo "build-image: $binary is dynamically linked; build it with RUSTFLAGS=-C target-feature=+crt-static" >&2
     exit 1
 fi

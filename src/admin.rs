@@ -1,4 +1,4 @@
-//! The admin HTTP listener: what SREs and Prometheus ask a running wardgate (DESIGN §6).
+//! The admin HTTP listener: what SREs and Prometheus ask a running wardgate.
 //!
 //! | path         | answer |
 //! |--------------|--------|

@@ -49,7 +49,7 @@ async fn start_service(envoy_binary: &Path, pki: &Pki, name: &'static str, dir: 
     let settings = EnvoySettings {
         svid_cert: svid.cert_path.clone(),
         svid_key: svid.key_path.clone(),
-        trust_bundle: pki.trust_bundle_path.clone(),
+        trust_bundle_dir: pki.trust_bundle_dir.clone(),
         wardgate_socket: socket,
         app: app.addr,
     };

@@ -1,10 +1,10 @@
 //! A deliberately simple reference evaluator, used only by tests.
 //!
-//! It reads the raw bundle model and applies DESIGN §3 by a linear scan over every rule, with no
-//! index, no interning and no tries, so that the property test below can check the compiled
-//! engine against a second, obviously-correct reading of the design. It shares only the leaf
-//! pieces that have their own unit tests: pattern matching, schedules, path normalisation and
-//! SPIFFE ID parsing.
+//! It reads the raw bundle model and applies the decision order (docs/ARCHITECTURE.md §3) by a
+//! linear scan over every rule, with no index, no interning and no tries, so that the property
+//! test below can check the compiled engine against a second, obviously-correct reading of the
+//! design. It shares only the leaf pieces that have their own unit tests: pattern matching,
+//! schedules, path normalisation and SPIFFE ID parsing.
 
 use super::bundle::{self, RawRule, SourceFile};
 use super::error::Diagnostics;

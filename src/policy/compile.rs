@@ -50,6 +50,8 @@ pub(crate) struct Segment {
     pub(crate) name: Box<str>,
     pub(crate) members: Vec<Pattern>,
     pub(crate) max_svid_lifetime: Option<jiff::SignedDuration>,
+    /// Where the segment is defined: file, line, column of its name.
+    pub(crate) site: (Box<str>, u64, u64),
 }
 
 /// Allow or deny, as a rule states it.
@@ -100,6 +102,7 @@ pub(crate) struct Rule {
     pub(crate) headers: Vec<(Box<str>, Vec<Box<str>>)>,
     pub(crate) file: Box<str>,
     pub(crate) line: u64,
+    pub(crate) column: u64,
 }
 
 /// Rule indices (ascending, i.e. bundle order) per (source key, destination key).
@@ -626,6 +629,11 @@ fn compile(files: &[SourceFile], digest: String, errors: &mut Diagnostics) -> Op
                 name: name.value.as_str().into(),
                 members,
                 max_svid_lifetime,
+                site: (
+                    f.name.as_str().into(),
+                    name.referenced.line(),
+                    name.referenced.column(),
+                ),
             });
         }
     }
@@ -1034,5 +1042,6 @@ fn compile_rule(
         headers,
         file: cx.file.into(),
         line: raw.referenced.line(),
+        column: raw.referenced.column(),
     })
 }

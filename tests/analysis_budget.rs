@@ -80,12 +80,14 @@ fn s(p: &Path) -> &str {
 /// deny rules cover `seat` entirely, and proving it takes exponentially many cases.
 fn pigeonhole(pigeons: usize, with_seat: bool) -> String {
     let holes: Vec<String> = (0..pigeons - 1).map(|k| format!("h{k}")).collect();
-    let mut out = String::from("version: 1\nrevision: 1\ntrust_domains: [t.example]\nrules:\n");
+    let mut out = String::from(
+        "version: 1\nrevision: 1\ntrust_domains: [t.example]\nsegments: {s: {members: [\"spiffe://t.example/**\"]}}\nrules:\n",
+    );
     for i in 0..pigeons {
         for j in i + 1..pigeons {
             for h in &holes {
                 out.push_str(&format!(
-                    "  - {{name: c{i}-{j}-{h}, action: deny, from: [\"spiffe://t.example/**\"], when: {{headers: {{p{i}: [{h}], p{j}: [{h}]}}}}}}\n"
+                    "  - {{name: c{i}-{j}-{h}, action: deny, from: [s], when: {{headers: {{p{i}: [{h}], p{j}: [{h}]}}}}}}\n"
                 ));
             }
         }
@@ -94,7 +96,7 @@ fn pigeonhole(pigeons: usize, with_seat: bool) -> String {
         let all = holes.join(", ");
         let headers: Vec<String> = (0..pigeons).map(|i| format!("p{i}: [{all}]")).collect();
         out.push_str(&format!(
-            "  - {{name: seat, from: [\"spiffe://t.example/**\"], when: {{headers: {{{}}}}}}}\n",
+            "  - {{name: seat, from: [s], when: {{headers: {{{}}}}}}}\n",
             headers.join(", ")
         ));
     }
@@ -173,7 +175,7 @@ fn analyze_refuses_a_pigeonhole_of_deny_rules() {
     let r = run(&["analyze", s(&b), "--findings"]);
     assert_refused(&r, &site(&b, &text, "seat"), "seat", "work budget");
     // The default is named, so the reader knows what to raise.
-    assert!(r.stderr.contains("40000000 units"), "{}", r.stderr);
+    assert!(r.stderr.contains("20000000 units"), "{}", r.stderr);
 }
 
 #[test]
@@ -190,9 +192,9 @@ fn a_raised_budget_lets_a_small_puzzle_finish_and_a_lowered_one_refuses_it() {
         .iter()
         .any(|f| f["kind"] == "shadowed-by-deny" && f["rule"] == "seat");
     assert!(shadowed, "the deny rules refuse all of `seat`: {v}");
-    let r = run(&["analyze", s(&b), "--findings", "--max-analysis-work", "500"]);
+    let r = run(&["analyze", s(&b), "--findings", "--max-analysis-work", "2000"]);
     assert_refused(&r, &site(&b, &text, "seat"), "seat", "work budget");
-    assert!(r.stderr.contains("of 500 units"), "{}", r.stderr);
+    assert!(r.stderr.contains("of 2000 units"), "{}", r.stderr);
     let r = run(&["analyze", s(&b), "--findings", "--max-analysis-memory", "0"]);
     assert_eq!(r.code, 3, "{}", r.stderr);
     assert!(r.stderr.contains("memory budget of 0 MiB"), "{}", r.stderr);
@@ -219,7 +221,6 @@ fn wildcards_at_growing_depths_are_refused_by_analyze_and_diff() {
     let small = write(dir.path(), "small.yaml", &wildcard_depths(2));
     for args in [
         vec!["analyze", s(&b), "--who-can-reach", "s"],
-        vec!["analyze", s(&b)],
         vec!["diff", s(&b), s(&small)],
         vec!["diff", s(&small), s(&b)],
     ] {
@@ -238,14 +239,14 @@ fn wildcards_at_growing_depths_are_refused_by_analyze_and_diff() {
 #[test]
 fn the_shipped_bundle_fits_in_a_small_fraction_of_the_budget() {
     let hospital = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/bundles/hospital.yaml");
-    // A twentieth of the default work budget and a sixteenth of the memory budget suffice.
+    // A hundredth of the default work budget and of the memory budget suffice.
     for args in [
         vec!["analyze", s(&hospital)],
         vec!["analyze", s(&hospital), "--who-can-reach", "clinical"],
         vec!["diff", s(&hospital), s(&hospital)],
     ] {
         let mut args = args;
-        args.extend(["--max-analysis-work", "2000000", "--max-analysis-memory", "8"]);
+        args.extend(["--max-analysis-work", "200000", "--max-analysis-memory", "1"]);
         let r = run(&args);
         assert_eq!(r.code, 0, "{args:?}: {}", r.stderr);
     }

@@ -15,24 +15,24 @@ use std::fmt;
 
 use super::space::{Cube, Pat, Tok};
 
-/// Default `--max-analysis-work`: about a second of analysis on the build machine (release),
-/// a few hundred times what the shipped hospital bundle needs.
-pub(crate) const DEFAULT_MAX_WORK: u64 = 40_000_000;
+/// Default `--max-analysis-work`: at most about two seconds of analysis on the build machine
+/// (release build; docs/performance.md), two thousand times what the shipped hospital bundle
+/// needs and seven times what a 10,000-rule bundle of the benches' shape needs.
+pub(crate) const DEFAULT_MAX_WORK: u64 = 20_000_000;
 
 /// Default `--max-analysis-memory`, in MiB: the estimated size of the sets an analysis keeps
-/// or holds at any one time.
+/// or holds at any one time (a 10,000-rule bundle of the benches' shape needs about 80).
 pub(crate) const DEFAULT_MAX_MEMORY_MIB: u64 = 128;
 
-/// Work units charged for one set test (overlap or subset of two cubes).
+/// Work units charged for one set test (overlap or subset of two small cubes).
 pub(crate) const TEST: u64 = 1;
 /// Work units charged for asking one schedule about one instant (a time-zone conversion).
-pub(crate) const SCHEDULE_TEST: u64 = 4;
-/// Work units charged for one cube created (a clone, an intersection, a piece of a difference).
+pub(crate) const SCHEDULE_TEST: u64 = 2;
+/// Work units charged for one small cube created (a clone, an intersection, a piece of a
+/// difference); see [`new_cube`] for larger ones.
 pub(crate) const NEW_CUBE: u64 = 8;
-/// Bytes of a new cube that cost one more unit to create (long token lists cost more).
-pub(crate) const TEST_BYTES: u64 = 1024;
-/// Tokens of a cube that cost one more unit to test it against another.
-pub(crate) const TEST_TOKENS: u64 = 32;
+/// Tokens (see [`cube_tokens`]) of the cubes compared that cost one more unit per test.
+pub(crate) const TEST_TOKENS: u64 = 8;
 
 /// Which limit ran out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,10 +90,7 @@ pub(crate) struct Budget {
     max_bytes: u64,
     work: Cell<u64>,
     bytes: Cell<u64>,
-    pub(crate) peak: Cell<u64>, // TEMP
 }
-
-impl Drop for Budget { fn drop(&mut self) { if std::env::var_os("WG_STATS").is_some() { eprintln!("STATS work={} bytes_now={} peak_held={}", self.work.get(), self.bytes.get(), self.peak.get().max(self.bytes.get())); } } } // TEMP
 
 impl Budget {
     /// A budget of `max_work` units and `max_memory_mib` MiB of kept sets.
@@ -103,7 +100,6 @@ impl Budget {
             max_bytes: max_memory_mib.saturating_mul(1024 * 1024),
             work: Cell::new(0),
             bytes: Cell::new(0),
-            peak: Cell::new(0),
         }
     }
 
@@ -152,18 +148,17 @@ impl Budget {
 
     /// Give back bytes charged with [`Budget::hold`].
     pub(crate) fn release(&self, bytes: u64) {
-        if std::env::var_os("WG_STATS").is_some() && self.bytes.get() > self.peak.get() { self.peak.set(self.bytes.get()); }
         self.bytes.set(self.bytes.get().saturating_sub(bytes));
     }
 
     /// Charge one cube created and kept until the analysis ends.
     pub(crate) fn keep(&self, c: &Cube) -> Result<(), OverBudget> {
-        let size = cube_bytes(c);
-        self.work(new_cube(size))?;
-        self.keep_bytes(size)
+        self.work(new_cube(c))?;
+        self.keep_bytes(cube_bytes(c))
     }
 
     /// Work units so far, and the bytes of sets kept or held now.
+    #[cfg(test)]
     pub(crate) fn used(&self) -> (u64, u64) {
         (self.work.get(), self.bytes.get())
     }
@@ -201,11 +196,22 @@ pub(crate) fn cube_tokens(c: &Cube) -> u64 {
         + tok(&c.method)
         + tok(&c.host)
         + c.headers.values().map(|t| 1 + tok(t)).sum::<u64>()
+        + time_words(c)
 }
 
-/// Work units for creating a cube of `size` bytes (see [`cube_bytes`]).
-pub(crate) fn new_cube(size: u64) -> u64 {
-    NEW_CUBE + size / TEST_BYTES
+/// Words of the cube's time set (one bit per elementary interval of the reference year).
+fn time_words(c: &Cube) -> u64 {
+    c.time.bits.as_ref().map_or(0, |b| b.len() as u64)
+}
+
+/// Work units for creating `c`: a base cost plus one per token and segment it allocates.
+pub(crate) fn new_cube(c: &Cube) -> u64 {
+    NEW_CUBE + cube_tokens(c)
+}
+
+/// Work units for testing a cube of `tokens` tokens against cubes of `others` tokens on average.
+pub(crate) fn test_cost(tokens: u64, others: u64) -> u64 {
+    TEST * (1 + (tokens + others) / TEST_TOKENS)
 }
 
 /// An estimate of the heap and inline bytes one cube holds.
@@ -222,12 +228,86 @@ pub(crate) fn cube_bytes(c: &Cube) -> u64 {
         + tok_bytes(&c.method)
         + tok_bytes(&c.host)
         + 16 * c.life.0.len() as u64
+        + 8 * time_words(c)
         + headers
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::Policy;
+    use crate::tooling::analyze::Analyzer;
+    use crate::tooling::model::{Model, TimeUniverse};
+
+    /// Three pigeons, two holes: the deny rules refuse all of `seat`, and proving it takes
+    /// every case.
+    const PUZZLE: &str = r#"version: 1
+revision: 1
+trust_domains: [t.example]
+segments:
+  s:
+    members: ["spiffe://t.example/a/**", "spiffe://t.example/b/**"]
+    max_svid_lifetime: 1h
+rules:
+  - {name: c01h0, action: deny, from: [s], when: {headers: {p0: [h0], p1: [h0]}}}
+  - {name: c01h1, action: deny, from: [s], when: {headers: {p0: [h1], p1: [h1]}}}
+  - {name: c02h0, action: deny, from: [s], when: {headers: {p0: [h0], p2: [h0]}}}
+  - {name: c02h1, action: deny, from: [s], when: {headers: {p0: [h1], p2: [h1]}}}
+  - {name: c12h0, action: deny, from: [s], when: {headers: {p1: [h0], p2: [h0]}}}
+  - {name: c12h1, action: deny, from: [s], when: {headers: {p1: [h1], p2: [h1]}}}
+  - name: seat
+    from: [s]
+    when: {headers: {p0: [h0, h1], p1: [h0, h1], p2: [h0, h1]}}
+"#;
+
+    /// Run the whole analysis (matrix, then findings) within `budget`.
+    fn analyse(policy: &Policy, budget: &Budget) -> Result<(), Refused> {
+        let time = TimeUniverse::new(&[policy], budget)?;
+        let m = Model::new(policy, &time, budget)?;
+        let an = Analyzer::new(&m, &time, budget);
+        let matrix = an.matrix()?;
+        an.findings(&matrix, &["s".to_string()])?;
+        Ok(())
+    }
+
+    #[test]
+    fn a_refusal_names_the_rule_being_analysed_and_the_limit() {
+        let policy = Policy::from_yaml_str("puzzle.yaml", PUZZLE).expect("bundle");
+        let enough = Budget::new(DEFAULT_MAX_WORK, DEFAULT_MAX_MEMORY_MIB);
+        analyse(&policy, &enough).expect("fits the default budget");
+        let (work, bytes) = enough.used();
+        assert!(work > 100 && bytes > 0, "work {work}, bytes {bytes}");
+        // Enough to build the model, not enough to prove `seat` covered.
+        let tight = Budget::new(work / 2, DEFAULT_MAX_MEMORY_MIB);
+        let r = analyse(&policy, &tight).expect_err("over budget");
+        assert_eq!(r.at, "puzzle.yaml:15:5");
+        assert_eq!(r.what, "rule `seat`");
+        assert_eq!(r.over.limit, Limit::Work);
+        assert_eq!(
+            r.to_string(),
+            format!(
+                "puzzle.yaml:15:5: analysing rule `seat` exceeds the analysis work budget of {} units (raise it with --max-analysis-work)",
+                work / 2
+            )
+        );
+    }
+
+    #[test]
+    fn building_the_model_is_charged_to_the_rule_or_segment_it_builds() {
+        let policy = Policy::from_yaml_str("puzzle.yaml", PUZZLE).expect("bundle");
+        let time = TimeUniverse::new(&[&policy], &Budget::unlimited()).expect("time");
+        // No memory at all: the first rule's first cube is refused.
+        let r = Model::new(&policy, &time, &Budget::new(u64::MAX, 0)).expect_err("over");
+        assert_eq!((r.at.as_str(), r.what.as_str()), ("puzzle.yaml:9:5", "rule `c01h0`"));
+        assert_eq!(r.over.limit, Limit::Memory);
+        // Enough for the rules' cubes but not for the SVID-lifetime requirement's: the segment.
+        let probe = Budget::unlimited();
+        let m = Model::new(&policy, &time, &probe).expect("model");
+        let rules_only = probe.used().0 - m.lifetime_cubes.len() as u64 * new_cube(&m.lifetime_cubes[0].1);
+        let r = Model::new(&policy, &time, &Budget::new(rules_only, u64::MAX / (1 << 20)))
+            .expect_err("over");
+        assert_eq!((r.at.as_str(), r.what.as_str()), ("puzzle.yaml:5:3", "segment `s`"));
+    }
 
     #[test]
     fn work_limit_refuses_once_passed_and_stays_refused() {

@@ -893,14 +893,14 @@ pub(crate) fn residual(
     limit: usize,
     budget: &Budget,
 ) -> Result<Vec<Cube>, OverBudget> {
-    // A test against a large cube (long token lists) costs more than one against a small one:
-    // each test is charged by the subtracted cubes' average number of tokens.
+    // A test between large cubes (long token lists, many headers) costs more than one between
+    // small ones: tests are charged by the tokens of the piece and the subtracted cubes' average.
     let tokens: u64 = subtract.iter().map(|d| budget::cube_tokens(d)).sum();
-    let per_test = budget::TEST * (1 + tokens / (subtract.len().max(1) as u64 * budget::TEST_TOKENS));
-    budget.work(per_test * subtract.len() as u64)?;
+    let others = tokens / subtract.len().max(1) as u64;
+    budget.work(budget::test_cost(budget::cube_tokens(c), others) * subtract.len() as u64)?;
     let relevant: Vec<&Cube> = subtract.iter().copied().filter(|d| d.overlaps(c)).collect();
     let mut out = Vec::new();
-    walk(c, &relevant, limit.max(1), per_test, budget, &mut out)?;
+    walk(c, &relevant, limit.max(1), others, budget, &mut out)?;
     Ok(out)
 }
 
@@ -908,7 +908,7 @@ fn walk(
     c: &Cube,
     subtract: &[&Cube],
     limit: usize,
-    per_test: u64,
+    others: u64,
     budget: &Budget,
     out: &mut Vec<Cube>,
 ) -> Result<(), OverBudget> {
@@ -921,23 +921,26 @@ fn walk(
         out.push(c.clone());
         return Ok(());
     };
-    budget.work(per_test * subtract.len() as u64)?;
+    let tokens = budget::cube_tokens(c);
+    budget.work(budget::test_cost(tokens, others) * subtract.len() as u64)?;
     if subtract.iter().any(|d| c.subset(d)) {
         return Ok(());
     }
     let pieces = c.split(first);
     for piece in &pieces {
-        let size = budget::cube_bytes(piece);
-        budget.work(budget::new_cube(size) + per_test * subtract.len() as u64)?;
+        let tokens = budget::cube_tokens(piece);
+        budget.work(
+            budget::NEW_CUBE + tokens + budget::test_cost(tokens, others) * subtract.len() as u64,
+        )?;
         let rest: Vec<&Cube> = subtract
             .iter()
             .copied()
             .filter(|d| d.overlaps(piece))
             .collect();
         // Held while this branch is searched: the piece and the list of what still overlaps it.
-        let held = size + 8 * rest.len() as u64;
+        let held = budget::cube_bytes(piece) + 8 * rest.len() as u64;
         budget.hold(held)?;
-        let found = walk(piece, &rest, limit, per_test, budget, out);
+        let found = walk(piece, &rest, limit, others, budget, out);
         budget.release(held);
         found?;
         if out.len() >= limit {

@@ -16,9 +16,9 @@ use std::fmt;
 use super::space::{Cube, Pat, Tok};
 
 /// Default `--max-analysis-work`: at most about two seconds of analysis on the build machine
-/// (release build; docs/performance.md), two thousand times what the shipped hospital bundle
-/// needs and seven times what a 10,000-rule bundle of the benches' shape needs.
-pub(crate) const DEFAULT_MAX_WORK: u64 = 20_000_000;
+/// (release build; docs/performance.md), 1,500 times what the shipped hospital bundle
+/// needs and five times what a 10,000-rule bundle of the benches' shape needs.
+pub(crate) const DEFAULT_MAX_WORK: u64 = 15_000_000;
 
 /// Default `--max-analysis-memory`, in MiB: the estimated size of the sets an analysis keeps
 /// or holds at any one time (a 10,000-rule bundle of the benches' shape needs about 80).

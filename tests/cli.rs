@@ -236,9 +236,15 @@ fn check_reports_decision_reason_rule_and_trace() {
     assert_eq!(v["rule"], "ehr-reads-lab-results");
     assert!(v["trace"].as_array().is_some_and(|t| !t.is_empty()));
 
-    let v = check_json(&["--from", ehr, "--to", lab, "--path", "/results/../admin"]);
+    let v = check_json(&["--from", ehr, "--to", lab, "--path", "/%61dmin/"]);
     assert_eq!(v["decision"], "deny");
     assert_eq!(v["rule"], "no-workload-reaches-admin-consoles");
+
+    // A dot-segment is refused, not resolved: an upstream might read it differently.
+    let v = check_json(&["--from", ehr, "--to", lab, "--path", "/results/../admin"]);
+    assert_eq!(v["decision"], "deny");
+    assert_eq!(v["reason"], "bad_path");
+    assert_eq!(v["rule"], serde_json::Value::Null);
 
     let v = check_json(&[
         "--from",

@@ -229,6 +229,11 @@ fn compile(files: &[SourceFile], digest: String, errors: &mut Diagnostics) -> Op
                 name: name.value.as_str().into(),
                 members,
                 max_svid_lifetime,
+                site: (
+                    f.name.as_str().into(),
+                    name.referenced.line(),
+                    name.referenced.column(),
+                ),
             });
         }
     }
@@ -602,5 +607,6 @@ fn compile_rule(
         headers,
         file: cx.file.into(),
         line: raw.referenced.line(),
+        column: raw.referenced.column(),
     })
 }

@@ -31,6 +31,8 @@ pub(crate) struct Segment {
     pub(crate) name: Box<str>,
     pub(crate) members: Vec<Pattern>,
     pub(crate) max_svid_lifetime: Option<jiff::SignedDuration>,
+    /// Where the segment is defined: file, line, column of its name.
+    pub(crate) site: (Box<str>, u64, u64),
 }
 
 /// Allow or deny, as a rule states it.
@@ -82,6 +84,7 @@ pub(crate) struct Rule {
     pub(crate) headers: Vec<(Box<str>, Vec<Box<str>>)>,
     pub(crate) file: Box<str>,
     pub(crate) line: u64,
+    pub(crate) column: u64,
 }
 
 impl Policy {

@@ -1,15 +1,22 @@
-//! Request normalisation (DESIGN §5): the raw `:path` and `:authority` Envoy forwards, turned
-//! into the one unambiguous form that rule patterns are matched against.
+//! Request normalisation: the raw `:path` and `:authority` Envoy forwards, turned into the one
+//! unambiguous form that rule patterns are matched against (README.md, "Where the design is
+//! silent").
 //!
 //! This module owns the canonical form of a request path: query and fragment stripped,
 //! percent-encoded unreserved characters decoded, every other percent-encoding kept with
-//! upper-case hex digits, raw characters a URI path may not carry percent-encoded, repeated
-//! slashes merged, `.` and `..` resolved, and no trailing slash. It also owns stripping the
-//! port from an authority. It must never guess: whatever could be read two ways by wardgate and
-//! by the upstream (an encoded `/` or `\`, a raw `\`, control characters, broken
-//! percent-encoding, raw non-ASCII, `..` above the root) is a [`PathError`], which the policy
-//! turns into a `bad_path` denial. It must never allocate when the path is already normal, and
-//! never do I/O, log or panic: it is called on every request.
+//! upper-case hex digits, raw characters a URI path may not carry percent-encoded, and a single
+//! trailing slash dropped. It also owns stripping the port from an authority. It must never
+//! guess: wardgate cannot change the path Envoy forwards, so it decides only on a path that
+//! every reasonable upstream reads the same way. Whatever could be read two ways by wardgate and
+//! by the upstream is a [`PathError`], which the policy turns into a `bad_path` denial: a
+//! dot-segment (`.` or `..`, raw or percent-encoded in any case, since an upstream that does not
+//! decode `%2e` keeps it as a literal segment while RFC 3986 resolution removes it), an empty
+//! segment (`//`, which RFC 3986 keeps as a segment that `..` can remove while other servers
+//! merge it), an encoded `/` or `\`, a raw `\`, control characters, broken percent-encoding,
+//! raw non-ASCII and a raw `;`. A trailing slash (`/a/`) is not an empty segment between two
+//! others and reads the same everywhere; it is dropped, so `/a/` is decided as `/a`. It must
+//! never allocate when the path is already normal, and never do I/O, log or panic: it is called
+//! on every request.
 
 use std::borrow::Cow;
 
@@ -50,9 +57,15 @@ pub enum PathError {
     /// (An encoded `%3B` is data and stays encoded.)
     #[error("path contains `;` (path parameters are ambiguous across upstream servers)")]
     PathParameter,
-    /// A `..` segment that would climb above the root.
-    #[error("path climbs above the root with `..`")]
-    AboveRoot,
+    /// A `.` or `..` segment, raw or percent-encoded (`%2e`, `.%2E`, …): an RFC 3986 upstream
+    /// resolves it, one that does not decode `%2e` keeps it as a literal segment, so wardgate
+    /// could not know which resource is meant.
+    #[error("path contains a dot-segment (`.` or `..`, raw or percent-encoded)")]
+    DotSegment,
+    /// An empty segment (`//`) anywhere but a single trailing slash: some upstreams merge it,
+    /// while RFC 3986 keeps it as a segment a later `..` can remove.
+    #[error("path contains an empty segment (`//`)")]
+    EmptySegment,
 }
 
 /// Normalise a raw `:path` as Envoy forwards it.
@@ -65,9 +78,11 @@ pub enum PathError {
 /// use std::borrow::Cow;
 /// use wardgate::policy::normalize;
 ///
-/// assert_eq!(normalize::path("/results/../admin/").unwrap(), "/admin");
+/// assert_eq!(normalize::path("/results/%7e7/").unwrap(), "/results/~7");
 /// assert!(matches!(normalize::path("/results/7?full=1"), Ok(Cow::Borrowed("/results/7"))));
 /// assert!(normalize::path("/a%2Fb").is_err());
+/// assert!(normalize::path("/results/../admin").is_err());
+/// assert!(normalize::path("/results//admin").is_err());
 /// ```
 pub fn path(raw: &str) -> Result<Cow<'_, str>, PathError> {
     let path = strip_query(raw)?;
@@ -233,21 +248,21 @@ fn is_canonical(path: &str) -> bool {
 /// Build the canonical form of `path` (origin-form, without query or fragment).
 fn rebuild(path: &str) -> Result<String, PathError> {
     let mut out = String::with_capacity(path.len() + 1);
-    // Start offsets in `out` of the segments kept so far, for `..` to pop.
-    let mut starts: Vec<usize> = Vec::new();
     // `path` starts with `/`, so the first piece of the split is empty: skip it.
-    for raw_segment in path.split('/').skip(1) {
+    let mut segments = path.split('/').skip(1).peekable();
+    while let Some(raw_segment) = segments.next() {
+        if raw_segment.is_empty() {
+            // Only a single trailing slash (or the root itself) may leave a segment empty.
+            if segments.peek().is_some() {
+                return Err(PathError::EmptySegment);
+            }
+            break;
+        }
         let start = out.len();
         out.push('/');
         push_segment(&mut out, raw_segment.as_bytes())?;
-        match &out[start + 1..] {
-            "" | "." => out.truncate(start),
-            ".." => {
-                out.truncate(start);
-                let previous = starts.pop().ok_or(PathError::AboveRoot)?;
-                out.truncate(previous);
-            }
-            _ => starts.push(start),
+        if matches!(&out[start + 1..], "." | "..") {
+            return Err(PathError::DotSegment);
         }
     }
     if out.is_empty() {
@@ -302,281 +317,4 @@ fn push_encoded(out: &mut String, byte: u8) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    fn ok(raw: &str) -> String {
-        match path(raw) {
-            Ok(p) => p.into_owned(),
-            Err(e) => panic!("{raw:?} should normalise, got {e}"),
-        }
-    }
-
-    fn err(raw: &str) -> PathError {
-        match path(raw) {
-            Ok(p) => panic!("{raw:?} should be rejected, got {p:?}"),
-            Err(e) => e,
-        }
-    }
-
-    #[test]
-    fn normal_path_is_borrowed() {
-        let raw = "/results/123/a~b-c_d.e%20f";
-        assert!(matches!(path(raw), Ok(Cow::Borrowed(p)) if std::ptr::eq(p, raw)));
-        assert!(is_normal(raw));
-    }
-
-    #[test]
-    fn query_is_stripped_without_allocation() {
-        assert!(matches!(
-            path("/results/7?full=1&x=%zz"),
-            Ok(Cow::Borrowed("/results/7"))
-        ));
-        assert!(!is_normal("/results/7?full=1"));
-    }
-
-    #[test]
-    fn fragment_is_stripped() {
-        assert_eq!(ok("/a/b#frag"), "/a/b");
-        assert_eq!(ok("/a/b#frag?x"), "/a/b");
-        assert_eq!(ok("/a/b?x#frag"), "/a/b");
-        assert_eq!(ok("/a/../b?x=/../.."), "/b");
-        assert!(!is_normal("/a#b"));
-    }
-
-    #[test]
-    fn root() {
-        assert!(matches!(path("/"), Ok(Cow::Borrowed("/"))));
-        assert_eq!(ok("/?x"), "/");
-        assert_eq!(ok("//"), "/");
-        assert_eq!(ok("/./"), "/");
-        assert_eq!(ok("/a/.."), "/");
-        assert!(is_normal("/"));
-    }
-
-    #[test]
-    fn dot_dot_resolves() {
-        assert_eq!(ok("/results/../admin"), "/admin");
-        assert_eq!(ok("/a/b/../../c"), "/c");
-        assert_eq!(ok("/a/b/.."), "/a");
-    }
-
-    #[test]
-    fn repeated_slashes_merge() {
-        assert_eq!(ok("//admin"), "/admin");
-        assert_eq!(ok("/a///b//c"), "/a/b/c");
-    }
-
-    #[test]
-    fn single_dot_is_dropped() {
-        assert_eq!(ok("/a/./b"), "/a/b");
-        assert_eq!(ok("/./a/."), "/a");
-    }
-
-    #[test]
-    fn encoded_dots_are_decoded_then_resolved() {
-        assert_eq!(ok("/a/b/%2e%2e/c"), "/a/c");
-        assert_eq!(ok("/a/b/%2E%2e/"), "/a");
-        assert_eq!(ok("/a/.%2e/c"), "/c");
-        assert_eq!(ok("/a/%2e/c"), "/a/c");
-        assert_eq!(ok("/a/%2e%2e%2e"), "/a/...");
-    }
-
-    #[test]
-    fn above_root_is_rejected() {
-        assert_eq!(err("/.."), PathError::AboveRoot);
-        assert_eq!(err("/a/../.."), PathError::AboveRoot);
-        assert_eq!(err("/a/%2e%2e/%2e%2e/.."), PathError::AboveRoot);
-        assert_eq!(err("/%2E%2E/admin"), PathError::AboveRoot);
-    }
-
-    #[test]
-    fn encoded_slash_is_rejected() {
-        assert_eq!(err("/a%2Fb"), PathError::EncodedSlash);
-        assert_eq!(err("/a%2fb"), PathError::EncodedSlash);
-        // Even inside a segment that `..` would later remove.
-        assert_eq!(err("/a%2F/../b"), PathError::EncodedSlash);
-    }
-
-    #[test]
-    fn backslashes_are_rejected() {
-        assert_eq!(err("/a%5cb"), PathError::EncodedBackslash);
-        assert_eq!(err("/a%5Cb"), PathError::EncodedBackslash);
-        assert_eq!(err("/a\\b"), PathError::Backslash);
-        assert_eq!(err("/..\\admin"), PathError::Backslash);
-    }
-
-    #[test]
-    fn control_characters_are_rejected() {
-        assert_eq!(err("/a%00b"), PathError::EncodedControlCharacter);
-        assert_eq!(err("/a%0ab"), PathError::EncodedControlCharacter);
-        assert_eq!(err("/a%0D%0Ab"), PathError::EncodedControlCharacter);
-        assert_eq!(err("/a%1Fb"), PathError::EncodedControlCharacter);
-        assert_eq!(err("/a%7fb"), PathError::EncodedControlCharacter);
-        assert_eq!(err("/a\0b"), PathError::ControlCharacter);
-        assert_eq!(err("/a\tb"), PathError::ControlCharacter);
-        assert_eq!(err("/a\nb"), PathError::ControlCharacter);
-        assert_eq!(err("/a\x7fb"), PathError::ControlCharacter);
-    }
-
-    #[test]
-    fn invalid_percent_encoding_is_rejected() {
-        assert_eq!(err("/a%"), PathError::InvalidPercentEncoding);
-        assert_eq!(err("/a%4"), PathError::InvalidPercentEncoding);
-        assert_eq!(err("/a%4/b"), PathError::InvalidPercentEncoding);
-        assert_eq!(err("/a%zz"), PathError::InvalidPercentEncoding);
-        assert_eq!(err("/a%g0"), PathError::InvalidPercentEncoding);
-        assert_eq!(err("/a%%41"), PathError::InvalidPercentEncoding);
-    }
-
-    #[test]
-    fn raw_non_ascii_is_rejected() {
-        assert_eq!(err("/caf\u{e9}"), PathError::NonAscii);
-        assert_eq!(err("/admin;x/secret"), PathError::PathParameter);
-        assert_eq!(ok("/a%3bb"), "/a%3Bb");
-        assert_eq!(err("/\u{ff0f}admin"), PathError::NonAscii);
-    }
-
-    #[test]
-    fn non_origin_forms_are_rejected() {
-        assert_eq!(err(""), PathError::Empty);
-        assert_eq!(err("*"), PathError::NotOriginForm);
-        assert_eq!(err("?x"), PathError::NotOriginForm);
-        assert_eq!(err("#x"), PathError::NotOriginForm);
-        assert_eq!(err("admin"), PathError::NotOriginForm);
-        assert_eq!(err("http://lab.svc/admin"), PathError::NotOriginForm);
-        assert!(!is_normal(""));
-        assert!(!is_normal("admin"));
-    }
-
-    #[test]
-    fn unreserved_characters_are_decoded() {
-        assert_eq!(ok("/a%7Eb"), "/a~b");
-        assert_eq!(ok("/a%7eb"), "/a~b");
-        assert_eq!(ok("/%41"), "/A");
-        assert_eq!(ok("/%61%2D%5F%30"), "/a-_0");
-        assert!(!is_normal("/%41"));
-    }
-
-    #[test]
-    fn other_encodings_are_kept_upper_case() {
-        assert!(matches!(path("/a%20b"), Ok(Cow::Borrowed("/a%20b"))));
-        assert_eq!(ok("/a%3fb"), "/a%3Fb");
-        assert_eq!(ok("/caf%c3%a9"), "/caf%C3%A9");
-        assert_eq!(ok("/100%25"), "/100%25");
-        assert_eq!(ok("/a%3Bb"), "/a%3Bb");
-        assert!(is_normal("/a%3Fb"));
-        assert!(!is_normal("/a%3fb"));
-    }
-
-    #[test]
-    fn raw_characters_not_allowed_in_a_path_are_encoded() {
-        assert_eq!(ok("/a b"), "/a%20b");
-        assert_eq!(ok("/a\"<>[]^`{|}"), "/a%22%3C%3E%5B%5D%5E%60%7B%7C%7D");
-        assert!(!is_normal("/a b"));
-    }
-
-    #[test]
-    fn sub_delims_colon_and_at_stay_raw() {
-        // Every sub-delim but `;`, which is refused as an ambiguous path parameter.
-        let raw = "/a!$&'()*+,=:@b";
-        assert!(matches!(path(raw), Ok(Cow::Borrowed(p)) if p == raw));
-        assert_eq!(path("/a;b"), Err(PathError::PathParameter));
-    }
-
-    #[test]
-    fn trailing_slash_is_dropped() {
-        assert_eq!(ok("/a/b/"), "/a/b");
-        assert_eq!(ok("/admin/"), "/admin");
-        assert_eq!(ok("/admin//"), "/admin");
-        assert!(!is_normal("/admin/"));
-    }
-
-    #[test]
-    fn host_strips_port() {
-        assert_eq!(host("lab.clinical.svc"), "lab.clinical.svc");
-        assert_eq!(host("lab.clinical.svc:8443"), "lab.clinical.svc");
-        assert_eq!(host("Lab.Clinical.SVC:80"), "Lab.Clinical.SVC");
-        assert_eq!(host("lab.svc:"), "lab.svc");
-        assert_eq!(host("[::1]:8443"), "[::1]");
-        assert_eq!(host("[::1]"), "[::1]");
-        assert_eq!(host("[fe80::1%25eth0]:80"), "[fe80::1%25eth0]");
-        assert_eq!(host("10.0.0.1:443"), "10.0.0.1");
-        assert_eq!(host(""), "");
-        assert_eq!(host(":443"), "");
-    }
-
-    #[test]
-    fn host_strips_one_trailing_dot() {
-        assert_eq!(host("lab.svc."), "lab.svc");
-        assert_eq!(host("lab.svc.:8443"), "lab.svc");
-        assert_eq!(host("lab.svc.."), "lab.svc..");
-        assert_eq!(host("."), ".");
-    }
-
-    #[test]
-    fn malformed_host_is_left_alone() {
-        assert_eq!(host("::1"), "::1");
-        assert_eq!(host("[::1"), "[::1");
-        assert_eq!(host("a:b:c"), "a:b:c");
-    }
-
-    /// The allocation-free check and the rebuilding path agree on every input.
-    fn normalised_through_rebuild(raw: &str) -> Result<String, PathError> {
-        strip_query(raw).and_then(rebuild)
-    }
-
-    proptest! {
-        // No regression files: they would land in src/ beside this module.
-        #![proptest_config(ProptestConfig {
-            cases: 2048,
-            failure_persistence: None,
-            ..ProptestConfig::default()
-        })]
-
-        #[test]
-        fn normalisation_is_idempotent(raw in "/[ -~\t]{0,40}") {
-            if let Ok(n) = path(&raw) {
-                let again = path(&n);
-                prop_assert!(
-                    matches!(&again, Ok(Cow::Borrowed(p)) if *p == &*n),
-                    "{raw:?} -> {n:?} -> {again:?}"
-                );
-                prop_assert!(is_normal(&n));
-                for bad in ["//", "/./", "/../", "\\", "%2F", "%2f"] {
-                    prop_assert!(!n.contains(bad), "{raw:?} -> {n:?} contains {bad:?}");
-                }
-                prop_assert!(n == "/" || !n.ends_with('/'));
-                prop_assert!(!n.ends_with("/.") && !n.ends_with("/.."));
-            }
-        }
-
-        #[test]
-        fn focused_alphabet_is_idempotent(raw in "/[/.%aA2eEfFcC5?#]{0,24}") {
-            if let Ok(n) = path(&raw) {
-                prop_assert!(matches!(path(&n), Ok(Cow::Borrowed(p)) if p == &*n));
-                prop_assert!(!n.contains("//") && !n.contains("/./") && !n.contains("/../"));
-                prop_assert!(!n.contains("%2F") && !n.contains("\\"));
-            }
-        }
-
-        #[test]
-        fn fast_and_slow_paths_agree(raw in "/[ -~]{0,40}") {
-            let fast = path(&raw).map(Cow::into_owned);
-            prop_assert_eq!(fast, normalised_through_rebuild(&raw));
-        }
-
-        #[test]
-        fn fast_and_slow_paths_agree_on_any_text(raw in "/\\PC{0,24}") {
-            let fast = path(&raw).map(Cow::into_owned);
-            prop_assert_eq!(fast, normalised_through_rebuild(&raw));
-        }
-
-        #[test]
-        fn is_normal_matches_borrowed_identity(raw in "/[ -~]{0,30}") {
-            let identity = matches!(path(&raw), Ok(Cow::Borrowed(p)) if p == raw);
-            prop_assert_eq!(is_normal(&raw), identity);
-        }
-    }
-}
+mod tests;

@@ -40,6 +40,7 @@ pub(crate) struct RuleView<'p> {
     pub(crate) headers: &'p [(Box<str>, Vec<Box<str>>)],
     pub(crate) file: &'p str,
     pub(crate) line: u64,
+    pub(crate) column: u64,
 }
 
 /// A segment as compiled.
@@ -48,6 +49,10 @@ pub(crate) struct SegmentView<'p> {
     pub(crate) name: &'p str,
     pub(crate) members: &'p [Pattern],
     pub(crate) max_svid_lifetime: Option<jiff::SignedDuration>,
+    /// Where the segment's name is written.
+    pub(crate) file: &'p str,
+    pub(crate) line: u64,
+    pub(crate) column: u64,
 }
 
 fn endpoints(list: &[Endpoint]) -> Vec<EndpointView<'_>> {
@@ -73,6 +78,7 @@ fn view(rule: &Rule, break_glass: bool) -> RuleView<'_> {
         headers: &rule.headers,
         file: &rule.file,
         line: rule.line,
+        column: rule.column,
     }
 }
 
@@ -95,6 +101,9 @@ impl Policy {
                 name: &s.name,
                 members: &s.members,
                 max_svid_lifetime: s.max_svid_lifetime,
+                file: &s.site.0,
+                line: s.site.1,
+                column: s.site.2,
             })
             .collect()
     }

@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use super::budget::{self, Budget, OverBudget, Refused};
 use super::model::{
     missing_destination, pat_of, whole_trust_domain, with_point, CubeSet, Example, Model, Owner,
     TimeUniverse,
@@ -31,6 +32,8 @@ pub(crate) struct Analyzer<'m, 'p> {
     pub(crate) m: &'m Model<'p>,
     pub(crate) time: &'m TimeUniverse,
     pub(crate) refusals: CubeSet<'m>,
+    /// What the questions may cost; every answer is charged to it.
+    pub(crate) budget: &'m Budget,
     /// Internal disagreements between a claim and `decide` (always empty unless there is a bug).
     pub(crate) disagreements: std::cell::RefCell<Vec<String>>,
 }
@@ -225,11 +228,12 @@ struct Class {
 }
 
 impl<'m, 'p> Analyzer<'m, 'p> {
-    pub(crate) fn new(m: &'m Model<'p>, time: &'m TimeUniverse) -> Self {
+    pub(crate) fn new(m: &'m Model<'p>, time: &'m TimeUniverse, budget: &'m Budget) -> Self {
         Analyzer {
             m,
             time,
             refusals: m.refusals(),
+            budget,
             disagreements: Default::default(),
         }
     }
@@ -252,9 +256,10 @@ impl<'m, 'p> Analyzer<'m, 'p> {
         }
     }
 
-    fn segment_member_cubes(&self, dst: bool) -> Vec<Cube> {
+    /// One cube per segment member: every request from (or, with `dst`, to) that member.
+    fn segment_member_cubes(&self, dst: bool) -> Result<Vec<Cube>, Refused> {
         let mut out = Vec::new();
-        for s in &self.m.segments {
+        for (i, s) in self.m.segments.iter().enumerate() {
             for mem in s.members {
                 let mut c = Cube::any();
                 if dst {
@@ -262,14 +267,17 @@ impl<'m, 'p> Analyzer<'m, 'p> {
                 } else {
                     c.src = pat_of(mem);
                 }
+                self.budget
+                    .keep(&c)
+                    .map_err(|over| self.m.refused_segment(i, over))?;
                 out.push(c);
             }
         }
-        out
+        Ok(out)
     }
 
-    fn source_classes(&self, p: &Pat) -> Vec<String> {
-        let (touched, outside) = self.m.segments_touched(p);
+    fn source_classes(&self, p: &Pat) -> Result<Vec<String>, OverBudget> {
+        let (touched, outside) = self.m.segments_touched(p, self.budget)?;
         let mut names: Vec<String> = touched
             .iter()
             .map(|i| self.m.segments[*i].name.to_string())
@@ -277,7 +285,7 @@ impl<'m, 'p> Analyzer<'m, 'p> {
         if outside {
             names.push(OUTSIDE.to_string());
         }
-        names
+        Ok(names)
     }
 
     /// Resolve a `--who-can-reach` target: a segment name or a SPIFFE ID (pattern).
@@ -302,16 +310,22 @@ impl<'m, 'p> Analyzer<'m, 'p> {
     }
 
     /// Every grant reaching `target` (destination sets), with carve-outs.
-    pub(crate) fn who_can_reach(&self, label: &str, target: &[Pat]) -> Reach {
+    pub(crate) fn who_can_reach(&self, label: &str, target: &[Pat]) -> Result<Reach, Refused> {
         let mut grants: Vec<Grant> = Vec::new();
         let mut order: Vec<Owner> = Vec::new();
         let mut listed: std::collections::HashSet<Owner> = Default::default();
         let mut by_owner: BTreeMap<Owner, Vec<Cube>> = BTreeMap::new();
         for (owner, cube) in self.m.granting() {
             for t in target {
+                self.budget
+                    .work(budget::TEST)
+                    .map_err(|over| self.m.refused(owner, over))?;
                 if let Some(dst) = cube.dst.intersect(t) {
                     let mut q = cube.clone();
                     q.dst = dst;
+                    self.budget
+                        .keep(&q)
+                        .map_err(|over| self.m.refused(owner, over))?;
                     if listed.insert(owner) {
                         order.push(owner);
                     }
@@ -324,7 +338,10 @@ impl<'m, 'p> Analyzer<'m, 'p> {
         }
         for owner in order {
             let cubes = by_owner.remove(&owner).unwrap_or_default();
-            grants.push(self.grant(owner, cubes));
+            let grant = self
+                .grant(owner, cubes)
+                .map_err(|over| self.m.refused(owner, over))?;
+            grants.push(grant);
         }
         let mut sources: Vec<ReachSource> = Vec::new();
         for g in grants.iter().filter(|g| g.effective) {
@@ -348,15 +365,15 @@ impl<'m, 'p> Analyzer<'m, 'p> {
                 push_unique(list, g.rule.clone());
             }
         }
-        Reach {
+        Ok(Reach {
             target: label.to_string(),
             target_patterns: target.iter().map(|p| p.to_string()).collect(),
             sources,
             grants,
-        }
+        })
     }
 
-    fn grant(&self, owner: Owner, cubes: Vec<Cube>) -> Grant {
+    fn grant(&self, owner: Owner, cubes: Vec<Cube>) -> Result<Grant, OverBudget> {
         let rule = self.m.rule_of(owner);
         let first = cubes.first().cloned().unwrap_or_else(Cube::any);
         let mut from = Vec::new();
@@ -365,8 +382,12 @@ impl<'m, 'p> Analyzer<'m, 'p> {
         let mut paths = Vec::new();
         let mut any_path = false;
         for c in &cubes {
+            // Each text is compared with those already listed.
+            self.budget.work(
+                budget::NEW_CUBE + budget::TEST * (from.len() + to.len() + paths.len()) as u64,
+            )?;
             push_unique(&mut from, c.src.to_string());
-            for s in self.source_classes(&c.src) {
+            for s in self.source_classes(&c.src)? {
                 push_unique(&mut from_segments, s);
             }
             push_unique(&mut to, c.dst.to_string());
@@ -380,9 +401,10 @@ impl<'m, 'p> Analyzer<'m, 'p> {
         let mut effective = false;
         let mut example = None;
         for c in &cubes {
-            let hits = self.refusals.overlapping(c);
+            let hits = self.refusals.overlapping(c, self.budget)?;
             for (d, o) in &hits {
                 let Some(k) = d.intersect(c) else { continue };
+                self.budget.keep(&k)?;
                 let only = narrowing(&k, c, self.time, self.m.break_glass_header);
                 let name = self.m.owner_name(*o);
                 let i = match except.iter().position(|x| x.by == name) {
@@ -402,7 +424,10 @@ impl<'m, 'p> Analyzer<'m, 'p> {
                         except.len() - 1
                     }
                 };
+                let known: usize = except[i].parts.iter().map(|(_, v)| v.len()).sum();
+                self.budget.work(budget::TEST * known as u64)?;
                 for (label, text) in only {
+                    self.budget.keep_bytes(text.len() as u64)?;
                     let parts = &mut except[i].parts;
                     match parts.iter_mut().find(|(l, _)| *l == label) {
                         Some((_, v)) => push_unique(v, text),
@@ -413,7 +438,7 @@ impl<'m, 'p> Analyzer<'m, 'p> {
             }
             if !effective {
                 let subtract: Vec<&Cube> = hits.iter().map(|(d, _)| *d).collect();
-                if let Some(piece) = residual(c, &subtract, 1).into_iter().next() {
+                if let Some(piece) = residual(c, &subtract, 1, self.budget)?.into_iter().next() {
                     effective = true;
                     let ex = self.m.example(&piece, self.time);
                     self.confirm_allowed(&ex, &self.m.owner_name(owner));
@@ -456,7 +481,7 @@ impl<'m, 'p> Analyzer<'m, 'p> {
             cubes,
         };
         self.confirm_covered(&grant);
-        grant
+        Ok(grant)
     }
 
     /// Check that the grant's own data (its sets minus its carve-outs) covers its example, as
@@ -516,23 +541,24 @@ impl<'m, 'p> Analyzer<'m, 'p> {
     }
 
     /// The segment matrix.
-    pub(crate) fn matrix(&self) -> Matrix {
+    pub(crate) fn matrix(&self) -> Result<Matrix, Refused> {
         let srcs = self.classes(false);
         let dsts = self.classes(true);
-        let src_members = self.segment_member_cubes(false);
-        let dst_members = self.segment_member_cubes(true);
+        let src_members = self.segment_member_cubes(false)?;
+        let dst_members = self.segment_member_cubes(true)?;
+        let member_pats: Vec<Pat> = src_members.iter().map(|c| c.src.clone()).collect();
         // cells[(a, b)] = (rules, break-glass, example)
         let mut cells: BTreeMap<(usize, usize), CellAcc> = BTreeMap::new();
         let mut done: std::collections::HashSet<(Owner, usize, usize)> = Default::default();
         for (owner, cube) in self.m.granting() {
+            let refused = |over| self.m.refused(owner, over);
             let name = self.m.owner_name(owner);
+            let members = src_members.len() + dst_members.len();
+            self.budget
+                .work(budget::TEST * ((srcs.len() + dsts.len()) * (members + 1)) as u64)
+                .map_err(refused)?;
             // Classes the cube meets; "outside" only when the cube is not inside a segment.
-            let inside = |p: &Pat| {
-                self.m
-                    .segments
-                    .iter()
-                    .any(|s| s.members.iter().any(|m| p.subset(&pat_of(m))))
-            };
+            let inside = |p: &Pat| member_pats.iter().any(|m| p.subset(m));
             let meets = |c: &Class, p: &Pat| {
                 (!c.outside || !inside(p)) && c.pats.iter().any(|x| x.overlaps(p))
             };
@@ -561,9 +587,13 @@ impl<'m, 'p> Analyzer<'m, 'p> {
                             let mut q = cube.clone();
                             q.src = src.clone();
                             q.dst = dst;
+                            self.budget
+                                .work(budget::NEW_CUBE + budget::TEST * members as u64)
+                                .map_err(refused)?;
                             let mut subtract: Vec<&Cube> = self
                                 .refusals
-                                .overlapping(&q)
+                                .overlapping(&q, self.budget)
+                                .map_err(refused)?
                                 .into_iter()
                                 .map(|x| x.0)
                                 .collect();
@@ -573,7 +603,8 @@ impl<'m, 'p> Analyzer<'m, 'p> {
                             if cb.outside {
                                 subtract.extend(dst_members.iter().filter(|c| c.overlaps(&q)));
                             }
-                            if let Some(piece) = residual(&q, &subtract, 1).into_iter().next() {
+                            let left = residual(&q, &subtract, 1, self.budget).map_err(refused)?;
+                            if let Some(piece) = left.into_iter().next() {
                                 hit = Some(self.m.example(&piece, self.time));
                                 break 'pairs;
                             }
@@ -627,7 +658,7 @@ impl<'m, 'p> Analyzer<'m, 'p> {
                 "requests without a usable destination principal {NO_DESTINATION} are never allowed"
             ));
         }
-        Matrix {
+        Ok(Matrix {
             sources: srcs
                 .iter()
                 .zip(&keep_src)
@@ -653,7 +684,7 @@ impl<'m, 'p> Analyzer<'m, 'p> {
                 })
                 .collect(),
             notes,
-        }
+        })
     }
 
     fn confirm_cell(&self, ex: &Example, from: &str, to: &str) {
@@ -677,18 +708,32 @@ impl<'m, 'p> Analyzer<'m, 'p> {
         }
     }
 
-    /// Whether every cube is covered by `subtract` (plus refusals when `with_refusals`).
-    fn covered(&self, cubes: &[Cube], extra: &CubeSet<'_>, keep: impl Fn(Owner) -> bool) -> bool {
-        cubes.iter().all(|c| {
+    /// Whether every cube is covered by the refusals plus the members of `extra` that `keep`
+    /// accepts.
+    fn covered(
+        &self,
+        cubes: &[Cube],
+        extra: &CubeSet<'_>,
+        keep: impl Fn(Owner) -> bool,
+    ) -> Result<bool, OverBudget> {
+        for c in cubes {
             let mut subtract: Vec<&Cube> = self
                 .refusals
-                .overlapping(c)
+                .overlapping(c, self.budget)?
                 .into_iter()
                 .map(|x| x.0)
                 .collect();
-            subtract.extend(extra.overlapping_where(c, &keep).into_iter().map(|x| x.0));
-            residual(c, &subtract, 1).is_empty()
-        })
+            subtract.extend(
+                extra
+                    .overlapping_where(c, &keep, self.budget)?
+                    .into_iter()
+                    .map(|x| x.0),
+            );
+            if !residual(c, &subtract, 1, self.budget)?.is_empty() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     fn names_overlapping(
@@ -696,18 +741,23 @@ impl<'m, 'p> Analyzer<'m, 'p> {
         cubes: &[Cube],
         set: &CubeSet<'_>,
         keep: impl Fn(Owner) -> bool,
-    ) -> Vec<String> {
+    ) -> Result<Vec<String>, OverBudget> {
         let mut out = Vec::new();
         for c in cubes {
-            for (_, o) in set.overlapping_where(c, &keep) {
+            for (_, o) in set.overlapping_where(c, &keep, self.budget)? {
+                self.budget.work(budget::TEST * out.len() as u64)?;
                 push_unique(&mut out, self.m.owner_name(o));
             }
         }
-        out
+        Ok(out)
     }
 
     /// Every finding; `sensitive` names the segments grants into which are listed for review.
-    pub(crate) fn findings(&self, matrix: &Matrix, sensitive: &[String]) -> Vec<Finding> {
+    pub(crate) fn findings(
+        &self,
+        matrix: &Matrix,
+        sensitive: &[String],
+    ) -> Result<Vec<Finding>, Refused> {
         let mut out = Vec::new();
         let m = self.m;
         let allows = m.grants(false);
@@ -715,6 +765,7 @@ impl<'m, 'p> Analyzer<'m, 'p> {
         // Shadowed and redundant rules.
         for (i, r) in m.rules.iter().enumerate() {
             let owner = Owner::Rule(i);
+            let refused = |over| m.refused(owner, over);
             let cubes = &m.rule_cubes[i];
             if cubes.is_empty() {
                 continue; // reported as a schedule that never matches
@@ -722,19 +773,27 @@ impl<'m, 'p> Analyzer<'m, 'p> {
             match r.action {
                 Action::Deny => {
                     // Lifetime refusals come before rules; earlier deny rules before this one.
-                    let covered = cubes.iter().all(|c| {
+                    let earlier = |o: Owner| match o {
+                        Owner::Rule(j) => j < i,
+                        _ => true,
+                    };
+                    let mut covered = true;
+                    for c in cubes {
                         let subtract: Vec<&Cube> = self
                             .refusals
-                            .overlapping(c)
+                            .overlapping_where(c, earlier, self.budget)
+                            .map_err(refused)?
                             .into_iter()
-                            .filter(|(_, o)| match o {
-                                Owner::Rule(j) => *j < i,
-                                _ => true,
-                            })
                             .map(|x| x.0)
                             .collect();
-                        residual(c, &subtract, 1).is_empty()
-                    });
+                        if !residual(c, &subtract, 1, self.budget)
+                            .map_err(refused)?
+                            .is_empty()
+                        {
+                            covered = false;
+                            break;
+                        }
+                    }
                     if covered {
                         out.push(Finding {
                             kind: "redundant-deny",
@@ -745,16 +804,15 @@ impl<'m, 'p> Analyzer<'m, 'p> {
                                 "deny rule `{}` never decides: everything it matches is already refused earlier",
                                 r.name
                             ),
-                            related: self.names_overlapping(cubes, &self.refusals, |o| match o {
-                                Owner::Rule(j) => j < i,
-                                _ => true,
-                            }),
+                            related: self
+                                .names_overlapping(cubes, &self.refusals, earlier)
+                                .map_err(refused)?,
                             example: None,
                         });
                     }
                 }
                 Action::Allow => {
-                    if self.covered(cubes, &empty, |_| false) {
+                    if self.covered(cubes, &empty, |_| false).map_err(refused)? {
                         out.push(Finding {
                             kind: "shadowed-by-deny",
                             severity: "warning",
@@ -764,16 +822,22 @@ impl<'m, 'p> Analyzer<'m, 'p> {
                                 "allow rule `{}` never allows anything: deny rules refuse every request it matches",
                                 r.name
                             ),
-                            related: self.names_overlapping(cubes, &self.refusals, |_| true),
+                            related: self
+                                .names_overlapping(cubes, &self.refusals, |_| true)
+                                .map_err(refused)?,
                             example: None,
                         });
-                    } else if self.covered(cubes, &allows, |o| matches!(o, Owner::Rule(j) if j < i))
+                    } else if self
+                        .covered(cubes, &allows, |o| matches!(o, Owner::Rule(j) if j < i))
+                        .map_err(refused)?
                     {
-                        let related = self.names_overlapping(
-                            cubes,
-                            &allows,
-                            |o| matches!(o, Owner::Rule(j) if j < i),
-                        );
+                        let related = self
+                            .names_overlapping(
+                                cubes,
+                                &allows,
+                                |o| matches!(o, Owner::Rule(j) if j < i),
+                            )
+                            .map_err(refused)?;
                         out.push(Finding {
                             kind: "redundant-allow",
                             severity: "warning",
@@ -792,11 +856,12 @@ impl<'m, 'p> Analyzer<'m, 'p> {
         }
         for (i, r) in m.break_glass.iter().enumerate() {
             let owner = Owner::BreakGlass(i);
+            let refused = |over| m.refused(owner, over);
             let cubes = &m.break_glass_cubes[i];
             if cubes.is_empty() {
                 continue;
             }
-            if self.covered(cubes, &empty, |_| false) {
+            if self.covered(cubes, &empty, |_| false).map_err(refused)? {
                 out.push(Finding {
                     kind: "shadowed-by-deny",
                     severity: "warning",
@@ -806,7 +871,9 @@ impl<'m, 'p> Analyzer<'m, 'p> {
                         "break-glass entry `{}` can never allow: deny rules refuse every request it matches",
                         r.name
                     ),
-                    related: self.names_overlapping(cubes, &self.refusals, |_| true),
+                    related: self
+                        .names_overlapping(cubes, &self.refusals, |_| true)
+                        .map_err(refused)?,
                     example: None,
                 });
             } else {
@@ -817,7 +884,7 @@ impl<'m, 'p> Analyzer<'m, 'p> {
                         earlier.push(c, Owner::BreakGlass(j));
                     }
                 }
-                if self.covered(cubes, &earlier, |_| true) {
+                if self.covered(cubes, &earlier, |_| true).map_err(refused)? {
                     out.push(Finding {
                         kind: "redundant-break-glass",
                         severity: "warning",
@@ -827,7 +894,9 @@ impl<'m, 'p> Analyzer<'m, 'p> {
                             "break-glass entry `{}` is never needed: everything it covers is allowed without break-glass",
                             r.name
                         ),
-                        related: self.names_overlapping(cubes, &earlier, |_| true),
+                        related: self
+                            .names_overlapping(cubes, &earlier, |_| true)
+                            .map_err(refused)?,
                         example: None,
                     });
                 }
@@ -849,6 +918,7 @@ impl<'m, 'p> Analyzer<'m, 'p> {
                 .collect();
             let mut seen: std::collections::HashSet<Owner> = Default::default();
             for (owner, cube) in m.granting() {
+                let refused = |over| m.refused(owner, over);
                 if seen.contains(&owner) {
                     continue;
                 }
@@ -858,20 +928,25 @@ impl<'m, 'p> Analyzer<'m, 'p> {
                     };
                     let mut q = cube.clone();
                     q.dst = dst;
+                    self.budget
+                        .work(budget::NEW_CUBE + budget::TEST * inside.len() as u64)
+                        .map_err(refused)?;
                     let mut subtract: Vec<&Cube> = self
                         .refusals
-                        .overlapping(&q)
+                        .overlapping(&q, self.budget)
+                        .map_err(refused)?
                         .into_iter()
                         .map(|x| x.0)
                         .collect();
                     subtract.extend(inside.iter().filter(|c| c.overlaps(&q)));
-                    let Some(piece) = residual(&q, &subtract, 1).into_iter().next() else {
+                    let left = residual(&q, &subtract, 1, self.budget).map_err(refused)?;
+                    let Some(piece) = left.into_iter().next() else {
                         continue;
                     };
                     seen.insert(owner);
                     let ex = m.example(&piece, self.time);
                     self.confirm_allowed(&ex, "crossing");
-                    let mut from = self.source_classes(&q.src);
+                    let mut from = self.source_classes(&q.src).map_err(refused)?;
                     from.retain(|x| x != s);
                     let rule = m.rule_of(owner);
                     out.push(Finding {
@@ -1006,7 +1081,7 @@ impl<'m, 'p> Analyzer<'m, 'p> {
                 }
             }
         }
-        out
+        Ok(out)
     }
 }
 

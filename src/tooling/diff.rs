@@ -14,9 +14,10 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use super::analyze::{conditions, tok_list};
+use super::budget::{self, Budget, Refused};
 use super::model::{example, Example, Model, Owner, TimeUniverse};
 use super::space::{residual, Cube, Pat};
-use super::{load, Exit};
+use super::{load, refused, BudgetArgs, Exit};
 use crate::policy::Verdict;
 
 /// Residual pieces computed per changed set to describe it (beyond this, the rule's set is shown).
@@ -32,6 +33,8 @@ pub(crate) struct DiffArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    budget: BudgetArgs,
 }
 
 /// One grant or revocation, attributed to the rule that (no longer) allows it and to what
@@ -95,22 +98,29 @@ fn gained(
     from: &Model<'_>,
     time: &TimeUniverse,
     headers: &[Option<&str>],
-) -> (Vec<Change>, Vec<String>) {
+    budget: &Budget,
+) -> Result<(Vec<Change>, Vec<String>), Refused> {
     let to_ref = to.refusals();
     let from_ref = from.refusals();
     let from_grants = from.grants(true);
     let mut changes: Vec<(Owner, String, Change)> = Vec::new();
     let mut disagreements = Vec::new();
     for (owner, c) in to.granting() {
-        let refused_now: Vec<&Cube> = to_ref.overlapping(c).into_iter().map(|x| x.0).collect();
+        let refused = |over| to.refused(owner, over);
+        let refused_now: Vec<&Cube> = to_ref
+            .overlapping(c, budget)
+            .map_err(refused)?
+            .into_iter()
+            .map(|x| x.0)
+            .collect();
         // Term 1: nothing in `from` allowed or refused it (default deny there).
-        let old_grants = from_grants.overlapping(c);
-        let old_refusals = from_ref.overlapping(c);
+        let old_grants = from_grants.overlapping(c, budget).map_err(refused)?;
+        let old_refusals = from_ref.overlapping(c, budget).map_err(refused)?;
         let mut subtract = refused_now.clone();
         subtract.extend(old_grants.iter().map(|x| x.0));
         subtract.extend(old_refusals.iter().map(|x| x.0));
         let mut found: Vec<(String, Cube, Vec<Cube>, Vec<String>)> = Vec::new();
-        let pieces = residual(c, &subtract, DESCRIBE_PIECES);
+        let pieces = residual(c, &subtract, DESCRIBE_PIECES, budget).map_err(refused)?;
         if !pieces.is_empty() {
             let covered: Vec<String> = old_grants
                 .iter()
@@ -120,6 +130,9 @@ fn gained(
         }
         // Term 2: refused in `from` by d (first such refusal in order), allowed in `to`.
         for (k, (d, od)) in old_refusals.iter().enumerate() {
+            budget
+                .work(budget::NEW_CUBE + budget::TEST * (k + refused_now.len()) as u64)
+                .map_err(refused)?;
             let Some(q) = c.intersect(d) else { continue };
             let mut subtract = refused_now.clone();
             subtract.extend(
@@ -128,7 +141,7 @@ fn gained(
                     .map(|x| x.0)
                     .filter(|e| e.overlaps(&q)),
             );
-            let pieces = residual(&q, &subtract, DESCRIBE_PIECES);
+            let pieces = residual(&q, &subtract, DESCRIBE_PIECES, budget).map_err(refused)?;
             if !pieces.is_empty() {
                 let what = match od {
                     Owner::Lifetime(_) => from.owner_name(*od),
@@ -138,6 +151,8 @@ fn gained(
             }
         }
         for (what, q, pieces, covered) in found {
+            // An example decided by both bundles.
+            budget.work(4 * budget::NEW_CUBE).map_err(refused)?;
             let ex = example(&pieces[0], time, headers);
             let now = ex.decide(to.policy);
             let before = ex.decide(from.policy);
@@ -192,6 +207,15 @@ fn gained(
                 std::slice::from_ref(&q)
             };
             for p in shown {
+                // Describing a piece: its texts, each compared with those already listed.
+                let listed = ch.from.len()
+                    + ch.to.len()
+                    + ch.conditions.len()
+                    + ch.paths.as_ref().map_or(0, Vec::len);
+                budget
+                    .work(budget::NEW_CUBE + budget::TEST * listed as u64)
+                    .and_then(|()| budget.keep_bytes(256))
+                    .map_err(refused)?;
                 push_unique(&mut ch.from, p.src.to_string());
                 push_unique(&mut ch.to, p.dst.to_string());
                 if p.path == Pat::any(None) {
@@ -215,26 +239,34 @@ fn gained(
             for n in covered {
                 push_unique(&mut ch.partly_covered_by, n);
             }
+            for p in &pieces {
+                budget.keep_bytes(budget::cube_bytes(p)).map_err(refused)?;
+            }
             ch.pieces.extend(pieces);
         }
     }
-    (
+    Ok((
         changes.into_iter().map(|(_, _, c)| c).collect(),
         disagreements,
-    )
+    ))
 }
 
-/// Compare two compiled bundles.
-pub(crate) fn diff(old: &Model<'_>, new: &Model<'_>, time: &TimeUniverse) -> Diff {
+/// Compare two compiled bundles; the cost is charged to `budget`.
+pub(crate) fn diff(
+    old: &Model<'_>,
+    new: &Model<'_>,
+    time: &TimeUniverse,
+    budget: &Budget,
+) -> Result<Diff, Refused> {
     let headers = [old.break_glass_header, new.break_glass_header];
-    let (grants, mut d1) = gained(new, old, time, &headers);
-    let (revocations, d2) = gained(old, new, time, &headers);
+    let (grants, mut d1) = gained(new, old, time, &headers, budget)?;
+    let (revocations, d2) = gained(old, new, time, &headers, budget)?;
     d1.extend(d2);
-    Diff {
+    Ok(Diff {
         grants,
         revocations,
         disagreements: d1,
-    }
+    })
 }
 
 fn change_text(out: &mut String, sign: char, c: &Change, grant: bool) {
@@ -296,10 +328,23 @@ pub(crate) fn run(args: DiffArgs) -> Exit {
         Ok(p) => p,
         Err(code) => return code,
     };
-    let time = TimeUniverse::new(&[&old, &new]);
-    let mo = Model::new(&old, &time);
-    let mn = Model::new(&new, &time);
-    let d = diff(&mo, &mn, &time);
+    let budget = args.budget.budget();
+    let time = match TimeUniverse::new(&[&old, &new], &budget) {
+        Ok(t) => t,
+        Err(r) => return refused(&r),
+    };
+    let mo = match Model::new(&old, &time, &budget) {
+        Ok(m) => m,
+        Err(r) => return refused(&r),
+    };
+    let mn = match Model::new(&new, &time, &budget) {
+        Ok(m) => m,
+        Err(r) => return refused(&r),
+    };
+    let d = match diff(&mo, &mn, &time, &budget) {
+        Ok(d) => d,
+        Err(r) => return refused(&r),
+    };
     let exit = d.exit();
     if args.json {
         let out = serde_json::json!({

@@ -42,6 +42,7 @@ macro_rules! say_raw {
 }
 
 pub(crate) mod analyze;
+pub(crate) mod budget;
 pub(crate) mod diff;
 pub(crate) mod exit;
 pub(crate) mod learn;
@@ -76,6 +77,31 @@ pub(crate) fn load(path: &Path) -> Result<Policy, Exit> {
         );
         Exit::Input
     })
+}
+
+/// The cost limits of `analyze` and `diff` (see `budget`).
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub(crate) struct BudgetArgs {
+    /// Refuse the analysis once it has done this many units of work (a unit is about one set
+    /// test; creating a set costs several). The default takes about a second.
+    #[arg(long, value_name = "UNITS", default_value_t = budget::DEFAULT_MAX_WORK)]
+    max_analysis_work: u64,
+    /// Refuse the analysis once the sets it keeps are estimated to need more than this many MiB.
+    #[arg(long, value_name = "MIB", default_value_t = budget::DEFAULT_MAX_MEMORY_MIB)]
+    max_analysis_memory: u64,
+}
+
+impl BudgetArgs {
+    pub(crate) fn budget(&self) -> budget::Budget {
+        budget::Budget::new(self.max_analysis_work, self.max_analysis_memory)
+    }
+}
+
+/// Print a budget refusal (`FILE:LINE:COL: analysing rule ... exceeds ...`) and give the
+/// "could not run" exit code.
+pub(crate) fn refused(r: &budget::Refused) -> Exit {
+    tell!("{r}");
+    Exit::Input
 }
 
 /// Output format of `analyze`.
@@ -117,6 +143,8 @@ pub(crate) struct AnalyzeArgs {
     /// Also write the matrix as an SVG picture to FILE.
     #[arg(long, value_name = "FILE")]
     svg: Option<PathBuf>,
+    #[command(flatten)]
+    budget: BudgetArgs,
 }
 
 /// Run `wardgate analyze`.
@@ -125,9 +153,16 @@ pub(crate) fn run_analyze(args: AnalyzeArgs) -> Exit {
         Ok(p) => p,
         Err(code) => return code,
     };
-    let time = model::TimeUniverse::new(&[&policy]);
-    let m = model::Model::new(&policy, &time);
-    let an = analyze::Analyzer::new(&m, &time);
+    let budget = args.budget.budget();
+    let time = match model::TimeUniverse::new(&[&policy], &budget) {
+        Ok(t) => t,
+        Err(r) => return refused(&r),
+    };
+    let m = match model::Model::new(&policy, &time, &budget) {
+        Ok(m) => m,
+        Err(r) => return refused(&r),
+    };
+    let an = analyze::Analyzer::new(&m, &time, &budget);
     let format = if args.json { Format::Json } else { args.format };
     let explicit_sensitive = !args.sensitive.is_empty();
     let sensitive = if explicit_sensitive {
@@ -158,14 +193,24 @@ pub(crate) fn run_analyze(args: AnalyzeArgs) -> Exit {
         tell!("error: --format dot draws the matrix only");
         return Exit::Usage;
     }
-    let reaches: Vec<analyze::Reach> = targets
-        .iter()
-        .map(|(label, pats)| an.who_can_reach(label, pats))
-        .collect();
-    let matrix = (want_matrix || want_findings).then(|| an.matrix());
-    let findings = match (&matrix, want_findings) {
-        (Some(mx), true) => Some(an.findings(mx, &sensitive)),
-        _ => None,
+    let answers = || -> Result<_, budget::Refused> {
+        let reaches: Vec<analyze::Reach> = targets
+            .iter()
+            .map(|(label, pats)| an.who_can_reach(label, pats))
+            .collect::<Result<_, _>>()?;
+        let matrix = match want_matrix || want_findings {
+            true => Some(an.matrix()?),
+            false => None,
+        };
+        let findings = match (&matrix, want_findings) {
+            (Some(mx), true) => Some(an.findings(mx, &sensitive)?),
+            _ => None,
+        };
+        Ok((reaches, matrix, findings))
+    };
+    let (reaches, matrix, findings) = match answers() {
+        Ok(a) => a,
+        Err(r) => return refused(&r),
     };
     if let (Some(file), Some(mx)) = (&args.svg, &matrix) {
         match render::write_matrix_svg(mx, &sensitive, file) {

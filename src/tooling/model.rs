@@ -17,7 +17,10 @@ use jiff::tz::AmbiguousOffset;
 use jiff::{SignedDuration, Timestamp};
 use serde::Serialize;
 
-use super::space::{Cube, LifeSet, Pat, Point, TimeSet, Tok, BG_ANY, BG_PRESENT, NOT_FORWARDED};
+use super::budget::{self, Budget, OverBudget, Refused};
+use super::space::{
+    residual, Cube, LifeSet, Pat, Point, TimeSet, Tok, BG_ANY, BG_PRESENT, NOT_FORWARDED,
+};
 use crate::policy::view::{EndpointView, RuleView, Schedule, Seg, SegmentView};
 use crate::policy::{
     valid_break_glass_reason, Action, CertificateFacts, Decision, Pattern, PeerCertificate, Policy,
@@ -88,9 +91,14 @@ fn key(s: &Schedule) -> (u8, u16, u16, String) {
 
 impl TimeUniverse {
     /// Collect every schedule of these policies and label the reference year's intervals.
-    pub(crate) fn new(policies: &[&Policy]) -> TimeUniverse {
+    ///
+    /// The cost grows with the distinct window boundaries per zone times the schedules; it is
+    /// charged to `budget`, and the rule whose schedule pushed it over is named.
+    pub(crate) fn new(policies: &[&Policy], budget: &Budget) -> Result<TimeUniverse, Refused> {
         let mut schedules: Vec<Schedule> = Vec::new();
         let mut keys: Vec<(u8, u16, u16, String)> = Vec::new();
+        // Per schedule, the first rule that uses it (to name in a refusal).
+        let mut sites: Vec<(String, String)> = Vec::new();
         for p in policies {
             for r in p.view_rules().chain(p.view_break_glass()) {
                 if let Some(s) = r.schedule {
@@ -98,25 +106,33 @@ impl TimeUniverse {
                     if !keys.contains(&k) {
                         keys.push(k);
                         schedules.push(s.clone());
+                        sites.push((rule_site(&r), rule_what(&r)));
                     }
                 }
             }
         }
+        let refused = |i: usize, over: OverBudget| {
+            let (at, what) = sites.get(i).cloned().unwrap_or_default();
+            Refused { at, what, over }
+        };
         let (y0, y1) = reference_year();
         let mut starts = vec![y0];
-        let mut by_zone: BTreeMap<String, (jiff::tz::TimeZone, Vec<u16>)> = BTreeMap::new();
-        for s in &schedules {
+        // Per zone: the zone, the minutes of the day its windows turn at, and the last schedule
+        // that added one (the one a refusal names).
+        let mut by_zone: BTreeMap<String, (jiff::tz::TimeZone, Vec<u16>, usize)> = BTreeMap::new();
+        for (i, s) in schedules.iter().enumerate() {
             let (_, start, end, tz, name) = s.parts();
             let entry = by_zone
                 .entry(name.to_string())
-                .or_insert_with(|| (tz.clone(), vec![0]));
+                .or_insert_with(|| (tz.clone(), vec![0], i));
             for m in [start % 1440, end % 1440] {
                 if !entry.1.contains(&m) {
                     entry.1.push(m);
+                    entry.2 = i;
                 }
             }
         }
-        for (tz, minutes) in by_zone.values() {
+        for (tz, minutes, culprit) in by_zone.values() {
             for t in tz.following(y0) {
                 if t.timestamp() >= y1 {
                     break;
@@ -126,6 +142,10 @@ impl TimeUniverse {
             let mut day = jiff::civil::date(2025, 12, 30);
             let last = jiff::civil::date(2027, 1, 2);
             while day <= last {
+                budget
+                    .work(budget::SCHEDULE_TEST * minutes.len() as u64)
+                    .and_then(|()| budget.keep_bytes(32 * minutes.len() as u64))
+                    .map_err(|over| refused(*culprit, over))?;
                 for &m in minutes {
                     let dt = day.at((m / 60) as i8, (m % 60) as i8, 0, 0);
                     let offsets = match tz.to_ambiguous_timestamp(dt).offset() {
@@ -152,24 +172,26 @@ impl TimeUniverse {
         starts.sort_unstable();
         starts.dedup();
         let words = starts.len().div_ceil(64);
-        let bits = schedules
-            .iter()
-            .map(|s| {
-                let mut b = vec![0u64; words];
-                for (i, t) in starts.iter().enumerate() {
-                    if s.matches(*t) {
-                        b[i / 64] |= 1 << (i % 64);
-                    }
+        let mut bits = Vec::with_capacity(schedules.len());
+        for (i, s) in schedules.iter().enumerate() {
+            budget
+                .work(budget::SCHEDULE_TEST * starts.len() as u64)
+                .and_then(|()| budget.keep_bytes(8 * words as u64))
+                .map_err(|over| refused(i, over))?;
+            let mut b = vec![0u64; words];
+            for (i, t) in starts.iter().enumerate() {
+                if s.matches(*t) {
+                    b[i / 64] |= 1 << (i % 64);
                 }
-                Arc::from(b)
-            })
-            .collect();
-        TimeUniverse {
+            }
+            bits.push(Arc::from(b));
+        }
+        Ok(TimeUniverse {
             starts,
             schedules,
             keys,
             bits,
-        }
+        })
     }
 
     fn atom(&self, s: &Schedule) -> Option<usize> {
@@ -248,16 +270,28 @@ pub(crate) struct Model<'p> {
 }
 
 impl<'p> Model<'p> {
-    pub(crate) fn new(policy: &'p Policy, time: &TimeUniverse) -> Model<'p> {
+    /// Every rule as cubes (the product of its sources, destinations and paths), each cube
+    /// charged to `budget`; the rule that pushes it over is named.
+    pub(crate) fn new(
+        policy: &'p Policy,
+        time: &TimeUniverse,
+        budget: &Budget,
+    ) -> Result<Model<'p>, Refused> {
         let segments = policy.view_segments();
         let rules: Vec<RuleView<'p>> = policy.view_rules().collect();
         let break_glass: Vec<RuleView<'p>> = policy.view_break_glass().collect();
-        let rule_cubes: Vec<Vec<Cube>> =
-            rules.iter().map(|r| cubes_of(r, &segments, time)).collect();
+        let build = |r: &RuleView<'_>| {
+            cubes_of(r, &segments, time, budget).map_err(|over| Refused {
+                at: rule_site(r),
+                what: rule_what(r),
+                over,
+            })
+        };
+        let rule_cubes = rules.iter().map(build).collect::<Result<Vec<_>, _>>()?;
         let break_glass_cubes = break_glass
             .iter()
-            .map(|r| cubes_of(r, &segments, time))
-            .collect();
+            .map(build)
+            .collect::<Result<Vec<_>, _>>()?;
         let mut lifetime_cubes = Vec::new();
         for (i, s) in segments.iter().enumerate() {
             if let Some(max) = s.max_svid_lifetime {
@@ -268,11 +302,15 @@ impl<'p> Model<'p> {
                         (NOT_FORWARDED, NOT_FORWARDED),
                         (max.as_nanos() + 1, i128::MAX),
                     ]);
+                    budget.keep(&c).map_err(|over| {
+                        let (at, what) = segment_site(s);
+                        Refused { at, what, over }
+                    })?;
                     lifetime_cubes.push((i, c));
                 }
             }
         }
-        Model {
+        Ok(Model {
             policy,
             segments,
             rules,
@@ -282,7 +320,31 @@ impl<'p> Model<'p> {
             rule_cubes,
             break_glass_cubes,
             lifetime_cubes,
+        })
+    }
+
+    /// Where an owner is written, and what it is, for a budget refusal.
+    pub(crate) fn refused(&self, o: Owner, over: OverBudget) -> Refused {
+        match o {
+            Owner::Lifetime(s) => self.refused_segment(s, over),
+            _ => {
+                let (at, what) = self
+                    .rule_of(o)
+                    .map(|r| (rule_site(r), rule_what(r)))
+                    .unwrap_or_default();
+                Refused { at, what, over }
+            }
         }
+    }
+
+    /// A budget refusal naming segment `i` (its members or its `max_svid_lifetime`).
+    pub(crate) fn refused_segment(&self, i: usize, over: OverBudget) -> Refused {
+        let (at, what) = self
+            .segments
+            .get(i)
+            .map(|s| segment_site(s))
+            .unwrap_or_default();
+        Refused { at, what, over }
     }
 
     /// The rule or entry an owner names, if it is one.
@@ -360,29 +422,62 @@ impl<'p> Model<'p> {
     }
 
     /// The segments an ID pattern overlaps, and whether it reaches outside every segment.
-    pub(crate) fn segments_touched(&self, p: &Pat) -> (Vec<usize>, bool) {
+    pub(crate) fn segments_touched(
+        &self,
+        p: &Pat,
+        budget: &Budget,
+    ) -> Result<(Vec<usize>, bool), OverBudget> {
         let mut touched = Vec::new();
-        let mut subtract = Vec::new();
+        // `p` minus every member (and the "no destination" marker, which is no identity),
+        // searched depth first for one piece left.
+        let mut subtract = vec![id_cube(missing_destination())];
         for (i, s) in self.segments.iter().enumerate() {
             for m in s.members {
                 let m = pat_of(m);
+                budget.work(budget::TEST)?;
                 if p.overlaps(&m) && !touched.contains(&i) {
                     touched.push(i);
                 }
-                subtract.push(m);
+                subtract.push(id_cube(m));
             }
         }
-        let mut rest = vec![p.clone()];
-        for m in &subtract {
-            rest = rest.iter().flat_map(|r| r.minus(m)).collect();
-        }
-        let outside = rest.iter().any(|r| !r.is_missing_marker());
-        (touched, outside)
+        let refs: Vec<&Cube> = subtract.iter().collect();
+        let outside = !residual(&id_cube(p.clone()), &refs, 1, budget)?.is_empty();
+        Ok((touched, outside))
     }
 
     /// A concrete request inside `c`.
     pub(crate) fn example(&self, c: &Cube, time: &TimeUniverse) -> Example {
         example(c, time, &[self.break_glass_header])
+    }
+}
+
+/// Every request whose source is in `p`.
+fn id_cube(p: Pat) -> Cube {
+    let mut c = Cube::any();
+    c.src = p;
+    c
+}
+
+/// `FILE:LINE:COL` of a rule.
+fn rule_site(r: &RuleView<'_>) -> String {
+    format!("{}:{}:{}", r.file, r.line, r.column)
+}
+
+/// `FILE:LINE:COL` of a segment's name, and the segment as a refusal names it.
+fn segment_site(s: &SegmentView<'_>) -> (String, String) {
+    (
+        format!("{}:{}:{}", s.file, s.line, s.column),
+        format!("segment `{}`", s.name),
+    )
+}
+
+/// A rule or break-glass entry, as a refusal names it.
+fn rule_what(r: &RuleView<'_>) -> String {
+    if r.break_glass {
+        format!("break-glass entry `{}`", r.name)
+    } else {
+        format!("rule `{}`", r.name)
     }
 }
 
@@ -402,7 +497,12 @@ fn expand(list: &[EndpointView<'_>], segments: &[SegmentView<'_>]) -> Vec<Pat> {
     out
 }
 
-fn cubes_of(r: &RuleView<'_>, segments: &[SegmentView<'_>], time: &TimeUniverse) -> Vec<Cube> {
+fn cubes_of(
+    r: &RuleView<'_>,
+    segments: &[SegmentView<'_>],
+    time: &TimeUniverse,
+    budget: &Budget,
+) -> Result<Vec<Cube>, OverBudget> {
     let srcs = expand(&r.from, segments);
     let dsts = match &r.to {
         None => vec![missing_destination(), any_id()],
@@ -434,7 +534,7 @@ fn cubes_of(r: &RuleView<'_>, segments: &[SegmentView<'_>], time: &TimeUniverse)
         proto.headers.insert(name.clone(), merged);
     }
     proto.bg = if r.break_glass { BG_PRESENT } else { BG_ANY };
-    let mut out = Vec::with_capacity(srcs.len() * dsts.len() * paths.len());
+    let mut out = Vec::new();
     for s in &srcs {
         for d in &dsts {
             for p in &paths {
@@ -442,11 +542,12 @@ fn cubes_of(r: &RuleView<'_>, segments: &[SegmentView<'_>], time: &TimeUniverse)
                 c.src = s.clone();
                 c.dst = d.clone();
                 c.path = p.clone();
+                budget.keep(&c)?;
                 out.push(c);
             }
         }
     }
-    out
+    Ok(out)
 }
 
 /// Cubes with their owners, indexed by literal destination so overlap queries stay cheap on
@@ -474,8 +575,12 @@ impl<'a> CubeSet<'a> {
         }
     }
 
-    /// The members overlapping `q`, in insertion order.
-    pub(crate) fn overlapping(&self, q: &Cube) -> Vec<(&'a Cube, Owner)> {
+    /// The members overlapping `q`, in insertion order; each candidate tested is charged.
+    pub(crate) fn overlapping(
+        &self,
+        q: &Cube,
+        budget: &Budget,
+    ) -> Result<Vec<(&'a Cube, Owner)>, OverBudget> {
         let mut idx: Vec<u32> = match q.dst.literal_key() {
             Some(k) => {
                 let mut v = self.wild.clone();
@@ -488,10 +593,12 @@ impl<'a> CubeSet<'a> {
             None => (0..self.items.len() as u32).collect(),
         };
         idx.dedup();
-        idx.into_iter()
+        budget.work(budget::TEST * idx.len() as u64)?;
+        Ok(idx
+            .into_iter()
             .map(|i| self.items[i as usize])
             .filter(|(c, _)| c.overlaps(q))
-            .collect()
+            .collect())
     }
 
     /// Like [`CubeSet::overlapping`], keeping only owners `keep` accepts.
@@ -499,11 +606,13 @@ impl<'a> CubeSet<'a> {
         &self,
         q: &Cube,
         keep: impl Fn(Owner) -> bool,
-    ) -> Vec<(&'a Cube, Owner)> {
-        self.overlapping(q)
+        budget: &Budget,
+    ) -> Result<Vec<(&'a Cube, Owner)>, OverBudget> {
+        Ok(self
+            .overlapping(q, budget)?
             .into_iter()
             .filter(|(_, o)| keep(*o))
-            .collect()
+            .collect())
     }
 }
 
@@ -756,7 +865,7 @@ rules:
     #[test]
     fn interval_bits_agree_with_matches_every_minute() {
         let policy = Policy::from_yaml_str("zoned.yaml", ZONED).expect("bundle");
-        let time = TimeUniverse::new(&[&policy]);
+        let time = TimeUniverse::new(&[&policy], &Budget::unlimited()).expect("budget");
         let (y0, y1) = reference_year();
         let mut t = y0;
         let mut i = 0usize;

@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use proptest::prelude::*;
 
 use super::analyze::{Analyzer, OUTSIDE};
+use super::budget::Budget;
 use super::diff::diff;
 use super::model::{missing_destination, pat_of, with_point, Model, TimeUniverse};
 use crate::policy::{CertificateFacts, Pattern, PeerCertificate, Policy, Request, Verdict};
@@ -334,10 +335,12 @@ proptest! {
     #[test]
     fn who_can_reach_agrees_with_decide(spec in bundle_strategy(), reqs in prop::collection::vec(req_strategy(), 1..24)) {
         let policy = compile(&spec)?;
-        let time = TimeUniverse::new(&[&policy]);
-        let model = Model::new(&policy, &time);
-        let an = Analyzer::new(&model, &time);
-        let matrix = an.matrix();
+        // The default budget: generated bundles must fit in it as the shipped one does.
+        let budget = Budget::default_limits();
+        let time = TimeUniverse::new(&[&policy], &budget).expect("budget");
+        let model = Model::new(&policy, &time, &budget).expect("budget");
+        let an = Analyzer::new(&model, &time, &budget);
+        let matrix = an.matrix().expect("budget");
         let tds: Vec<&str> = policy.trust_domains().collect();
         for r in &reqs {
             let (verdict, reason, rule, segs) = with_request(r, |req| {
@@ -345,7 +348,7 @@ proptest! {
                 (d.verdict, d.reason, d.rule.map(str::to_string), (d.source_segment.map(str::to_string), d.destination_segment.map(str::to_string)))
             });
             for target in targets(&policy, r.destination) {
-                let reach = an.who_can_reach("t", &target);
+                let reach = an.who_can_reach("t", &target).expect("budget");
                 let covered = with_request(r, |req| {
                     with_point(req, &tds, policy.break_glass_header(), |p| {
                         reach.grants.iter().any(|g| {
@@ -376,7 +379,7 @@ proptest! {
                 prop_assert!(matrix.cell(&from, &to).is_some(), "allowed {:?} but matrix has no {} -> {}\n{}", r, from, to, spec.yaml());
             }
         }
-        let findings = an.findings(&matrix, &["s0".to_string()]);
+        let findings = an.findings(&matrix, &["s0".to_string()]).expect("budget");
         for f in &findings {
             if matches!(f.kind, "redundant-allow" | "redundant-deny" | "shadowed-by-deny" | "redundant-break-glass") {
                 let name = f.rule.clone().unwrap_or_default();
@@ -425,9 +428,11 @@ proptest! {
         }
         let po = compile(&old)?;
         let pn = compile(&new)?;
-        let time = TimeUniverse::new(&[&po, &pn]);
-        let (mo, mn) = (Model::new(&po, &time), Model::new(&pn, &time));
-        let d = diff(&mo, &mn, &time);
+        let budget = Budget::default_limits();
+        let time = TimeUniverse::new(&[&po, &pn], &budget).expect("budget");
+        let mo = Model::new(&po, &time, &budget).expect("budget");
+        let mn = Model::new(&pn, &time, &budget).expect("budget");
+        let d = diff(&mo, &mn, &time, &budget).expect("budget");
         prop_assert!(d.disagreements.is_empty(), "{:?}", d.disagreements);
         if expect_zero {
             prop_assert_eq!(d.exit(), super::Exit::Ok, "a pure reorder changed something: {:?}", d.grants.iter().chain(&d.revocations).map(|c| c.example.describe()).collect::<Vec<_>>());

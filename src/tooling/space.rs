@@ -16,6 +16,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::Arc;
 
+use super::budget::{self, Budget, OverBudget};
+
 /// The token standing for "header not sent" in header-value sets (no real value contains NUL).
 pub(crate) const MISSING: &str = "\u{0}";
 
@@ -881,35 +883,71 @@ impl Cube {
 
 /// Pieces of `c` not covered by any of `subtract` (disjoint, exact), at most `limit` of them.
 /// Empty result: `c` is covered. With `limit` 1 this is an emptiness test with a witness.
-pub(crate) fn residual(c: &Cube, subtract: &[&Cube], limit: usize) -> Vec<Cube> {
+///
+/// The search splits `c` along `subtract`, depth first; every test and every piece it creates is
+/// charged to `budget`, and the sets it holds on its current branch count as memory while held.
+/// Out of budget, it stops with no answer: a partial residual is never returned.
+pub(crate) fn residual(
+    c: &Cube,
+    subtract: &[&Cube],
+    limit: usize,
+    budget: &Budget,
+) -> Result<Vec<Cube>, OverBudget> {
+    // A test between large cubes (long token lists, many headers) costs more than one between
+    // small ones: tests are charged by the tokens of the piece and the subtracted cubes' average.
+    let tokens: u64 = subtract.iter().map(|d| budget::cube_tokens(d)).sum();
+    let others = tokens / subtract.len().max(1) as u64;
+    budget.work(budget::test_cost(budget::cube_tokens(c), others) * subtract.len() as u64)?;
     let relevant: Vec<&Cube> = subtract.iter().copied().filter(|d| d.overlaps(c)).collect();
     let mut out = Vec::new();
-    walk(c, &relevant, limit.max(1), &mut out);
-    out
+    walk(c, &relevant, limit.max(1), others, budget, &mut out)?;
+    Ok(out)
 }
 
-fn walk(c: &Cube, subtract: &[&Cube], limit: usize, out: &mut Vec<Cube>) {
+fn walk(
+    c: &Cube,
+    subtract: &[&Cube],
+    limit: usize,
+    others: u64,
+    budget: &Budget,
+    out: &mut Vec<Cube>,
+) -> Result<(), OverBudget> {
     if out.len() >= limit {
-        return;
+        return Ok(());
     }
     let Some(first) = subtract.first() else {
+        // A piece left over. The caller charges it as kept if it keeps it.
+        budget.work(budget::NEW_CUBE)?;
         out.push(c.clone());
-        return;
+        return Ok(());
     };
+    let tokens = budget::cube_tokens(c);
+    budget.work(budget::test_cost(tokens, others) * subtract.len() as u64)?;
     if subtract.iter().any(|d| c.subset(d)) {
-        return;
+        return Ok(());
     }
-    for piece in c.split(first) {
+    let pieces = c.split(first);
+    for piece in &pieces {
+        let tokens = budget::cube_tokens(piece);
+        budget.work(
+            budget::NEW_CUBE + tokens + budget::test_cost(tokens, others) * subtract.len() as u64,
+        )?;
         let rest: Vec<&Cube> = subtract
             .iter()
             .copied()
-            .filter(|d| d.overlaps(&piece))
+            .filter(|d| d.overlaps(piece))
             .collect();
-        walk(&piece, &rest, limit, out);
+        // Held while this branch is searched: the piece and the list of what still overlaps it.
+        let held = budget::cube_bytes(piece) + 8 * rest.len() as u64;
+        budget.hold(held)?;
+        let found = walk(piece, &rest, limit, others, budget, out);
+        budget.release(held);
+        found?;
         if out.len() >= limit {
-            return;
+            return Ok(());
         }
     }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -1028,13 +1066,16 @@ mod tests {
         let mut rest = whole.clone();
         rest.path = path("/a/*/*");
         // /a/** = /a/* + /a/*/* + deeper; /a/b/** covers only the b branch of deeper.
-        let r = residual(&whole, &[&left, &right, &rest], 1);
+        let b = Budget::unlimited();
+        let r = residual(&whole, &[&left, &right, &rest], 1, &b).expect("budget");
         assert_eq!(r.len(), 1);
         let (_, w) = r[0].path.witness();
         assert!(w.len() >= 4 && w[1] != "b", "{w:?}");
         let mut deeper = whole.clone();
         deeper.path = path("/a/*/*/**");
-        assert!(residual(&whole, &[&left, &right, &rest, &deeper], 1).is_empty());
+        assert!(residual(&whole, &[&left, &right, &rest, &deeper], 1, &b)
+            .expect("budget")
+            .is_empty());
     }
 
     #[test]

@@ -396,7 +396,7 @@ fn the_log_is_classified_and_bad_lines_are_named() {
         obs.unreadable[0]
     );
     assert!(
-        obs.unreadable[1].contains(":6: `decision` `maybe`"),
+        obs.unreadable[1].contains(":6: `maybe` is not a decision"),
         "{}",
         obs.unreadable[1]
     );

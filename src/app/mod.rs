@@ -202,7 +202,7 @@ async fn close(telemetry: &Telemetry) {
 type ServerHandle = JoinHandle<Result<(), ServerError>>;
 
 /// Start everything in order: admin, wardgate's own identity, the gRPC server (bound before any
-/// bundle work), then the enforced and the shadow bundle's first loads.
+/// bundle work), then the shadow and the enforced bundle's first loads.
 async fn start(
     plan: ServePlan,
     telemetry: &Arc<Telemetry>,
@@ -290,6 +290,20 @@ async fn start(
             tasks.stopped(),
         )),
     };
+    // The shadow bundle's first load comes before the enforced one's: once the health service
+    // says SERVING (a bundle is in force), every check is also compared with the shadow.
+    if let Some((evaluator, cfg)) = shadow {
+        tracing::info!(source = %cfg.source, "loading shadow bundle (evaluated, never enforced)");
+        let shadow_observer: Arc<dyn ReloadObserver> = evaluator.clone();
+        let mut reloader = Reloader::new(
+            cfg,
+            Arc::clone(evaluator.handle()),
+            shadow_observer,
+            "shadow bundle",
+        );
+        reloader.initial_load().await;
+        tasks.spawn(reloader.run(tasks.stopped()));
+    }
     let observer: Arc<dyn ReloadObserver> = telemetry.clone();
     match bundle {
         BundlePlan::Embedded => {
@@ -307,18 +321,6 @@ async fn start(
             }
             tasks.spawn(reloader.run(tasks.stopped()));
         }
-    }
-    if let Some((evaluator, cfg)) = shadow {
-        tracing::info!(source = %cfg.source, "loading shadow bundle (evaluated, never enforced)");
-        let shadow_observer: Arc<dyn ReloadObserver> = evaluator.clone();
-        let mut reloader = Reloader::new(
-            cfg,
-            Arc::clone(evaluator.handle()),
-            shadow_observer,
-            "shadow bundle",
-        );
-        reloader.initial_load().await;
-        tasks.spawn(reloader.run(tasks.stopped()));
     }
     Ok(server)
 }

@@ -25,6 +25,10 @@ struct Run {
 }
 
 /// Run wardgate and collect its exit code, output, wall time and peak RSS.
+#[expect(
+    clippy::zombie_processes,
+    reason = "the child is reaped with libc::wait4, which also reports its peak RSS"
+)]
 fn run(args: &[&str]) -> Run {
     let started = Instant::now();
     let mut child = Command::new(env!("CARGO_BIN_EXE_wardgate"))
@@ -110,7 +114,9 @@ fn wildcard_depths(k: usize) -> String {
     let ids: Vec<String> = (0..k)
         .map(|i| format!("\"spiffe://t.example/{}a/**\"", "*/".repeat(i)))
         .collect();
-    let paths: Vec<String> = (0..k).map(|i| format!("\"/{}a/**\"", "*/".repeat(i))).collect();
+    let paths: Vec<String> = (0..k)
+        .map(|i| format!("\"/{}a/**\"", "*/".repeat(i)))
+        .collect();
     format!(
         "version: 1\nrevision: 1\ntrust_domains: [t.example]\nsegments: {{s: {{members: [{}]}}}}\nrules:\n  - {{name: d, action: deny, from: [s], to: [s], paths: [{}]}}\n  - {{name: g, from: [s], to: [s]}}\n",
         ids.join(", "),
@@ -147,7 +153,9 @@ fn assert_refused(r: &Run, at: &str, rule: &str, limit: &str) {
     let line = r.stderr.trim_end();
     assert!(!line.contains('\n'), "one line: {line}");
     assert!(
-        line.starts_with(&format!("{at}: analysing rule `{rule}` exceeds the analysis {limit}")),
+        line.starts_with(&format!(
+            "{at}: analysing rule `{rule}` exceeds the analysis {limit}"
+        )),
         "{line}"
     );
     assert!(
@@ -193,7 +201,13 @@ fn a_raised_budget_lets_a_small_puzzle_finish_and_a_lowered_one_refuses_it() {
         .iter()
         .any(|f| f["kind"] == "shadowed-by-deny" && f["rule"] == "seat");
     assert!(shadowed, "the deny rules refuse all of `seat`: {v}");
-    let r = run(&["analyze", s(&b), "--findings", "--max-analysis-work", "2000"]);
+    let r = run(&[
+        "analyze",
+        s(&b),
+        "--findings",
+        "--max-analysis-work",
+        "2000",
+    ]);
     assert_refused(&r, &site(&b, &text, "seat"), "seat", "work budget");
     assert!(r.stderr.contains("of 2000 units"), "{}", r.stderr);
     let r = run(&["analyze", s(&b), "--findings", "--max-analysis-memory", "0"]);
@@ -265,7 +279,12 @@ fn the_shipped_bundle_fits_in_a_small_fraction_of_the_budget() {
         vec!["diff", s(&hospital), s(&hospital)],
     ] {
         let mut args = args;
-        args.extend(["--max-analysis-work", "200000", "--max-analysis-memory", "1"]);
+        args.extend([
+            "--max-analysis-work",
+            "200000",
+            "--max-analysis-memory",
+            "1",
+        ]);
         let r = run(&args);
         assert_eq!(r.code, 0, "{args:?}: {}", r.stderr);
     }

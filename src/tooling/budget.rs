@@ -14,6 +14,7 @@ use std::cell::Cell;
 use std::fmt;
 
 use super::space::{Cube, Pat, Tok};
+use crate::policy::view::{RuleView, SegmentView};
 
 /// Default `--max-analysis-work`: at most about two seconds of analysis on the build machine
 /// (release build; docs/performance.md), 1,500 times what the shipped hospital bundle
@@ -74,6 +75,30 @@ pub(crate) struct Refused {
     pub(crate) at: String,
     pub(crate) what: String,
     pub(crate) over: OverBudget,
+}
+
+impl Refused {
+    /// The rule or break-glass entry `r` was being analysed.
+    pub(crate) fn rule(r: &RuleView<'_>, over: OverBudget) -> Refused {
+        Refused {
+            at: format!("{}:{}:{}", r.file, r.line, r.column),
+            what: if r.break_glass {
+                format!("break-glass entry `{}`", r.name)
+            } else {
+                format!("rule `{}`", r.name)
+            },
+            over,
+        }
+    }
+
+    /// Segment `s` (its members or its `max_svid_lifetime`) was being analysed.
+    pub(crate) fn segment(s: &SegmentView<'_>, over: OverBudget) -> Refused {
+        Refused {
+            at: format!("{}:{}:{}", s.file, s.line, s.column),
+            what: format!("segment `{}`", s.name),
+            over,
+        }
+    }
 }
 
 impl fmt::Display for Refused {
@@ -189,7 +214,8 @@ pub(crate) fn cube_tokens(c: &Cube) -> u64 {
     let tok = |t: &Tok| match t {
         Tok::Only(s) | Tok::AllBut(s) => s.len() as u64,
     };
-    let pat = |p: &Pat| p.segs.iter().map(|t| 1 + tok(t)).sum::<u64>() + p.td.as_ref().map_or(0, tok);
+    let pat =
+        |p: &Pat| p.segs.iter().map(|t| 1 + tok(t)).sum::<u64>() + p.td.as_ref().map_or(0, tok);
     pat(&c.src)
         + pat(&c.dst)
         + pat(&c.path)
@@ -237,7 +263,8 @@ mod tests {
     use super::*;
     use crate::policy::Policy;
     use crate::tooling::analyze::Analyzer;
-    use crate::tooling::model::{Model, TimeUniverse};
+    use crate::tooling::model::Model;
+    use crate::tooling::timeline::TimeUniverse;
 
     /// Three pigeons, two holes: the deny rules refuse all of `seat`, and proving it takes
     /// every case.
@@ -298,15 +325,26 @@ rules:
         let time = TimeUniverse::new(&[&policy], &Budget::unlimited()).expect("time");
         // No memory at all: the first rule's first cube is refused.
         let r = Model::new(&policy, &time, &Budget::new(u64::MAX, 0)).expect_err("over");
-        assert_eq!((r.at.as_str(), r.what.as_str()), ("puzzle.yaml:9:5", "rule `c01h0`"));
+        assert_eq!(
+            (r.at.as_str(), r.what.as_str()),
+            ("puzzle.yaml:9:5", "rule `c01h0`")
+        );
         assert_eq!(r.over.limit, Limit::Memory);
         // Enough for the rules' cubes but not for the SVID-lifetime requirement's: the segment.
         let probe = Budget::unlimited();
         let m = Model::new(&policy, &time, &probe).expect("model");
-        let rules_only = probe.used().0 - m.lifetime_cubes.len() as u64 * new_cube(&m.lifetime_cubes[0].1);
-        let r = Model::new(&policy, &time, &Budget::new(rules_only, u64::MAX / (1 << 20)))
-            .expect_err("over");
-        assert_eq!((r.at.as_str(), r.what.as_str()), ("puzzle.yaml:5:3", "segment `s`"));
+        let rules_only =
+            probe.used().0 - m.lifetime_cubes.len() as u64 * new_cube(&m.lifetime_cubes[0].1);
+        let r = Model::new(
+            &policy,
+            &time,
+            &Budget::new(rules_only, u64::MAX / (1 << 20)),
+        )
+        .expect_err("over");
+        assert_eq!(
+            (r.at.as_str(), r.what.as_str()),
+            ("puzzle.yaml:5:3", "segment `s`")
+        );
     }
 
     #[test]

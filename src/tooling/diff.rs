@@ -16,8 +16,9 @@ use serde::Serialize;
 
 use super::analyze::{conditions, tok_list};
 use super::budget::{self, Budget, Refused};
-use super::model::{example, Example, Model, Owner, TimeUniverse};
+use super::model::{example, Example, Model, Owner};
 use super::space::{residual, Cube, Pat};
+use super::timeline::TimeUniverse;
 use super::{exit, load, refused, BudgetArgs};
 use crate::policy::Verdict;
 
@@ -238,9 +239,7 @@ fn gained(
                 push_unique(&mut ch.partly_covered_by, n);
             }
             for p in &pieces {
-                budget
-                    .keep_bytes(budget::cube_bytes(p))
-                    .map_err(refused)?;
+                budget.keep_bytes(budget::cube_bytes(p)).map_err(refused)?;
             }
             ch.pieces.extend(pieces);
         }

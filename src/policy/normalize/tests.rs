@@ -296,7 +296,6 @@ proptest! {
     }
 }
 
-
 /// An independent RFC 3986 reading of a raw request path, the way an upstream that resolves
 /// dot-segments (Python, Node, Go URL resolution) reads it. Nothing here reuses the code under
 /// test: it is the oracle the property below holds wardgate to.
@@ -481,8 +480,27 @@ fn upstream_agrees(raw: &str, decided: &str) -> Result<(), TestCaseError> {
 /// Raw paths built from pieces that make dot-segments and empty segments likely.
 fn tricky_path() -> impl Strategy<Value = String> {
     let piece = prop::sample::select(vec![
-        "a", "B", "", ".", "..", "...", "%2e", "%2E", ".%2e", "%2e.", "%2E%2e", "%2e%2e%2e", "..a",
-        ".b", "%41", "%7e", "a%2Fb", "x y", "%3a", ":", "%5c",
+        "a",
+        "B",
+        "",
+        ".",
+        "..",
+        "...",
+        "%2e",
+        "%2E",
+        ".%2e",
+        "%2e.",
+        "%2E%2e",
+        "%2e%2e%2e",
+        "..a",
+        ".b",
+        "%41",
+        "%7e",
+        "a%2Fb",
+        "x y",
+        "%3a",
+        ":",
+        "%5c",
     ]);
     (
         prop::collection::vec(piece, 0..7),

@@ -29,9 +29,9 @@ use criterion::{BenchmarkId, Criterion};
 use envoy_types::ext_authz::v3::pb::CheckRequest;
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Peer, Request};
 use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
+use wardgate::extauthz::{AuthzConfig, AuthzService};
 use wardgate::policy::Policy;
 use wardgate::policy::PolicyHandle;
-use wardgate::server::{AuthzService, ServerConfig};
 use wardgate::telemetry::{DecisionLogConfig, Telemetry, TelemetryConfig};
 
 const BUNDLE: &str = include_str!("../deploy/bundles/hospital.yaml");
@@ -120,7 +120,7 @@ fn main() {
     let handle: PolicyHandle = Arc::new(ArcSwapOption::from_pointee(policy));
     let in_force = handle.load_full().expect("policy");
 
-    let metrics = Telemetry::new(TelemetryConfig::default());
+    let metrics = Telemetry::new(TelemetryConfig::default()).expect("telemetry");
     metrics.bundle_swapped(&in_force, digest_source, Duration::ZERO);
     let sink = std::fs::OpenOptions::new()
         .write(true)
@@ -133,15 +133,16 @@ fn main() {
             queue: 65_536,
             sample_allows: 1.0,
         }),
-    });
+    })
+    .expect("telemetry");
     logged.bundle_swapped(&in_force, digest_source, Duration::ZERO);
 
     let service = |telemetry: Option<&Arc<Telemetry>>| {
         AuthzService::new(
             Arc::clone(&handle),
-            ServerConfig {
+            AuthzConfig {
                 telemetry: telemetry.cloned(),
-                ..ServerConfig::default()
+                ..AuthzConfig::default()
             },
         )
     };

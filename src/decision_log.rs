@@ -1,10 +1,13 @@
-//! The decision-log record: one JSON object per decision (DESIGN §6).
+//! The decision-log record: one JSON object per decision (fields listed in README.md).
 //!
 //! This module owns only the format, shared by the writer (telemetry) and the readers
 //! (`wardgate replay`). It never carries header values or bodies: patient data travels in them.
-//! The one exception is the break-glass reason, which exists to be audited.
+//! The one exception is the break-glass reason, which exists to be audited. The decision and
+//! its reason are the policy's own enums, written with their `as_str` names.
 
 use serde::{Deserialize, Serialize};
+
+use crate::policy::{Reason, Verdict};
 
 /// One logged decision. Field names are a stable interface for log pipelines.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,9 +37,9 @@ pub struct DecisionRecord {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub host: String,
     /// `allow` or `deny`.
-    pub decision: String,
-    /// Reason name (see `policy::Reason::as_str`).
-    pub reason: String,
+    pub decision: Verdict,
+    /// Why (written as [`Reason::as_str`]).
+    pub reason: Reason,
     /// Deciding rule or break-glass entry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rule: Option<String>,
@@ -79,8 +82,8 @@ mod tests {
             method: "GET".into(),
             path: "/x".into(),
             host: String::new(),
-            decision: "deny".into(),
-            reason: "default_deny".into(),
+            decision: Verdict::Deny,
+            reason: Reason::DefaultDeny,
             rule: None,
             revision: Some(3),
             latency_us: 4,
@@ -93,5 +96,63 @@ mod tests {
         );
         let back: DecisionRecord = serde_json::from_str(&text).expect("parse");
         assert_eq!(back, r);
+    }
+
+    /// The line format log pipelines parse, field by field and in order.
+    #[test]
+    fn writes_the_stable_line_format() {
+        let r = DecisionRecord {
+            time: "2026-11-23T10:00:00Z".into(),
+            request_id: Some("r-1".into()),
+            source: Some("spiffe://td/a".into()),
+            source_segment: Some("clinical".into()),
+            destination: Some("spiffe://td/b".into()),
+            destination_segment: Some("lab".into()),
+            method: "POST".into(),
+            path: "/x".into(),
+            host: "b.td".into(),
+            decision: Verdict::Allow,
+            reason: Reason::BreakGlass,
+            rule: Some("er-override".into()),
+            revision: Some(7),
+            latency_us: 12,
+            break_glass_reason: Some("patient crashing".into()),
+        };
+        assert_eq!(
+            serde_json::to_string(&r).expect("serialize"),
+            concat!(
+                r#"{"time":"2026-11-23T10:00:00Z","request_id":"r-1","source":"spiffe://td/a","#,
+                r#""source_segment":"clinical","destination":"spiffe://td/b","#,
+                r#""destination_segment":"lab","method":"POST","path":"/x","host":"b.td","#,
+                r#""decision":"allow","reason":"break_glass","rule":"er-override","revision":7,"#,
+                r#""latency_us":12,"break_glass_reason":"patient crashing"}"#
+            )
+        );
+    }
+
+    #[test]
+    fn every_verdict_and_reason_reads_back_by_its_name() {
+        for v in Verdict::ALL {
+            let text = serde_json::to_string(&v).expect("serialize");
+            assert_eq!(text, format!("\"{}\"", v.as_str()));
+            assert_eq!(serde_json::from_str::<Verdict>(&text).expect("parse"), v);
+        }
+        for r in Reason::ALL {
+            let text = serde_json::to_string(&r).expect("serialize");
+            assert_eq!(text, format!("\"{}\"", r.as_str()));
+            assert_eq!(serde_json::from_str::<Reason>(&text).expect("parse"), r);
+        }
+        let line = r#"{"time":"t","method":"GET","path":"/","decision":"maybe","reason":"rule","latency_us":1}"#;
+        let err = serde_json::from_str::<DecisionRecord>(line)
+            .expect_err("an unknown decision is refused")
+            .to_string();
+        assert!(err.contains("`maybe` is not a decision"), "{err}");
+        let line = line
+            .replace("maybe", "deny")
+            .replace(r#""rule""#, r#""Rule""#);
+        let err = serde_json::from_str::<DecisionRecord>(&line)
+            .expect_err("reasons are case-sensitive")
+            .to_string();
+        assert!(err.contains("`Rule` is not a reason"), "{err}");
     }
 }

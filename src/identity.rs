@@ -1,4 +1,4 @@
-//! Identity (DESIGN §4): SPIFFE ID syntax, and the facts read from the peer certificate Envoy
+//! Identity: SPIFFE ID syntax, and the facts read from the peer certificate Envoy
 //! forwards in `attributes.source.certificate`.
 //!
 //! This module owns the answer to "is this string a SPIFFE ID wardgate accepts?" and the

@@ -30,15 +30,21 @@
 //!   verified against their trust domain's bundle and an allow-list of SPIFFE ID patterns) and
 //!   its accept loop.
 //! * [`shadow`]: a candidate bundle evaluated beside the enforced one; disagreements counted.
-//! * [`server`]: the tonic ext_authz and gRPC health services, listeners and graceful shutdown.
+//! * [`extauthz`]: the Envoy adapter: `CheckRequest` to [`policy::Request`], decide, shadow,
+//!   record, and [`policy::Decision`] to `CheckResponse`.
+//! * [`grpc`]: the tonic server around the adapter: gRPC health following the policy, drain.
+//! * [`listen`]: listen addresses and binding (Unix-socket rules), shared by gRPC and admin.
 //! * [`decision_log`]: the JSON decision-log record shared by the writer and `replay`.
 //! * [`telemetry`]: Prometheus metrics and the decision-log writer (bounded queue, own thread).
 //! * [`admin`]: the admin HTTP listener: `/metrics`, `/healthz`, `/readyz`, `/v1/bundle`,
 //!   `/v1/rules`.
-//! * `tooling`: the platform-team verbs `test`, `analyze`, `diff` and `replay`: policy unit
-//!   tests, exact who-can-reach / segment-matrix / findings analysis of the compiled rules,
-//!   semantic bundle diffs, and decision-log replay against a candidate bundle.
-//! * [`cli`]: the `wardgate` command line (serve, validate, check).
+//! * `tooling`: the platform-team verbs `test`, `analyze`, `diff`, `replay` and `learn`: policy
+//!   unit tests, exact who-can-reach / segment-matrix / findings analysis of the compiled rules,
+//!   semantic bundle diffs, decision-log replay against a candidate bundle, and a bundle proposed
+//!   from decision logs.
+//! * [`app`]: `serve` wired: the checked [`app::ServePlan`] and [`app::serve`], which starts
+//!   every task in order and drains them on shutdown.
+//! * [`cli`]: the `wardgate` command line: parse, dispatch, print, one table of exit codes.
 #![forbid(unsafe_code)]
 #![deny(
     missing_debug_implementations,
@@ -50,12 +56,15 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod app;
 pub mod cli;
 pub mod decision_log;
+pub mod extauthz;
+pub mod grpc;
 pub mod identity;
+pub mod listen;
 pub mod policy;
 pub mod reload;
-pub mod server;
 pub mod shadow;
 pub mod svid;
 pub mod telemetry;

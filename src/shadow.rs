@@ -14,14 +14,26 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{IntCounterVec, IntGauge, Registry};
 
 use crate::policy::PolicyHandle;
-use crate::policy::{Decision, Policy, Request};
+use crate::policy::{Decision, Policy, Reason, Request, Verdict};
 use crate::reload::{Outcome, ReloadObserver};
+use crate::telemetry::metrics::{self, MetricsError};
 
 /// Label used when the shadow decision names no rule (default deny and the like).
 pub const NO_RULE: &str = "none";
+
+/// What the shadow bundle decided for a check where its verdict differs from the enforced one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Disagreement {
+    /// The shadow bundle's verdict (the opposite of the enforced one).
+    pub verdict: Verdict,
+    /// Why the shadow bundle decided so.
+    pub reason: Reason,
+    /// The shadow rule (or break-glass entry) that decided, where one did.
+    pub rule: Option<String>,
+}
 
 /// The shadow policy and its metrics.
 #[derive(Debug)]
@@ -33,38 +45,41 @@ pub struct Shadow {
 }
 
 impl Shadow {
-    /// A shadow evaluator reading `handle`, registering its metrics in `registry` (when given):
+    /// A shadow evaluator reading `handle`, registering its metrics in `registry` (when given;
+    /// without one they are counted but exported nowhere):
     /// `wardgate_shadow_disagreements_total{enforced,shadow,shadow_rule}`,
     /// `wardgate_shadow_bundle_revision`, `wardgate_shadow_reload_attempts_total{result}`.
     pub fn new(
         handle: PolicyHandle,
         registry: Option<&Registry>,
-    ) -> Result<Arc<Self>, prometheus::Error> {
-        let disagreements = IntCounterVec::new(
-            Opts::new(
-                "wardgate_shadow_disagreements_total",
-                "Checks the shadow bundle decides differently from the enforced one, by enforced decision, shadow decision and the shadow rule that decided (none: no rule).",
-            ),
+    ) -> Result<Arc<Self>, MetricsError> {
+        let unexported;
+        let r = match registry {
+            Some(r) => r,
+            None => {
+                unexported = Registry::new();
+                &unexported
+            }
+        };
+        let disagreements = metrics::counter_vec(
+            r,
+            "wardgate_shadow_disagreements_total",
+            "Checks the shadow bundle decides differently from the enforced one, by enforced decision, shadow decision and the shadow rule that decided (none: no rule).",
             &["enforced", "shadow", "shadow_rule"],
         )?;
-        let revision = IntGauge::new(
+        let revision = metrics::int_gauge(
+            r,
             "wardgate_shadow_bundle_revision",
             "Revision of the shadow bundle in force (0: none).",
         )?;
-        let reloads = IntCounterVec::new(
-            Opts::new(
-                "wardgate_shadow_reload_attempts_total",
-                "Shadow bundle reload attempts, by result.",
-            ),
+        let reloads = metrics::counter_vec(
+            r,
+            "wardgate_shadow_reload_attempts_total",
+            "Shadow bundle reload attempts, by result.",
             &["result"],
         )?;
         for outcome in Outcome::ALL {
             reloads.with_label_values(&[outcome.as_str()]);
-        }
-        if let Some(r) = registry {
-            r.register(Box::new(disagreements.clone()))?;
-            r.register(Box::new(revision.clone()))?;
-            r.register(Box::new(reloads.clone()))?;
         }
         Ok(Arc::new(Shadow {
             handle,
@@ -80,12 +95,8 @@ impl Shadow {
     }
 
     /// Decide `request` with the shadow policy (if one is loaded) and record a disagreement with
-    /// `enforced`. Returns the shadow decision's verdict and rule when they differ.
-    pub fn compare(
-        &self,
-        request: &Request<'_>,
-        enforced: &Decision<'_>,
-    ) -> Option<(bool, Option<String>)> {
+    /// `enforced`. Returns what the shadow bundle decided when the verdicts differ.
+    pub fn compare(&self, request: &Request<'_>, enforced: &Decision<'_>) -> Option<Disagreement> {
         let guard = self.handle.load();
         let shadow_policy: &Policy = guard.as_deref()?;
         let shadow = shadow_policy.decide(request);
@@ -110,7 +121,11 @@ impl Shadow {
             shadow_revision = shadow_policy.revision(),
             "shadow bundle disagrees"
         );
-        Some((shadow.is_allow(), shadow.rule.map(str::to_string)))
+        Some(Disagreement {
+            verdict: shadow.verdict,
+            reason: shadow.reason,
+            rule: shadow.rule.map(str::to_string),
+        })
     }
 }
 
@@ -154,7 +169,14 @@ mod tests {
         assert_eq!(shadow.compare(&req, &enforced), None);
 
         shadow.handle().store(Some(Arc::new(policy("[GET]"))));
-        assert_eq!(shadow.compare(&req, &enforced), Some((false, None)));
+        assert_eq!(
+            shadow.compare(&req, &enforced),
+            Some(Disagreement {
+                verdict: Verdict::Deny,
+                reason: Reason::DefaultDeny,
+                rule: None,
+            })
+        );
         let get = Request {
             method: "GET",
             ..req

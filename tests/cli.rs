@@ -1,5 +1,6 @@
 //! The `validate` and `check` verbs, run as the real binary the way bundle authors' scripts run
-//! them: exit codes, `FILE:LINE:COL: message` diagnostics, and the JSON decision.
+//! them: exit codes, `FILE:LINE:COL: message` diagnostics, and the JSON decision; and what any
+//! verb owes a shell: `--version`, a closed pipe, and logs without escape codes in a file.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -134,13 +135,13 @@ fn validate_rejects_each_broken_bundle_at_the_right_line() {
         let out = wardgate(&["validate", file.to_str().expect("utf-8 path")]);
         let stderr = String::from_utf8_lossy(&out.stderr).to_string();
         let prefix = format!("{}:{line}:", file.display());
-        let ok = out.status.code() == Some(1)
+        let ok = out.status.code() == Some(3)
             && stderr
                 .lines()
                 .any(|l| l.starts_with(&prefix) && l.contains(phrase));
         if !ok {
             failures.push(format!(
-                "{case}: want exit 1 and a line starting `{prefix}` containing `{phrase}`; got exit {:?}:\n{stderr}",
+                "{case}: want exit 3 and a line starting `{prefix}` containing `{phrase}`; got exit {:?}:\n{stderr}",
                 out.status.code()
             ));
         }
@@ -157,7 +158,7 @@ fn validate_lists_every_error_not_just_the_first() {
     );
     std::fs::write(&file, yaml).expect("write");
     let out = wardgate(&["validate", file.to_str().expect("utf-8 path")]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(3));
     let stderr = String::from_utf8_lossy(&out.stderr);
     let located: Vec<&str> = stderr
         .lines()
@@ -192,7 +193,7 @@ fn directory_bundles_merge_and_report_the_right_file() {
     )
     .expect("write");
     let out = wardgate(&["validate", dir.path().to_str().expect("utf-8 path")]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(3));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("20-more.yaml:2:"), "{stderr}");
 }
@@ -202,12 +203,20 @@ fn check_json(args: &[&str]) -> serde_json::Value {
     let mut all = vec!["check", bundle.to_str().expect("utf-8 path"), "--json"];
     all.extend_from_slice(args);
     let out = wardgate(&all);
-    assert!(
-        out.status.success(),
-        "check exits 0 whatever the decision: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!("{e}: {}", String::from_utf8_lossy(&out.stderr));
+    });
+    let want = match v["decision"].as_str() {
+        Some("allow") => 0,
+        Some("deny") => 1,
+        other => panic!("decision {other:?}"),
+    };
+    assert_eq!(
+        out.status.code(),
+        Some(want),
+        "check exits 0 when allowed, 1 when denied: {v}"
     );
-    serde_json::from_slice(&out.stdout).expect("one JSON object")
+    v
 }
 
 #[test]
@@ -391,5 +400,205 @@ fn serve_without_a_bundle_says_so_in_its_first_log_line() {
     assert!(
         first.contains("serving the example bundle embedded in the binary"),
         "first log line: {first}"
+    );
+}
+
+#[test]
+fn check_prints_the_bundle_and_the_evaluation_instant_apart() {
+    let bundle = hospital();
+    let digest = wardgate::policy::Policy::from_path(&bundle)
+        .expect("the example bundle compiles")
+        .digest()
+        .to_string();
+    let at = "2026-11-23T12:00:00+01:00";
+    let instant: jiff::Timestamp = at.parse().expect("instant");
+    let args = [
+        "check",
+        bundle.to_str().expect("utf-8 path"),
+        "--from",
+        "spiffe://hospital.example/ns/clinical/sa/ehr",
+        "--to",
+        "spiffe://hospital.example/ns/clinical/sa/lab",
+        "--path",
+        "/results/1",
+        "--at",
+        at,
+    ];
+    let out = wardgate(&args);
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = |label: &str| {
+        text.lines()
+            .find(|l| l.starts_with(label))
+            .unwrap_or_else(|| panic!("no `{label}` line in:\n{text}"))
+            .to_string()
+    };
+    assert_eq!(line("bundle:"), format!("bundle:   revision 1 ({digest})"));
+    assert!(
+        line("at:").starts_with(&format!("at:       {instant} (evaluation instant")),
+        "{text}"
+    );
+
+    let v = check_json(&args[2..]);
+    assert_eq!(v["revision"], 1);
+    assert_eq!(v["digest"], digest.as_str());
+    assert_eq!(v["at"], instant.to_string());
+}
+
+#[test]
+fn version_names_the_crate_version_and_the_git_revision() {
+    let out = wardgate(&["--version"]);
+    assert_eq!(out.status.code(), Some(0));
+    let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    // What the build saw: an explicit revision for builds without .git, else git's own answer.
+    let expected = match option_env!("WARDGATE_GIT_REV").filter(|r| !r.trim().is_empty()) {
+        Some(rev) => rev.trim().to_string(),
+        None => {
+            let git = |args: &[&str]| {
+                Command::new("git")
+                    .args(args)
+                    .current_dir(env!("CARGO_MANIFEST_DIR"))
+                    .output()
+                    .ok()
+                    .filter(|o| o.status.success())
+                    .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            };
+            match git(&["rev-parse", "--short", "HEAD"]) {
+                None => "unknown".to_string(),
+                Some(rev) => {
+                    let changes = git(&[
+                        "status",
+                        "--porcelain",
+                        "--untracked-files=no",
+                        "--",
+                        "src",
+                        "build.rs",
+                        "Cargo.toml",
+                        "Cargo.lock",
+                        "deploy/bundles/hospital.yaml",
+                    ])
+                    .unwrap_or_default();
+                    if changes.is_empty() {
+                        rev
+                    } else {
+                        format!("{rev}-dirty")
+                    }
+                }
+            }
+        }
+    };
+    assert_eq!(
+        line,
+        format!("wardgate {} ({expected})", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+/// The write end of a pipe whose read end is already closed: every write to it fails with
+/// EPIPE, as `wardgate check ... | head -1` does once `head` has its line.
+fn closed_pipe() -> std::process::Stdio {
+    let mut reader = Command::new("true")
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("run true");
+    let writer = reader.stdin.take().expect("pipe");
+    reader.wait().expect("true exits");
+    std::process::Stdio::from(writer)
+}
+
+#[test]
+fn every_verb_stops_quietly_at_a_closed_pipe() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bundle = hospital();
+    let bundle = bundle.to_str().expect("utf-8 path");
+    let tests = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/bundles/hospital.tests.yaml");
+    let log = dir.path().join("decisions.jsonl");
+    std::fs::write(&log, "").expect("write");
+    let broken = dir.path().join("broken.yaml");
+    std::fs::write(&broken, "version: 1\ncolour: blue\n").expect("write");
+    let ehr = "spiffe://hospital.example/ns/clinical/sa/ehr";
+    let cases: Vec<(Vec<&str>, i32)> = vec![
+        (vec!["validate", bundle], 0),
+        (vec!["validate", broken.to_str().expect("utf-8")], 3),
+        (vec!["check", bundle, "--from", ehr, "--path", "/admin"], 1),
+        (
+            vec!["check", bundle, "--from", ehr, "--path", "/admin", "--json"],
+            1,
+        ),
+        (vec!["test", bundle, tests.to_str().expect("utf-8")], 0),
+        (vec!["analyze", bundle], 0),
+        (vec!["diff", bundle, bundle], 0),
+        (
+            vec!["replay", bundle, "--log", log.to_str().expect("utf-8")],
+            0,
+        ),
+        (vec!["--help"], 0),
+        (vec!["--version"], 0),
+        (vec!["check", bundle], 2),
+    ];
+    for (args, code) in cases {
+        let status = Command::new(env!("CARGO_BIN_EXE_wardgate"))
+            .args(&args)
+            .env("WARDGATE_DOT", "/nonexistent/dot")
+            .stdout(closed_pipe())
+            .stderr(closed_pipe())
+            .status()
+            .expect("run wardgate");
+        // A panic on the broken pipe would exit 101.
+        assert_eq!(status.code(), Some(code), "{args:?}");
+    }
+}
+
+#[test]
+fn serve_logs_to_a_file_without_escape_codes_and_survives_sighup() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("wardgate.err");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wardgate"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "off",
+            "--decision-log",
+            "off",
+        ])
+        .env_remove("NO_COLOR")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .spawn()
+        .expect("start serve");
+    let signal = |name: &str| {
+        Command::new("kill")
+            .args([name, &child.id().to_string()])
+            .status()
+            .expect("kill")
+    };
+    let wait_for = |needle: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.contains(needle) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no `{needle}` in:\n{text}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+    wait_for("serving ext_authz");
+    assert!(signal("-HUP").success());
+    wait_for("SIGHUP ignored");
+    assert!(signal("-TERM").success());
+    let status = child.wait().expect("serve exits");
+    assert_eq!(status.code(), Some(0), "drained and stopped cleanly");
+    let bytes = std::fs::read(&log).expect("log");
+    assert!(!bytes.is_empty());
+    assert!(
+        !bytes.contains(&0x1b),
+        "escape codes in a log file:\n{}",
+        String::from_utf8_lossy(&bytes)
     );
 }

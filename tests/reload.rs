@@ -1,6 +1,21 @@
 //! Hot reload through the library API: every refusal leaves the policy in force untouched, a
 //! valid newer bundle is swapped in, and the HTTP source behaves against a real local HTTP server
 //! (ETag / 304, HTTP 500, timeouts, size limit, a server that goes away and comes back).
+//!
+//! The hardening of issue 12 is tested in the modules below: bundles rewritten in place
+//! (`settle`), refusals that persist and idle sources (`refusals`), restarts (`restart`),
+//! secrets in HTTP source URLs and endless bodies (`http`), SIGHUP (`signals`).
+
+#[path = "reload/http.rs"]
+mod http;
+#[path = "reload/refusals.rs"]
+mod refusals;
+#[path = "reload/restart.rs"]
+mod restart;
+#[path = "reload/settle.rs"]
+mod settle;
+#[path = "reload/signals.rs"]
+mod signals;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -35,9 +50,123 @@ fn revision(h: &PolicyHandle) -> Option<u64> {
 }
 
 fn file_reloader(path: &Path, h: &PolicyHandle, keys: TrustedKeys) -> Reloader {
+    file_reloader_with(path, h, keys, |_| {})
+}
+
+/// A file reloader; the tests write each version completely before calling `reload()`, so a
+/// short settle interval keeps them fast (the default is exercised in `settle`).
+fn file_reloader_with(
+    path: &Path,
+    h: &PolicyHandle,
+    keys: TrustedKeys,
+    tweak: impl FnOnce(&mut ReloadConfig),
+) -> Reloader {
     let mut cfg = ReloadConfig::new(BundleSource::Path(path.to_path_buf()));
     cfg.trusted_keys = keys;
+    cfg.settle = Duration::from_millis(20);
+    tweak(&mut cfg);
     Reloader::new(cfg, Arc::clone(h), Arc::new(NoObserver), "bundle")
+}
+
+fn rule_names(h: &PolicyHandle) -> Vec<String> {
+    h.load()
+        .as_ref()
+        .map(|p| p.rule_names().map(str::to_string).collect())
+        .unwrap_or_default()
+}
+
+/// Run `r` in the background; the returned sender stops it.
+fn follow(
+    r: Reloader,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(r.run(async {
+        let _ = stop_rx.await;
+    }));
+    (stop_tx, task)
+}
+
+/// Poll `done` every 10 ms for up to `limit`; whether it became true.
+async fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let started = std::time::Instant::now();
+    while !done() {
+        if started.elapsed() > limit {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    true
+}
+
+/// A policy as a witness saw it: its revision and rule names.
+type Seen = (u64, Vec<String>);
+
+/// Every policy a handle held, as (revision, rule names), sampled every millisecond from its own
+/// task: what a check arriving at that moment would have been decided by.
+struct Witness {
+    seen: Arc<Mutex<Vec<Seen>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Witness {
+    fn start(h: &PolicyHandle) -> Self {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (h, log, halt) = (Arc::clone(h), Arc::clone(&seen), Arc::clone(&stop));
+        let task = tokio::spawn(async move {
+            let mut last: Option<Arc<wardgate::policy::Policy>> = None;
+            while !halt.load(Ordering::SeqCst) {
+                let now = h.load_full();
+                let changed = match (&last, &now) {
+                    (Some(a), Some(b)) => !Arc::ptr_eq(a, b),
+                    (None, None) => false,
+                    _ => true,
+                };
+                if changed {
+                    if let Some(p) = &now {
+                        let names = p.rule_names().map(str::to_string).collect();
+                        log.lock().expect("lock").push((p.revision(), names));
+                    }
+                    last = now;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        });
+        Witness { seen, stop, task }
+    }
+
+    async fn stop(self) -> Vec<Seen> {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.task.await;
+        let seen = self.seen.lock().expect("lock").clone();
+        seen
+    }
+}
+
+/// An observer that records every outcome and the source named at every swap.
+#[derive(Default)]
+struct Recorder {
+    outcomes: Mutex<Vec<Outcome>>,
+    sources: Mutex<Vec<String>>,
+}
+
+impl wardgate::reload::ReloadObserver for Recorder {
+    fn swapped(&self, _policy: &wardgate::policy::Policy, source: &str, _compile_time: Duration) {
+        self.sources.lock().expect("lock").push(source.to_string());
+    }
+    fn attempted(&self, outcome: Outcome) {
+        self.outcomes.lock().expect("lock").push(outcome);
+    }
+}
+
+impl Recorder {
+    fn outcomes(&self) -> Vec<Outcome> {
+        self.outcomes.lock().expect("lock").clone()
+    }
 }
 
 fn keypair() -> (minisign::KeyPair, TrustedKeys) {
@@ -59,7 +188,11 @@ async fn every_refusal_keeps_the_policy_in_force() {
     let file = dir.path().join("bundle.yaml");
     let h = handle();
     std::fs::write(&file, bundle(5, false)).expect("write");
-    let mut r = file_reloader(&file, &h, TrustedKeys::none());
+    // No rewrite grace: an equal revision with other content is refused at once (within the
+    // grace it would be taken as the rest of a write; see `settle`).
+    let mut r = file_reloader_with(&file, &h, TrustedKeys::none(), |c| {
+        c.rewrite_grace = Duration::ZERO
+    });
     assert_eq!(r.reload(false).await, Outcome::Swapped);
     assert_eq!(revision(&h), Some(5));
 
@@ -120,6 +253,7 @@ async fn equal_revision_is_accepted_only_when_allowed() {
     std::fs::write(&file, bundle(5, false)).expect("write");
     let mut cfg = ReloadConfig::new(BundleSource::Path(file.clone()));
     cfg.allow_equal_revision = true;
+    cfg.settle = Duration::from_millis(20);
     let mut r = Reloader::new(cfg, Arc::clone(&h), Arc::new(NoObserver), "bundle");
     assert_eq!(r.reload(false).await, Outcome::Swapped);
     std::fs::write(&file, bundle(5, true)).expect("write");
@@ -259,6 +393,10 @@ struct BundleServer {
     mode: Arc<AtomicUsize>, // 0 normal, 1 HTTP 500, 2 stall
     requests: Arc<AtomicU64>,
     not_modified: Arc<AtomicU64>,
+    /// Every request's URI (path and query), in order.
+    uris: Arc<Mutex<Vec<String>>>,
+    /// Every request's `Authorization` header, if any.
+    authorizations: Arc<Mutex<Vec<Option<String>>>>,
 }
 
 impl BundleServer {
@@ -286,6 +424,13 @@ impl BundleServer {
 
     async fn answer(&self, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
         self.requests.fetch_add(1, Ordering::SeqCst);
+        self.uris.lock().expect("lock").push(req.uri().to_string());
+        self.authorizations.lock().expect("lock").push(
+            req.headers()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+        );
         match self.mode.load(Ordering::SeqCst) {
             1 => {
                 return Response::builder()
@@ -346,9 +491,16 @@ fn http_reloader(
     h: &PolicyHandle,
     tweak: impl FnOnce(&mut ReloadConfig),
 ) -> Reloader {
-    let mut cfg = ReloadConfig::new(BundleSource::Http(format!(
-        "http://{addr}/bundles/hospital.yaml"
-    )));
+    http_reloader_at(addr, "/bundles/hospital.yaml", h, tweak)
+}
+
+fn http_reloader_at(
+    addr: SocketAddr,
+    path: &str,
+    h: &PolicyHandle,
+    tweak: impl FnOnce(&mut ReloadConfig),
+) -> Reloader {
+    let mut cfg = ReloadConfig::new(BundleSource::Http(format!("http://{addr}{path}")));
     cfg.http_timeout = Duration::from_millis(500);
     tweak(&mut cfg);
     Reloader::new(cfg, Arc::clone(h), Arc::new(NoObserver), "bundle")
@@ -463,4 +615,68 @@ async fn bundle_server_goes_away_and_comes_back_and_the_cache_covers_a_cold_star
     let _ = stop_tx.send(());
     running.await.expect("stops");
     assert_eq!(revision(&h), Some(2));
+}
+
+fn digest(h: &PolicyHandle) -> Option<String> {
+    h.load().as_ref().map(|p| p.digest().to_owned())
+}
+
+/// The bundle digest identifies content, not where it sits (README, "Bundle digest"): the same
+/// file under another name has the same digest, `sha256:` and what `sha256sum` prints for it;
+/// one byte more is another digest.
+#[tokio::test]
+async fn renaming_a_bundle_file_keeps_its_digest_and_editing_it_does_not() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = bundle(1, false);
+    let mut digests = Vec::new();
+    for (name, content) in [
+        ("hospital.yaml", text.clone()),
+        ("renamed.yml", text.clone()),
+        ("edited.yaml", format!("{text}#")),
+    ] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, &content).expect("write");
+        let h = handle();
+        let mut r = file_reloader(&path, &h, TrustedKeys::none());
+        assert_eq!(r.reload(false).await, Outcome::Swapped, "{name}");
+        digests.push(digest(&h).expect("a policy"));
+    }
+    let sha256sum = {
+        use sha2::{Digest, Sha256};
+        format!("sha256:{:x}", Sha256::digest(text.as_bytes()))
+    };
+    assert_eq!(digests[0], sha256sum);
+    assert_eq!(digests[1], digests[0], "renamed");
+    assert_ne!(digests[2], digests[0], "one byte added");
+}
+
+/// A bundle URL without `.yaml` is cached as `<name>.yaml`. A sidecar that started from that
+/// cache while the server was down then gets the same bundle from the server: that is the
+/// bundle in force (unchanged), not another bundle claiming its revision, which would be
+/// refused as a rollback and counted as a failure until the revision is raised.
+#[tokio::test]
+async fn a_cold_start_from_the_cache_and_the_source_agree_on_the_bundle() {
+    let cache = tempfile::tempdir().expect("tempdir");
+    let server = BundleServer::default();
+    server.set(&bundle(1, false));
+    let (addr, task) = start_server(&server, None).await;
+    let h = handle();
+    let mut warm = http_reloader_at(addr, "/bundles/latest", &h, |c| {
+        c.cache_dir = Some(cache.path().to_path_buf());
+    });
+    assert_eq!(warm.initial_load().await, Outcome::Swapped);
+    task.abort();
+    let _ = task.await;
+
+    let cold = handle();
+    let mut r = http_reloader_at(addr, "/bundles/latest", &cold, |c| {
+        c.cache_dir = Some(cache.path().to_path_buf());
+    });
+    assert_eq!(r.initial_load().await, Outcome::FetchError);
+    assert_eq!(revision(&cold), Some(1), "started from the cache");
+    assert_eq!(digest(&cold), digest(&h));
+
+    let (_, _task) = start_server(&server, Some(addr)).await;
+    assert_eq!(r.reload(false).await, Outcome::Unchanged);
+    assert_eq!(digest(&cold), digest(&h));
 }

@@ -1,364 +1,29 @@
 //! Validation and compilation: raw bundle files in, an immutable, indexed [`Policy`] out.
 //!
-//! Validation collects every problem with its file, line and column (DESIGN §2). Compilation
-//! then interns every identity pattern, builds tries that map a SPIFFE ID to the patterns and the
-//! segment it matches, and files every rule under each (source key, destination key) pair it
-//! names. A request then looks up only the handful of buckets its own identities select, so
-//! decision cost depends on the rules that can apply to that pair, not on the bundle's size.
+//! Validation collects every problem with its file, line and column, across all files of the
+//! bundle, so one run reports them all (the bundle format is described in README.md). Only a
+//! bundle without a single problem is compiled: names resolved to segment numbers, patterns
+//! parsed, conditions normalised into the `model`, and every rule filed in the `index` through
+//! its builder.
 //!
-//! This module never evaluates a request; see `eval`.
+//! This module never evaluates a request (that is `eval`), and never lays out the index itself:
+//! it hands the index each segment member and each rule's `from` and `to`, nothing more.
 
-use std::collections::{HashMap, HashSet};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::collections::HashSet;
 use std::path::Path;
 
 use fnv::FnvHashMap;
-use sha2::{Digest, Sha256};
 
 use super::bundle::{self, RawBundle, RawRule, SourceFile, S};
+use super::digest::bundle_digest;
 use super::error::Diagnostics;
-use super::pattern::{Pattern, Seg};
+use super::index::{IndexBuilder, RuleList, Selector};
+use super::model::{Action, Endpoint, Policy, Rule, Segment};
+use super::pattern::Pattern;
 use super::schedule::{self, Schedule};
 
 /// The supported bundle format version.
 pub const FORMAT_VERSION: u64 = 1;
-
-/// Key meaning "any destination" (a rule without `to`).
-pub(crate) const ANY: u32 = u32::MAX;
-
-/// An immutable, compiled rule bundle. Build it with [`Policy::from_path`] or
-/// [`Policy::from_yaml_str`]; ask it with [`Policy::decide`].
-#[derive(Debug)]
-pub struct Policy {
-    pub(crate) revision: u64,
-    pub(crate) digest: String,
-    pub(crate) trust_domains: Vec<Box<str>>,
-    pub(crate) segments: Vec<Segment>,
-    /// Segment members, `from` and `to` patterns, each payload tagged with its [`Slot`].
-    pub(crate) id_trie: IdTrie,
-    pub(crate) rules: Vec<Rule>,
-    pub(crate) break_glass: Vec<Rule>,
-    pub(crate) break_glass_header: Option<Box<str>>,
-    pub(crate) deny_index: PairIndex,
-    pub(crate) allow_index: PairIndex,
-    pub(crate) break_glass_index: PairIndex,
-}
-
-/// A segment: a named zone of workloads.
-#[derive(Debug)]
-pub(crate) struct Segment {
-    pub(crate) name: Box<str>,
-    pub(crate) members: Vec<Pattern>,
-    pub(crate) max_svid_lifetime: Option<jiff::SignedDuration>,
-    /// Where the segment is defined: file, line, column of its name.
-    pub(crate) site: (Box<str>, u64, u64),
-}
-
-/// Allow or deny, as a rule states it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
-    /// The rule grants.
-    Allow,
-    /// The rule refuses; deny rules are hard boundaries.
-    Deny,
-}
-
-/// A rule as listed by [`Policy::rules`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RuleInfo<'p> {
-    /// Rule name.
-    pub name: &'p str,
-    /// Allow or deny.
-    pub action: Action,
-    /// Whether this is a break-glass entry.
-    pub break_glass: bool,
-    /// Bundle file it is defined in.
-    pub file: &'p str,
-    /// Line of its definition.
-    pub line: u64,
-}
-
-/// A `from` or `to` entry.
-#[derive(Debug, Clone)]
-pub(crate) enum Endpoint {
-    Segment(u32),
-    Pattern(Pattern),
-}
-
-/// A compiled rule or break-glass entry.
-#[derive(Debug)]
-pub(crate) struct Rule {
-    pub(crate) name: Box<str>,
-    pub(crate) action: Action,
-    pub(crate) from: Vec<Endpoint>,
-    pub(crate) to: Option<Vec<Endpoint>>,
-    /// Upper-case methods.
-    pub(crate) methods: Option<Vec<Box<str>>>,
-    pub(crate) paths: Option<Vec<Pattern>>,
-    /// Lower-case hosts without port.
-    pub(crate) hosts: Option<Vec<Box<str>>>,
-    pub(crate) schedule: Option<Schedule>,
-    /// Lower-case header name, allowed exact values.
-    pub(crate) headers: Vec<(Box<str>, Vec<Box<str>>)>,
-    pub(crate) file: Box<str>,
-    pub(crate) line: u64,
-    pub(crate) column: u64,
-}
-
-/// Rule indices (ascending, i.e. bundle order) per (source key, destination key).
-pub(crate) type PairIndex = HashMap<(u32, u32), Box<[u32]>, BuildHasherDefault<PairHasher>>;
-
-/// A multiplicative hasher for the pair index's `(u32, u32)` keys: two integer writes, one
-/// multiply and a fold, instead of FNV's byte loop. Keys are small dense integers chosen by the
-/// compiler, not by requests, so no keyed hash is needed.
-#[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct PairHasher(u64);
-
-impl Hasher for PairHasher {
-    fn finish(&self) -> u64 {
-        let h = self.0.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        h ^ (h >> 29)
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-
-    fn write_u32(&mut self, n: u32) {
-        self.0 = self.0.rotate_left(32) ^ u64::from(n);
-    }
-}
-
-/// What a trie payload stands for: the identity's segment, or the key of a `from` or `to`
-/// pattern. Stored in the top two bits of each payload.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Slot {
-    /// A segment member pattern; the payload is the segment id.
-    Segment = 0,
-    /// A `from` pattern; the payload is its interned key.
-    From = 1,
-    /// A `to` pattern; the payload is its interned key.
-    To = 2,
-}
-
-const SLOT_SHIFT: u32 = 30;
-const PAYLOAD_MASK: u32 = (1 << SLOT_SHIFT) - 1;
-const NO_NODE: u32 = u32::MAX;
-/// Children kept in a sorted vector up to this many, in a hash map beyond.
-const FEW_CHILDREN: usize = 8;
-/// Path segments looked at without spilling to the heap.
-const INLINE_SEGMENTS: usize = 16;
-
-/// A trie over SPIFFE IDs: trust domain, then path segments, with `*` and `**` edges. One trie
-/// holds segment members and `from` and `to` patterns alike (each payload tagged with its
-/// [`Slot`]), so a request walks it once per identity.
-#[derive(Debug, Default)]
-pub(crate) struct IdTrie {
-    roots: Vec<(Box<str>, u32)>,
-    nodes: Vec<TrieNode>,
-}
-
-#[derive(Debug)]
-struct TrieNode {
-    literal: Children,
-    star: u32,
-    /// Payloads of patterns ending exactly here.
-    exact: Box<[u32]>,
-    /// Payloads of patterns ending here in `**` (one or more further segments).
-    more: Box<[u32]>,
-}
-
-impl Default for TrieNode {
-    fn default() -> Self {
-        TrieNode {
-            literal: Children::Few(Vec::new()),
-            star: NO_NODE,
-            exact: Box::default(),
-            more: Box::default(),
-        }
-    }
-}
-
-/// A node's literal edges: most nodes have a handful (a linear scan beats hashing), a few (the
-/// `sa` level of a large mesh) have thousands.
-#[derive(Debug)]
-enum Children {
-    Few(Vec<(Box<str>, u32)>),
-    Many(FnvHashMap<Box<str>, u32>),
-}
-
-impl Children {
-    #[inline]
-    fn get(&self, seg: &str) -> Option<u32> {
-        match self {
-            Children::Few(list) => list.iter().find(|(l, _)| **l == *seg).map(|&(_, n)| n),
-            Children::Many(map) => map.get(seg).copied(),
-        }
-    }
-
-    fn insert(&mut self, seg: &str, node: u32) {
-        match self {
-            Children::Few(list) if list.len() < FEW_CHILDREN => list.push((seg.into(), node)),
-            Children::Few(list) => {
-                let mut map: FnvHashMap<Box<str>, u32> = list.drain(..).collect();
-                map.insert(seg.into(), node);
-                *self = Children::Many(map);
-            }
-            Children::Many(map) => {
-                map.insert(seg.into(), node);
-            }
-        }
-    }
-
-    fn shrink(&mut self) {
-        match self {
-            Children::Few(list) => list.shrink_to_fit(),
-            Children::Many(map) => map.shrink_to_fit(),
-        }
-    }
-}
-
-fn push_unique(list: &mut Box<[u32]>, payload: u32) {
-    if !list.contains(&payload) {
-        let mut v = std::mem::take(list).into_vec();
-        v.push(payload);
-        *list = v.into_boxed_slice();
-    }
-}
-
-/// The `/`-separated segments of `""` or `/a/b` (a plain byte scan: segments are short, and
-/// `str::split`'s searcher costs more than it saves here).
-#[inline]
-pub(crate) fn split_segments(path: &str) -> smallvec::SmallVec<[&str; INLINE_SEGMENTS]> {
-    let mut segs = smallvec::SmallVec::new();
-    let rest = path.strip_prefix('/').unwrap_or(path);
-    if rest.is_empty() {
-        return segs;
-    }
-    let bytes = rest.as_bytes();
-    let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        if b == b'/' {
-            segs.push(&rest[start..i]);
-            start = i + 1;
-        }
-    }
-    segs.push(&rest[start..]);
-    segs
-}
-
-impl IdTrie {
-    /// File `payload` under `pattern`; returns the pattern's leaf node and whether it ends in
-    /// `**`, which together identify the pattern (equal patterns end at the same place).
-    fn insert(&mut self, pattern: &Pattern, slot: Slot, payload: u32) -> (u32, bool) {
-        debug_assert!(payload <= PAYLOAD_MASK);
-        let tagged = (slot as u32) << SLOT_SHIFT | (payload & PAYLOAD_MASK);
-        let td = pattern.trust_domain().unwrap_or("");
-        let mut node = match self.roots.iter().find(|(t, _)| **t == *td) {
-            Some(&(_, n)) => n,
-            None => {
-                let n = self.new_node();
-                self.roots.push((td.into(), n));
-                n
-            }
-        };
-        for seg in pattern.segments() {
-            node = match seg {
-                Seg::Literal(l) => match self.nodes[node as usize].literal.get(l) {
-                    Some(n) => n,
-                    None => {
-                        let n = self.new_node();
-                        self.nodes[node as usize].literal.insert(l, n);
-                        n
-                    }
-                },
-                Seg::Any => match self.nodes[node as usize].star {
-                    NO_NODE => {
-                        let n = self.new_node();
-                        self.nodes[node as usize].star = n;
-                        n
-                    }
-                    n => n,
-                },
-            };
-        }
-        let leaf = &mut self.nodes[node as usize];
-        if pattern.more() {
-            push_unique(&mut leaf.more, tagged);
-        } else {
-            push_unique(&mut leaf.exact, tagged);
-        }
-        (node, pattern.more())
-    }
-
-    /// The leaf node and `**` flag `pattern` would end at, if it was inserted.
-    fn find(&self, pattern: &Pattern) -> Option<(u32, bool)> {
-        let td = pattern.trust_domain().unwrap_or("");
-        let mut node = self.roots.iter().find(|(t, _)| **t == *td)?.1;
-        for seg in pattern.segments() {
-            let n = &self.nodes[node as usize];
-            node = match seg {
-                Seg::Literal(l) => n.literal.get(l)?,
-                Seg::Any if n.star != NO_NODE => n.star,
-                Seg::Any => return None,
-            };
-        }
-        Some((node, pattern.more()))
-    }
-
-    fn new_node(&mut self) -> u32 {
-        self.nodes.push(TrieNode::default());
-        (self.nodes.len() - 1) as u32
-    }
-
-    fn shrink(&mut self) {
-        self.nodes.shrink_to_fit();
-        for n in &mut self.nodes {
-            n.literal.shrink();
-        }
-    }
-
-    /// Call `found(slot, payload)` for every pattern matching `trust_domain` + `path`
-    /// (`""` or `/a/b`).
-    #[inline]
-    pub(crate) fn lookup(&self, trust_domain: &str, path: &str, found: &mut impl FnMut(Slot, u32)) {
-        let Some(&(_, root)) = self.roots.iter().find(|(t, _)| **t == *trust_domain) else {
-            return;
-        };
-        let segs = split_segments(path);
-        let mut emit = |list: &[u32]| {
-            for &p in list {
-                let slot = match p >> SLOT_SHIFT {
-                    0 => Slot::Segment,
-                    1 => Slot::From,
-                    _ => Slot::To,
-                };
-                found(slot, p & PAYLOAD_MASK);
-            }
-        };
-        self.walk(root, &segs, &mut emit);
-    }
-
-    fn walk(&self, node: u32, segs: &[&str], found: &mut impl FnMut(&[u32])) {
-        let n = &self.nodes[node as usize];
-        match segs.split_first() {
-            None => found(&n.exact),
-            Some((seg, rest)) => {
-                if !n.more.is_empty() {
-                    found(&n.more);
-                }
-                if let Some(child) = n.literal.get(seg) {
-                    self.walk(child, rest, found);
-                }
-                if n.star != NO_NODE {
-                    self.walk(n.star, rest, found);
-                }
-            }
-        }
-    }
-}
 
 fn valid_name(name: &str) -> bool {
     let mut bytes = name.bytes();
@@ -428,76 +93,11 @@ impl Policy {
         if files.len() != sources.len() {
             return Err(errors);
         }
-        let mut hasher = Sha256::new();
-        for (name, text) in sources {
-            let base = Path::new(name)
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            hasher.update((base.len() as u64).to_be_bytes());
-            hasher.update(base.as_bytes());
-            hasher.update((text.len() as u64).to_be_bytes());
-            hasher.update(text.as_bytes());
-        }
-        let digest = format!("sha256:{:x}", hasher.finalize());
-        let policy = compile(&files, digest, &mut errors);
+        let policy = compile(&files, bundle_digest(sources), &mut errors);
         match policy {
             Some(p) if errors.is_empty() => Ok(p),
             _ => Err(errors),
         }
-    }
-
-    /// The bundle's `revision`.
-    pub fn revision(&self) -> u64 {
-        self.revision
-    }
-
-    /// `sha256:<hex>` over the bundle's file names and contents.
-    pub fn digest(&self) -> &str {
-        &self.digest
-    }
-
-    /// Number of rules (not counting break-glass entries).
-    pub fn rule_count(&self) -> usize {
-        self.rules.len()
-    }
-
-    /// Names of the rules, in bundle order.
-    pub fn rule_names(&self) -> impl Iterator<Item = &str> {
-        self.rules.iter().map(|r| &*r.name)
-    }
-
-    /// Every rule in bundle order, then every break-glass entry, with where it is defined.
-    pub fn rules(&self) -> impl Iterator<Item = RuleInfo<'_>> {
-        let rules = self.rules.iter().map(|r| (r, false));
-        let bg = self.break_glass.iter().map(|r| (r, true));
-        rules.chain(bg).map(|(r, break_glass)| RuleInfo {
-            name: &r.name,
-            action: r.action,
-            break_glass,
-            file: &r.file,
-            line: r.line,
-        })
-    }
-
-    /// Names of the break-glass entries, in bundle order.
-    pub fn break_glass_names(&self) -> impl Iterator<Item = &str> {
-        self.break_glass.iter().map(|r| &*r.name)
-    }
-
-    /// Names of the segments, in bundle order.
-    pub fn segment_names(&self) -> impl Iterator<Item = &str> {
-        self.segments.iter().map(|s| &*s.name)
-    }
-
-    /// The trust domains the bundle accepts.
-    pub fn trust_domains(&self) -> impl Iterator<Item = &str> {
-        self.trust_domains.iter().map(|t| &**t)
-    }
-
-    /// The header that carries a break-glass reason, if the bundle enables break-glass.
-    pub fn break_glass_header(&self) -> Option<&str> {
-        self.break_glass_header.as_deref()
     }
 }
 
@@ -703,86 +303,51 @@ fn compile(files: &[SourceFile], digest: String, errors: &mut Diagnostics) -> Op
         return None;
     }
 
-    // Index.
-    // Interned pattern keys, by where the pattern ends in the trie (no pattern hashing or
-    // cloning): (leaf node, ends in `**`) -> key.
-    let mut patterns: FnvHashMap<(u32, bool), u32> = FnvHashMap::default();
-    let n_segments = segments.len() as u32;
-    let mut id_trie = IdTrie::default();
+    // Index: segment members first, then rules and break-glass entries by position.
+    let mut index = IndexBuilder::new(segments.len() as u32);
     for (i, s) in segments.iter().enumerate() {
         for m in &s.members {
-            id_trie.insert(m, Slot::Segment, i as u32);
+            index.segment_member(i as u32, m);
         }
     }
-    // Keys interned per pattern, shared by `from` and `to`; the trie records which side
-    // named a pattern, so a key filed as `from` never matches a destination.
-    let mut key = |e: &Endpoint, slot: Slot, trie: &mut IdTrie| -> u32 {
-        match e {
-            Endpoint::Segment(s) => *s,
-            Endpoint::Pattern(p) => {
-                let next = n_segments + patterns.len() as u32;
-                let k = match trie.find(p).and_then(|leaf| patterns.get(&leaf)) {
-                    Some(&k) => k,
-                    None => next,
-                };
-                let leaf = trie.insert(p, slot, k);
-                patterns.entry(leaf).or_insert(k);
-                k
-            }
-        }
-    };
-    let mut deny_pairs: FnvHashMap<(u32, u32), Vec<u32>> = FnvHashMap::default();
-    let mut allow_pairs: FnvHashMap<(u32, u32), Vec<u32>> = FnvHashMap::default();
-    let mut break_glass_pairs: FnvHashMap<(u32, u32), Vec<u32>> = FnvHashMap::default();
-    let mut froms: Vec<u32> = Vec::new();
-    let mut tos: Vec<u32> = Vec::new();
-    for (list, is_bg) in [(&rules, false), (&break_glass, true)] {
-        for (i, rule) in list.iter().enumerate() {
-            froms.clear();
-            froms.extend(rule.from.iter().map(|e| key(e, Slot::From, &mut id_trie)));
-            tos.clear();
-            match &rule.to {
-                None => tos.push(ANY),
-                Some(to) => tos.extend(to.iter().map(|e| key(e, Slot::To, &mut id_trie))),
-            }
-            let index = match (is_bg, rule.action) {
-                (true, _) => &mut break_glass_pairs,
-                (false, Action::Deny) => &mut deny_pairs,
-                (false, Action::Allow) => &mut allow_pairs,
-            };
-            for &f in &froms {
-                for &t in &tos {
-                    let bucket = index.entry((f, t)).or_default();
-                    if bucket.last() != Some(&(i as u32)) {
-                        bucket.push(i as u32);
-                    }
-                }
-            }
-        }
+    for (i, rule) in rules.iter().enumerate() {
+        let list = match rule.action {
+            Action::Deny => RuleList::Deny,
+            Action::Allow => RuleList::Allow,
+        };
+        file_rule(&mut index, list, i, rule);
     }
-    id_trie.shrink();
-    let freeze = |pairs: FnvHashMap<(u32, u32), Vec<u32>>| -> PairIndex {
-        let mut index = PairIndex::with_capacity_and_hasher(pairs.len(), Default::default());
-        index.extend(pairs.into_iter().map(|(k, v)| (k, v.into_boxed_slice())));
-        index
-    };
-    let deny_index = freeze(deny_pairs);
-    let allow_index = freeze(allow_pairs);
-    let break_glass_index = freeze(break_glass_pairs);
+    for (i, rule) in break_glass.iter().enumerate() {
+        file_rule(&mut index, RuleList::BreakGlass, i, rule);
+    }
 
     Some(Policy {
         revision: revision.unwrap_or(0),
         digest,
         trust_domains: names.trust_domains,
         segments,
-        id_trie,
         rules,
         break_glass,
         break_glass_header,
-        deny_index,
-        allow_index,
-        break_glass_index,
+        index: index.finish(),
     })
+}
+
+fn selector(e: &Endpoint) -> Selector<'_> {
+    match e {
+        Endpoint::Segment(s) => Selector::Segment(*s),
+        Endpoint::Pattern(p) => Selector::Pattern(p),
+    }
+}
+
+/// File a rule in the index under the pairs its `from` and `to` name.
+fn file_rule(index: &mut IndexBuilder, list: RuleList, position: usize, rule: &Rule) {
+    index.rule(
+        list,
+        position as u32,
+        rule.from.iter().map(selector),
+        rule.to.as_ref().map(|to| to.iter().map(selector)),
+    );
 }
 
 fn spiffe_pattern(

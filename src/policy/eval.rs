@@ -1,41 +1,28 @@
-//! Evaluation: the decision order of DESIGN §3 applied to one request.
+//! Evaluation: the decision order (docs/ARCHITECTURE.md) applied to one request.
 //!
 //! `decide` and `decide_traced` share one generic body; the untraced instance carries no
-//! tracing code at all. Only rules filed under the (source key, destination key) pairs of this
-//! request's identities are looked at, in bundle order, stopping at the first match.
-//! Nothing here allocates on the common path except identity parsing, reads the clock, or
-//! touches anything but the policy and the request.
+//! tracing code at all. Only the rules the `index` files under this request's identities are
+//! looked at, in bundle order, stopping at the first match. This module reads the compiled
+//! `model` and asks the `index`; it never builds or changes either, never allocates on the
+//! common path except identity parsing, never reads the clock, and touches nothing but the
+//! policy and the request.
 
 use smallvec::SmallVec;
 
-use super::compile::{split_segments, Action, PairIndex, Policy, Rule, Slot, ANY};
+use super::index::{Placement, RuleList};
+use super::model::{Action, Policy, Rule};
 use super::normalize;
-use super::pattern::{Pattern, Seg};
+use super::pattern::split_segments;
 use super::trace::{NoTrace, RuleOutcome, Trace, TraceStep, Tracer};
-use super::{Decision, HeaderLookup, PeerCertificate, Reason, Request, Verdict};
+use super::{
+    Decided, Decision, HeaderLookup, HttpAttributes, PeerCertificate, Reason, Request, Verdict,
+};
 use crate::identity;
 
 /// Longest break-glass reason accepted, in bytes.
 pub const MAX_BREAK_GLASS_REASON: usize = 256;
 
-type Keys = SmallVec<[u32; 8]>;
 type Segments<'a> = SmallVec<[&'a str; 16]>;
-
-/// [`Pattern::matches_path`] on a path already split into segments (`[]` is the root).
-#[inline]
-fn path_matches(pattern: &Pattern, segs: &[&str]) -> bool {
-    let want = pattern.segments();
-    let len_ok = if pattern.more() {
-        segs.len() > want.len()
-    } else {
-        segs.len() == want.len()
-    };
-    len_ok
-        && want.iter().zip(segs).all(|(w, s)| match w {
-            Seg::Any => true,
-            Seg::Literal(l) => **l == **s,
-        })
-}
 
 /// The request fields rules look at, normalised once.
 struct Ctx<'r> {
@@ -64,7 +51,7 @@ fn mismatch(rule: &Rule, cx: &Ctx<'_>) -> Option<Mismatch> {
         }
     }
     if let Some(paths) = &rule.paths {
-        if !paths.iter().any(|p| path_matches(p, &cx.path_segments)) {
+        if !paths.iter().any(|p| p.matches_split(&cx.path_segments)) {
             return Some(Mismatch::Path);
         }
     }
@@ -108,50 +95,6 @@ fn outcome(rule: &Rule, m: Option<Mismatch>) -> RuleOutcome {
     }
 }
 
-/// The lowest-numbered matching rule across the buckets of every key pair.
-fn first_match(
-    index: &PairIndex,
-    rules: &[Rule],
-    src: &Keys,
-    dst: &Keys,
-    cx: &Ctx<'_>,
-) -> Option<u32> {
-    let mut best = u32::MAX;
-    for &s in src {
-        for &d in dst {
-            if let Some(bucket) = index.get(&(s, d)) {
-                for &i in bucket {
-                    if i >= best {
-                        break;
-                    }
-                    if mismatch(&rules[i as usize], cx).is_none() {
-                        best = i;
-                        break;
-                    }
-                }
-            }
-        }
-    }
-    (best != u32::MAX).then_some(best)
-}
-
-/// Every rule index filed under any pair, ascending and without duplicates.
-fn candidates(indexes: &[&PairIndex], src: &Keys, dst: &Keys) -> Vec<u32> {
-    let mut out = Vec::new();
-    for index in indexes {
-        for &s in src {
-            for &d in dst {
-                if let Some(bucket) = index.get(&(s, d)) {
-                    out.extend_from_slice(bucket);
-                }
-            }
-        }
-    }
-    out.sort_unstable();
-    out.dedup();
-    out
-}
-
 /// Why the reference parser rejects `raw` (traced runs only; the fast check already said no).
 fn id_error(raw: &str) -> String {
     match identity::parse_spiffe_id(raw) {
@@ -168,40 +111,50 @@ pub fn valid_break_glass_reason(v: &str) -> bool {
 }
 
 impl Policy {
-    /// Decide one request (DESIGN §3). Pure: same policy and request, same decision.
+    /// Decide one request by the decision order (docs/ARCHITECTURE.md). Pure: same policy and
+    /// request, same decision.
     pub fn decide(&self, request: &Request<'_>) -> Decision<'_> {
-        self.evaluate(request, &mut NoTrace)
+        self.evaluate(request, &mut NoTrace, &mut None)
+    }
+
+    /// Decide one request as [`Policy::decide`] does, and hand back the break-glass reason the
+    /// decision accepted, so that a caller logging it need not read the header again.
+    pub fn decide_stated<'p, 'r>(&'p self, request: &Request<'r>) -> Decided<'p, 'r> {
+        let mut break_glass_reason = None;
+        let decision = self.evaluate(request, &mut NoTrace, &mut break_glass_reason);
+        Decided {
+            decision,
+            break_glass_reason,
+        }
     }
 
     /// Decide one request and record why in `trace`. Returns exactly what [`Policy::decide`]
     /// returns for the same request.
     pub fn decide_traced(&self, request: &Request<'_>, trace: &mut Trace) -> Decision<'_> {
-        self.evaluate(request, trace)
+        self.evaluate(request, trace, &mut None)
     }
 
     fn trusts(&self, trust_domain: &str) -> bool {
         self.trust_domains.iter().any(|td| **td == *trust_domain)
     }
 
-    /// Walk the identity trie once: push the keys of the `side` patterns matching the identity
-    /// into `keys`, and return its segment (segments never overlap, so there is at most one).
+    /// The first rule of `list` (by position) that the index files under this pair and whose
+    /// conditions all hold.
     #[inline]
-    fn identity_keys(
+    fn first_match(
         &self,
-        trust_domain: &str,
-        path: &str,
-        side: Slot,
-        keys: &mut Keys,
+        list: RuleList,
+        src: &Placement,
+        dst: &Placement,
+        cx: &Ctx<'_>,
     ) -> Option<u32> {
-        let mut seg = None;
-        self.id_trie.lookup(trust_domain, path, &mut |slot, k| {
-            if slot == Slot::Segment {
-                seg = Some(k);
-            } else if slot == side {
-                keys.push(k);
-            }
-        });
-        seg
+        let rules = match list {
+            RuleList::Deny | RuleList::Allow => &self.rules,
+            RuleList::BreakGlass => &self.break_glass,
+        };
+        self.index.first_match(list, src, dst, |i| {
+            mismatch(&rules[i as usize], cx).is_none()
+        })
     }
 
     fn segment_name(&self, id: Option<u32>) -> Option<&str> {
@@ -209,7 +162,13 @@ impl Policy {
             .map(|s| &*s.name)
     }
 
-    fn evaluate<'p, T: Tracer>(&'p self, req: &Request<'_>, t: &mut T) -> Decision<'p> {
+    /// The decision order. `stated` receives the break-glass reason of a break-glass allow.
+    fn evaluate<'p, 'r, T: Tracer>(
+        &'p self,
+        req: &Request<'r>,
+        t: &mut T,
+        stated: &mut Option<&'r str>,
+    ) -> Decision<'p> {
         let deny = |reason, src: Option<u32>, dst: Option<u32>| Decision {
             verdict: Verdict::Deny,
             reason,
@@ -242,9 +201,9 @@ impl Policy {
             });
             return deny(Reason::Unauthenticated, None, None);
         }
-        // One walk of the identity trie per identity: its segment and its pattern keys.
-        let mut src_keys = Keys::new();
-        let src_seg = self.identity_keys(src_td, src_path, Slot::From, &mut src_keys);
+        // One look-up in the index per identity: its segment and the rules that can name it.
+        let src = self.index.source(src_td, src_path);
+        let src_seg = src.segment();
         t.step(|| TraceStep::Source {
             id: raw_source.to_string(),
             segment: self.segment_name(src_seg).map(str::to_string),
@@ -257,8 +216,8 @@ impl Policy {
             Some(Some((td, p))) if self.trusts(td) => Some((td, p)),
             _ => None,
         };
-        let mut dst_keys = Keys::new();
-        let dst_seg = dst_id.and_then(|(td, p)| self.identity_keys(td, p, Slot::To, &mut dst_keys));
+        let dst = self.index.destination(dst_id);
+        let dst_seg = dst.segment();
         t.step(|| TraceStep::Destination {
             id: dst_id.and(raw_destination).map(str::to_string),
             segment: self.segment_name(dst_seg).map(str::to_string),
@@ -275,7 +234,13 @@ impl Policy {
             },
         });
 
-        // 3. Path.
+        // 3. Path: none to judge without the HTTP attributes, else one unambiguous form.
+        if req.http == HttpAttributes::Absent {
+            t.step(|| TraceStep::PathRejected {
+                why: "the request carries no HTTP attributes (no method, path or headers)".into(),
+            });
+            return deny(Reason::BadPath, src_seg, dst_seg);
+        }
         let path = match normalize::path(req.path) {
             Ok(p) => p,
             Err(e) => {
@@ -350,13 +315,6 @@ impl Policy {
         }
 
         // 5-8. Rules, through the index.
-        if let Some(s) = src_seg {
-            src_keys.push(s);
-        }
-        if let Some(s) = dst_seg {
-            dst_keys.push(s);
-        }
-        dst_keys.push(ANY);
         let host = normalize::host(req.host);
         let cx = Ctx {
             method: req.method,
@@ -373,12 +331,12 @@ impl Policy {
             source_segment: self.segment_name(src_seg),
             destination_segment: self.segment_name(dst_seg),
         };
-        let denied = first_match(&self.deny_index, &self.rules, &src_keys, &dst_keys, &cx);
+        let denied = self.first_match(RuleList::Deny, &src, &dst, &cx);
         let allowed = match denied {
             Some(_) => None,
-            None => first_match(&self.allow_index, &self.rules, &src_keys, &dst_keys, &cx),
+            None => self.first_match(RuleList::Allow, &src, &dst, &cx),
         };
-        self.trace_rules(t, &src_keys, &dst_keys, &cx, denied.or(allowed));
+        self.trace_rules(t, &src, &dst, &cx, denied.or(allowed));
         if let Some(i) = denied {
             return decided(Verdict::Deny, Reason::Rule, &self.rules[i as usize]);
         }
@@ -394,15 +352,10 @@ impl Policy {
                         result: format!("ignored: `{header}` must be non-empty printable text of at most {MAX_BREAK_GLASS_REASON} bytes"),
                     });
                 } else {
-                    let hit = first_match(
-                        &self.break_glass_index,
-                        &self.break_glass,
-                        &src_keys,
-                        &dst_keys,
-                        &cx,
-                    );
-                    self.trace_break_glass(t, &src_keys, &dst_keys, &cx);
+                    let hit = self.first_match(RuleList::BreakGlass, &src, &dst, &cx);
+                    self.trace_break_glass(t, &src, &dst, &cx);
                     if let Some(i) = hit {
+                        *stated = Some(value);
                         return decided(
                             Verdict::Allow,
                             Reason::BreakGlass,
@@ -421,8 +374,8 @@ impl Policy {
     fn trace_rules<T: Tracer>(
         &self,
         t: &mut T,
-        src: &Keys,
-        dst: &Keys,
+        src: &Placement,
+        dst: &Placement,
         cx: &Ctx<'_>,
         decided_by: Option<u32>,
     ) {
@@ -430,7 +383,9 @@ impl Policy {
         // tracer never calls it) does no work.
         let mut list = Vec::new();
         t.step(|| {
-            list = candidates(&[&self.deny_index, &self.allow_index], src, dst);
+            list = self
+                .index
+                .candidates(&[RuleList::Deny, RuleList::Allow], src, dst);
             TraceStep::NotApplicable {
                 rules: self.rules.len() - list.len(),
             }
@@ -458,10 +413,16 @@ impl Policy {
         }
     }
 
-    fn trace_break_glass<T: Tracer>(&self, t: &mut T, src: &Keys, dst: &Keys, cx: &Ctx<'_>) {
+    fn trace_break_glass<T: Tracer>(
+        &self,
+        t: &mut T,
+        src: &Placement,
+        dst: &Placement,
+        cx: &Ctx<'_>,
+    ) {
         let mut list = Vec::new();
         t.step(|| {
-            list = candidates(&[&self.break_glass_index], src, dst);
+            list = self.index.candidates(&[RuleList::BreakGlass], src, dst);
             TraceStep::BreakGlass {
                 result: format!(
                     "requested; {} entry(ies) apply to these identities",

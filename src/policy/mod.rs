@@ -1,9 +1,10 @@
 //! The policy engine: bundle model, validation, compilation and [`Policy::decide`].
 //!
 //! This module owns the meaning of a rule bundle. Raw YAML ([`bundle`]) is validated and
-//! compiled ([`compile`]) once into an immutable [`Policy`] whose indexes make the per-request
-//! check cheap; [`Policy::decide`] then applies the decision order of DESIGN §3 to one
-//! [`Request`] and returns a typed [`Decision`] naming its reason, rule and segments.
+//! compiled (`compile`) once into an immutable [`Policy`] (the plain data in `model`, the rule
+//! lookup in `index`) that makes the per-request check cheap; [`Policy::decide`] (`eval`) then
+//! applies the decision order described in docs/ARCHITECTURE.md to one [`Request`] and returns
+//! a typed [`Decision`] naming its reason, rule and segments.
 //!
 //! It must never do I/O beyond reading the bundle files it is pointed at, never spawn, lock,
 //! read the clock or touch globals: the server, the CLI and the benches all call the same
@@ -40,9 +41,12 @@
 
 mod bundle;
 mod compile;
+mod digest;
 mod error;
 mod eval;
 mod handle;
+mod index;
+mod model;
 pub mod normalize;
 mod pattern;
 #[cfg(test)]
@@ -54,11 +58,15 @@ pub(crate) mod view;
 use std::collections::HashMap;
 use std::fmt;
 
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
 pub use crate::identity::CertificateFacts;
-pub use compile::{Action, Policy, RuleInfo, FORMAT_VERSION};
+pub use compile::FORMAT_VERSION;
 pub use error::{Diagnostic, Diagnostics};
 pub use eval::{valid_break_glass_reason, MAX_BREAK_GLASS_REASON};
 pub use handle::PolicyHandle;
+pub use model::{Action, Policy, RuleInfo};
 pub use pattern::{Pattern, PatternError};
 pub use trace::{RuleOutcome, Trace, TraceStep};
 
@@ -99,6 +107,18 @@ pub enum PeerCertificate<'a> {
     Parsed(&'a CertificateFacts),
 }
 
+/// Whether the carrier of a request sent its HTTP attributes (method, path, host, headers).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum HttpAttributes {
+    /// Sent: `method`, `path`, `host` and `headers` are the request's.
+    #[default]
+    Present,
+    /// Not sent (an ext_authz Check without `attributes.request.http`; Envoy's HTTP filter always
+    /// sends them). There is no path to judge: [`Policy::decide`] denies `bad_path` at the path
+    /// step, after the source identity step.
+    Absent,
+}
+
 /// One authorization question, borrowed from whatever carried it (a `CheckRequest`, CLI flags).
 ///
 /// Fields hold raw values as Envoy forwards them; [`Policy::decide`] parses and normalises them
@@ -121,6 +141,8 @@ pub struct Request<'a> {
     pub time: jiff::Timestamp,
     /// The forwarded peer certificate, if any.
     pub peer_certificate: PeerCertificate<'a>,
+    /// Whether `method`, `path`, `host` and `headers` were sent at all.
+    pub http: HttpAttributes,
 }
 
 impl fmt::Debug for Request<'_> {
@@ -133,6 +155,7 @@ impl fmt::Debug for Request<'_> {
             .field("host", &self.host)
             .field("time", &self.time)
             .field("peer_certificate", &self.peer_certificate)
+            .field("http", &self.http)
             .finish_non_exhaustive()
     }
 }
@@ -150,6 +173,7 @@ impl<'a> Request<'a> {
             headers: &NoHeaders,
             time: jiff::Timestamp::UNIX_EPOCH,
             peer_certificate: PeerCertificate::NotForwarded,
+            http: HttpAttributes::Present,
         }
     }
 }
@@ -164,12 +188,33 @@ pub enum Verdict {
 }
 
 impl Verdict {
-    /// `"allow"` or `"deny"`.
+    /// Both verdicts.
+    pub const ALL: [Verdict; 2] = [Verdict::Allow, Verdict::Deny];
+
+    /// `"allow"` or `"deny"`: the one spelling of logs, metrics, headers and JSON.
     pub fn as_str(self) -> &'static str {
         match self {
             Verdict::Allow => "allow",
             Verdict::Deny => "deny",
         }
+    }
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for Verdict {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Verdict {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        by_name(deserializer, &Verdict::ALL, Verdict::as_str, "decision")
     }
 }
 
@@ -230,6 +275,38 @@ impl fmt::Display for Reason {
     }
 }
 
+impl Serialize for Reason {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Reason {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        by_name(deserializer, &Reason::ALL, Reason::as_str, "reason")
+    }
+}
+
+/// Read one of `all` by its `name` (the same `as_str` spelling it is written with).
+fn by_name<'de, D: Deserializer<'de>, T: Copy>(
+    deserializer: D,
+    all: &[T],
+    name: fn(T) -> &'static str,
+    what: &str,
+) -> Result<T, D::Error> {
+    let text = std::borrow::Cow::<str>::deserialize(deserializer)?;
+    all.iter()
+        .copied()
+        .find(|&v| name(v) == text)
+        .ok_or_else(|| {
+            let known: Vec<&str> = all.iter().map(|&v| name(v)).collect();
+            D::Error::custom(format!(
+                "`{text}` is not a {what}: expected one of {}",
+                known.join(", ")
+            ))
+        })
+}
+
 /// The outcome of [`Policy::decide`]. Names borrow from the policy, so they are bounded by the
 /// bundle and safe to use as metric labels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -254,6 +331,24 @@ impl Decision<'static> {
         rule: None,
         source_segment: None,
         destination_segment: None,
+    };
+}
+
+/// What [`Policy::decide_stated`] returns: the decision and, on a break-glass allow, the reason
+/// the caller stated in the bundle's break-glass header (the value `decide` accepted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decided<'p, 'r> {
+    /// The decision, as [`Policy::decide`] returns it.
+    pub decision: Decision<'p>,
+    /// The stated break-glass reason, when `decision` is a break-glass allow; else `None`.
+    pub break_glass_reason: Option<&'r str>,
+}
+
+impl Decided<'static, 'static> {
+    /// The answer when no bundle is in force.
+    pub const NO_POLICY: Decided<'static, 'static> = Decided {
+        decision: Decision::NO_POLICY,
+        break_glass_reason: None,
     };
 }
 

@@ -1,4 +1,4 @@
-//! Segment-aware patterns for SPIFFE IDs and HTTP paths (DESIGN §2).
+//! Segment-aware patterns for SPIFFE IDs and HTTP paths (the bundle format is in README.md).
 //!
 //! A pattern is a list of path segments, each a literal or `*` (exactly one segment), with an
 //! optional final `**` (one or more further segments). SPIFFE ID patterns also carry a literal
@@ -153,6 +153,23 @@ impl Pattern {
         self.trust_domain.as_deref() == Some(trust_domain) && self.matches_path(path)
     }
 
+    /// [`Pattern::matches_path`] on a path already cut by [`split_segments`] (`[]` is the
+    /// root): the request path is split once and matched against many patterns.
+    #[inline]
+    pub(crate) fn matches_split(&self, segs: &[&str]) -> bool {
+        let want = self.segments();
+        let len_ok = if self.more {
+            segs.len() > want.len()
+        } else {
+            segs.len() == want.len()
+        };
+        len_ok
+            && want.iter().zip(segs).all(|(w, s)| match w {
+                Seg::Any => true,
+                Seg::Literal(l) => **l == **s,
+            })
+    }
+
     fn matches_segments<'s>(&self, mut segs: impl Iterator<Item = &'s str>) -> bool {
         for want in self.segments.iter() {
             match (want, segs.next()) {
@@ -217,6 +234,30 @@ impl Pattern {
                     (Seg::Any, Seg::Literal(_)) => false,
                 })
     }
+}
+
+/// Path segments looked at without spilling to the heap.
+const INLINE_SEGMENTS: usize = 16;
+
+/// The `/`-separated segments of `""` or `/a/b` (a plain byte scan: segments are short, and
+/// `str::split`'s searcher costs more than it saves here).
+#[inline]
+pub(crate) fn split_segments(path: &str) -> smallvec::SmallVec<[&str; INLINE_SEGMENTS]> {
+    let mut segs = smallvec::SmallVec::new();
+    let rest = path.strip_prefix('/').unwrap_or(path);
+    if rest.is_empty() {
+        return segs;
+    }
+    let bytes = rest.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        if b == b'/' {
+            segs.push(&rest[start..i]);
+            start = i + 1;
+        }
+    }
+    segs.push(&rest[start..]);
+    segs
 }
 
 fn parse_segments(

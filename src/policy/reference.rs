@@ -1,17 +1,17 @@
 //! A deliberately simple reference evaluator, used only by tests.
 //!
-//! It reads the raw bundle model and applies DESIGN §3 by a linear scan over every rule, with no
-//! index, no interning and no tries, so that the property test below can check the compiled
-//! engine against a second, obviously-correct reading of the design. It shares only the leaf
-//! pieces that have their own unit tests: pattern matching, schedules, path normalisation and
-//! SPIFFE ID parsing.
+//! It reads the raw bundle model and applies the decision order (docs/ARCHITECTURE.md §3) by a
+//! linear scan over every rule, with no index, no interning and no tries, so that the property
+//! test below can check the compiled engine against a second, obviously-correct reading of the
+//! design. It shares only the leaf pieces that have their own unit tests: pattern matching,
+//! schedules, path normalisation and SPIFFE ID parsing.
 
 use super::bundle::{self, RawRule, SourceFile};
 use super::error::Diagnostics;
 use super::normalize;
 use super::pattern::Pattern;
 use super::schedule::{self, Schedule};
-use super::{PeerCertificate, Reason, Request, Verdict};
+use super::{HttpAttributes, PeerCertificate, Reason, Request, Verdict};
 use crate::identity;
 
 /// (verdict, reason, deciding rule)
@@ -73,6 +73,9 @@ pub(crate) fn decide(files: &[SourceFile], req: &Request<'_>) -> RefDecision {
     let dst_seg = dst
         .as_ref()
         .and_then(|d| segment_of(d.trust_domain_name(), d.path()));
+    if req.http == HttpAttributes::Absent {
+        return deny(Reason::BadPath);
+    }
     let Ok(path) = normalize::path(req.path) else {
         return deny(Reason::BadPath);
     };
@@ -389,6 +392,8 @@ mod tests {
         bg: Option<&'static str>,
         time: i64,
         cert: Option<(i64, bool, u8)>,
+        /// The carrier sent no HTTP attributes (method, path, host and headers are then ignored).
+        no_http: bool,
     }
 
     fn req_strategy() -> impl Strategy<Value = Req> {
@@ -404,9 +409,10 @@ mod tests {
             )),
             1_700_000_000i64..1_800_000_000,
             prop::option::of((0i64..10_000, any::<bool>(), 0u8..3)),
+            prop::bool::weighted(0.05),
         )
             .prop_map(
-                |(source, destination, method, path, host, header, bg, time, cert)| Req {
+                |(source, destination, method, path, host, header, bg, time, cert, no_http)| Req {
                     source,
                     destination,
                     method,
@@ -416,6 +422,7 @@ mod tests {
                     bg,
                     time,
                     cert,
+                    no_http,
                 },
             )
     }
@@ -449,9 +456,15 @@ mod tests {
                 req.headers = &headers;
                 req.time = time;
                 if let Some(f) = &facts { req.peer_certificate = PeerCertificate::Parsed(f); }
+                if r.no_http { req.http = HttpAttributes::Absent; }
                 let got = policy.decide(&req);
                 let want = decide(&files, &req);
                 prop_assert_eq!((got.verdict, got.reason, got.rule.map(str::to_string)), want.clone(), "request {:?}\nbundle:\n{}", r, yaml);
+                // The stated reason handed back is the header value the break-glass allow accepted.
+                let stated = policy.decide_stated(&req);
+                prop_assert_eq!(stated.decision, got);
+                let header_value = headers.get("x-bg").map(String::as_str);
+                prop_assert_eq!(stated.break_glass_reason, header_value.filter(|_| got.reason == Reason::BreakGlass));
                 let mut trace = Trace::default();
                 let traced = policy.decide_traced(&req, &mut trace);
                 prop_assert_eq!(traced, got);

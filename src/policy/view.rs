@@ -7,7 +7,7 @@
 //! the tries or pair indexes, so those can change freely. It must never mutate a policy or
 //! decide anything itself.
 
-use super::compile::{Action, Endpoint, Policy, Rule};
+use super::model::{Action, Endpoint, Policy, Rule};
 use super::pattern::Pattern;
 pub(crate) use super::pattern::Seg;
 pub(crate) use super::schedule::Schedule;

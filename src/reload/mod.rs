@@ -6,14 +6,29 @@
 //! then swap the compiled [`Policy`] into the shared handle with one `arc-swap` store. A check in
 //! flight keeps the policy it loaded; the next check sees the new one.
 //!
-//! Whatever is refused (fetch error, size, signature, parse or validation error, rollback)
-//! leaves the policy in force untouched, is logged once with its reason and is reported to the
-//! [`ReloadObserver`]. This module never decides requests and never serves anything.
+//! File and directory bundles are taken only once they have settled (see [`settle`]), so a
+//! bundle rewritten in place is not read half-written; a bundle with the revision in force but
+//! other content that arrives within [`ReloadConfig::rewrite_grace`] of that revision going in
+//! is taken as the rest of such a write (unsigned bundles only: a truncated signed bundle fails
+//! its signature).
 //!
-//! Triggers: file-system events (`notify`) on the bundle's directory, a digest poll (ConfigMap
-//! updates are symlink swaps that watchers can miss), SIGHUP, and for HTTP a jittered poll with
-//! exponential backoff on errors.
+//! Whatever is refused (fetch error, size, signature, parse or validation error, rollback)
+//! leaves the policy in force untouched, is logged with its reason and is reported to the
+//! [`ReloadObserver`]. The same bytes offered again are refused again, without being compiled
+//! again: every poll reports the refusal until different bytes arrive, so a bundle that stays
+//! broken keeps the failure metrics up. Refused HTTP bundles back off like fetch errors. With a
+//! cache directory ([`cache`]), the highest revision ever enforced survives restarts, and a
+//! source whose bundle is refused at start for any reason falls back to the cached one. This
+//! module never decides requests and never serves anything.
+//!
+//! Triggers: file-system events (`notify`, content changes of the bundle's own files only) on
+//! the bundle's directory, a digest poll (ConfigMap updates are symlink swaps that watchers can
+//! miss), SIGHUP, and for HTTP a jittered poll with exponential backoff on errors and refusals.
+//! An idle file source costs one read per poll.
 
+mod base64;
+mod cache;
+mod settle;
 mod signature;
 mod source;
 
@@ -21,11 +36,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sha2::{Digest, Sha256};
-
+use settle::{digest_of, read_path, settled};
 pub use signature::{SignatureError, TrustedKeys, MANIFEST, SIG_SUFFIX};
-pub use source::BundleSource;
-use source::{fetch_path, FetchError, Fetched, HttpFetcher};
+pub use source::{redact_url, BundleSource};
+use source::{FetchError, Fetched, HttpFetcher};
 
 use crate::policy::Policy;
 use crate::policy::PolicyHandle;
@@ -86,7 +100,8 @@ impl Outcome {
 pub trait ReloadObserver: Send + Sync {
     /// A new bundle is in force.
     fn swapped(&self, _policy: &Policy, _source: &str, _compile_time: Duration) {}
-    /// One attempt ended.
+    /// One attempt ended. Bytes refused before and offered again are reported again with the
+    /// same refusal (never as [`Outcome::Unchanged`]).
     fn attempted(&self, _outcome: Outcome) {}
 }
 
@@ -106,7 +121,8 @@ pub struct ReloadConfig {
     pub trusted_keys: TrustedKeys,
     /// Accept a bundle with the same revision but different content (never a lower one).
     pub allow_equal_revision: bool,
-    /// Where the last good bundle is kept, to start from while the source is down.
+    /// Where the last good bundle is kept, to start from while the source is down, with the
+    /// highest revision ever enforced.
     pub cache_dir: Option<PathBuf>,
     /// Largest bundle accepted (all files together, or the HTTP body).
     pub max_bytes: u64,
@@ -114,10 +130,20 @@ pub struct ReloadConfig {
     pub http_timeout: Duration,
     /// Longest wait between HTTP retries after errors.
     pub max_backoff: Duration,
+    /// File and directory sources: new bytes are taken only when a second read this long after
+    /// the first gives the same content (default 1 s, longer than the pauses of a writer that
+    /// rewrites a file in place). Zero takes every read as it is: only for sources that are
+    /// always replaced atomically.
+    pub settle: Duration,
+    /// Unsigned bundles: within this long (default 60 s) of a revision going into force, a
+    /// bundle with the same revision and other content replaces it, as the rest of a write that
+    /// was caught midway. Later, it is refused like any other equal revision.
+    pub rewrite_grace: Duration,
 }
 
 impl ReloadConfig {
-    /// Defaults for a source: 5 s poll, 16 MiB, 10 s HTTP timeout, 5 min max backoff.
+    /// Defaults for a source: 5 s poll, 16 MiB, 10 s HTTP timeout, 5 min max backoff, 1 s
+    /// settle interval, 60 s rewrite grace.
     pub fn new(source: BundleSource) -> Self {
         ReloadConfig {
             source,
@@ -128,8 +154,42 @@ impl ReloadConfig {
             max_bytes: 16 * 1024 * 1024,
             http_timeout: Duration::from_secs(10),
             max_backoff: Duration::from_secs(300),
+            settle: Duration::from_secs(1),
+            rewrite_grace: Duration::from_secs(60),
         }
     }
+}
+
+/// How often a refusal that persists (the same bytes, refused at every poll) is logged again
+/// at `warn`; in between, repeats are logged at `debug`.
+const REMIND_EVERY: Duration = Duration::from_secs(600);
+
+/// Install wardgate's SIGHUP handler for the rest of the process and return the stream of
+/// SIGHUPs. From the first call on, a SIGHUP never terminates the process (Tokio keeps the
+/// handler installed even after the stream is dropped). [`Reloader::new`] calls it, so a SIGHUP
+/// during the first load is caught; `serve` should call it before any other work, so that a
+/// SIGHUP with no bundle source to follow is harmless too. `None` outside a Tokio runtime or
+/// when the OS refuses.
+pub fn catch_hangup() -> Option<tokio::signal::unix::Signal> {
+    tokio::runtime::Handle::try_current().ok()?;
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!("cannot listen for SIGHUP (it would stop the process): {e}");
+            None
+        }
+    }
+}
+
+/// What the last bytes offered came to.
+#[derive(Debug)]
+struct LastAttempt {
+    digest: [u8; 32],
+    outcome: Outcome,
+    /// The refusal's reason, repeated in reminders.
+    why: String,
+    /// When the refusal was last logged at `warn`.
+    warned: Instant,
 }
 
 /// Follows one bundle source and keeps the handle at its latest valid version.
@@ -139,14 +199,25 @@ pub struct Reloader {
     observer: Arc<dyn ReloadObserver>,
     http: Option<HttpFetcher>,
     etag: Option<String>,
-    /// Digest of the last bytes attempted, refused or not: identical bytes are not re-judged
-    /// (and not re-logged) until they change or a reload is forced.
-    last_attempt: Option<[u8; 32]>,
+    /// The last bytes judged and what they came to: identical bytes are not judged (nor logged)
+    /// again, but a refusal is reported again, until they change or a reload is forced.
+    last: Option<LastAttempt>,
+    /// The reason of the refusal being made (see [`Reloader::refuse`]).
+    last_why: String,
     /// The policy replaced by the last swap, kept until the next attempt so that its (possibly
-    /// large) deallocation happens here, off the request path, rather than in whichever check
-    /// drops the last reference.
+    /// large) deallocation happens here, off the request path, rather than in whichever check drops
+    /// the last reference.
     retired: Option<Arc<Policy>>,
     label: &'static str,
+    /// SIGHUPs, listened to from construction on.
+    hangup: Option<tokio::signal::unix::Signal>,
+    /// The highest revision enforced before (recorded in the cache directory; 0 without one).
+    floor: u64,
+    /// The revision in force and when it first went in (for the rewrite grace).
+    revision_since: Option<(u64, Instant)>,
+    /// Source bytes on which [`cache::CRASH_LIMIT`] processes died compiling: not compiled again
+    /// until they change or SIGHUP asks.
+    crashed_on: Option<[u8; 32]>,
 }
 
 impl std::fmt::Debug for Reloader {
@@ -158,27 +229,10 @@ impl std::fmt::Debug for Reloader {
     }
 }
 
-fn digest_of(f: &Fetched) -> [u8; 32] {
-    let mut h = Sha256::new();
-    for (name, bytes) in &f.files {
-        h.update((name.len() as u64).to_be_bytes());
-        h.update(name.as_bytes());
-        h.update((bytes.len() as u64).to_be_bytes());
-        h.update(bytes);
-    }
-    if let Some((_, sig)) = &f.signature {
-        h.update(sig.as_bytes());
-    }
-    if let Some((m, sig)) = &f.manifest {
-        h.update(m);
-        h.update(sig.as_deref().unwrap_or("").as_bytes());
-    }
-    h.finalize().into()
-}
-
 impl Reloader {
     /// A reloader for `config` that stores into `handle`. `label` names it in logs
-    /// (`"bundle"`, or `"shadow bundle"`).
+    /// (`"bundle"`, or `"shadow bundle"`). Inside a Tokio runtime it starts listening for
+    /// SIGHUP at once (see [`catch_hangup`]).
     pub fn new(
         config: ReloadConfig,
         handle: PolicyHandle,
@@ -197,17 +251,34 @@ impl Reloader {
             observer,
             http,
             etag: None,
-            last_attempt: None,
+            last: None,
+            last_why: String::new(),
             retired: None,
             label,
+            hangup: catch_hangup(),
+            floor: 0,
+            revision_since: None,
+            crashed_on: None,
         }
     }
 
-    /// One attempt; `force` re-judges identical bytes (SIGHUP).
+    /// One attempt; `force` re-judges identical bytes, including bytes a crashed process left
+    /// behind (SIGHUP).
     pub async fn reload(&mut self, force: bool) -> Outcome {
+        if force {
+            self.crashed_on = None;
+        }
+        let outcome = self.attempt(force).await;
+        self.observer.attempted(outcome);
+        outcome
+    }
+
+    /// Fetch, settle, judge; not reported to the observer.
+    async fn attempt(&mut self, force: bool) -> Outcome {
         if let Some(old) = self.retired.take() {
             let _ = tokio::task::spawn_blocking(move || drop(old)).await;
         }
+        self.last_why.clear();
         let source = self.config.source.to_string();
         let fetched = match &self.config.source {
             BundleSource::Path(p) => read_path(p.clone(), self.config.max_bytes).await,
@@ -219,30 +290,93 @@ impl Reloader {
                 None => Err(FetchError::Failed("no HTTP client".into())),
             },
         };
-        let outcome = match fetched {
-            Err(FetchError::NotModified) => Outcome::Unchanged,
-            Err(FetchError::TooLarge(why)) => self.refuse(Outcome::TooLarge, &source, &why),
-            Err(FetchError::Failed(why)) => self.refuse(Outcome::FetchError, &source, &why),
-            Ok(f) => {
-                let digest = digest_of(&f);
-                if !force && self.last_attempt == Some(digest) {
-                    Outcome::Unchanged
-                } else {
-                    self.last_attempt = Some(digest);
-                    let etag = f.etag.clone();
-                    let outcome = self.judge(f, &source, true).await;
-                    if outcome == Outcome::Swapped || outcome == Outcome::Unchanged {
-                        self.etag = etag;
-                    }
-                    outcome
-                }
-            }
+        let mut f = match fetched {
+            Ok(f) => f,
+            Err(e) => return self.fetch_failed(e, &source),
         };
-        self.observer.attempted(outcome);
+        let mut digest = digest_of(&f);
+        if let Some(repeat) = self.repeat(&digest, force, &source) {
+            return repeat;
+        }
+        let known = self.last.as_ref().is_some_and(|l| l.digest == digest);
+        if let (BundleSource::Path(p), false) = (&self.config.source, known) {
+            f = match settled(p, self.config.max_bytes, self.config.settle, f).await {
+                Ok(f) => f,
+                Err(e) => return self.fetch_failed(e, &source),
+            };
+            digest = digest_of(&f);
+            if let Some(repeat) = self.repeat(&digest, force, &source) {
+                return repeat;
+            }
+        }
+        let outcome = if self.crashed_on == Some(digest) {
+            self.refuse(
+                Outcome::TooLarge,
+                &source,
+                &format!(
+                    "the last {} wardgate processes stopped while compiling exactly these bytes \
+                     (killed, most likely over a memory limit); they are not compiled again until \
+                     the bundle changes or SIGHUP asks",
+                    cache::CRASH_LIMIT
+                ),
+            )
+        } else {
+            let etag = f.etag.clone();
+            let outcome = self.judge(f, &source, Some(digest)).await;
+            if !outcome.is_refusal() {
+                self.etag = etag;
+            }
+            outcome
+        };
+        self.last = Some(LastAttempt {
+            digest,
+            outcome,
+            why: std::mem::take(&mut self.last_why),
+            warned: Instant::now(),
+        });
         outcome
     }
 
-    fn refuse(&self, outcome: Outcome, source: &str, why: &str) -> Outcome {
+    /// What a fetch error counts as.
+    fn fetch_failed(&mut self, e: FetchError, source: &str) -> Outcome {
+        match e.outcome() {
+            Outcome::Unchanged => Outcome::Unchanged,
+            outcome => self.refuse(outcome, source, &e.to_string()),
+        }
+    }
+
+    /// The bytes with `digest` were judged last time: their outcome again (a refusal stays a
+    /// refusal; what went in is unchanged), without judging or logging them again, unless
+    /// `force`.
+    fn repeat(&mut self, digest: &[u8; 32], force: bool, source: &str) -> Option<Outcome> {
+        let last = self
+            .last
+            .as_mut()
+            .filter(|l| !force && l.digest == *digest)?;
+        if !last.outcome.is_refusal() {
+            return Some(Outcome::Unchanged);
+        }
+        if last.warned.elapsed() >= REMIND_EVERY {
+            last.warned = Instant::now();
+            tracing::warn!(
+                source,
+                outcome = last.outcome.as_str(),
+                "{} still refused (the same bytes are offered): {}",
+                self.label,
+                last.why
+            );
+        } else {
+            tracing::debug!(
+                source,
+                outcome = last.outcome.as_str(),
+                "{} still refused (the same bytes are offered)",
+                self.label
+            );
+        }
+        Some(last.outcome)
+    }
+
+    fn refuse(&mut self, outcome: Outcome, source: &str, why: &str) -> Outcome {
         let current = self.handle.load().as_ref().map(|p| p.revision());
         match current {
             Some(rev) => tracing::warn!(
@@ -258,14 +392,15 @@ impl Reloader {
                 self.label
             ),
         }
+        self.last_why = why.to_string();
         outcome
     }
 
     /// Verify, compile, check revision, swap.
-    /// `cache`: keep a copy in the cache directory once swapped in (not when the bundle came
-    /// from that cache).
-    async fn judge(&mut self, f: Fetched, source: &str, cache: bool) -> Outcome {
-        if let Err(e) = self.verify(&f) {
+    /// `from_source`: the digest of bytes from the source (marked while compiled and cached once
+    /// swapped in); `None` for bytes from the cache itself.
+    async fn judge(&mut self, f: Fetched, source: &str, from_source: Option<[u8; 32]>) -> Outcome {
+        if let Err(e) = signature::verify_fetched(&self.config.trusted_keys, &f) {
             return self.refuse(Outcome::Signature, source, &e.to_string());
         }
         let files: Result<Vec<(String, String)>, String> = f
@@ -281,9 +416,14 @@ impl Reloader {
             Ok(files) => files,
             Err(e) => return self.refuse(Outcome::Invalid, source, &e),
         };
+        let mark = match (&self.config.cache_dir, from_source) {
+            (Some(dir), Some(digest)) => self.mark_judging(dir, &digest),
+            _ => None,
+        };
         let started = Instant::now();
         let compiled = tokio::task::spawn_blocking(move || Policy::from_sources(&files)).await;
         let compile_time = started.elapsed();
+        drop(mark);
         let policy = match compiled {
             Ok(Ok(p)) => p,
             Ok(Err(diags)) => {
@@ -302,34 +442,8 @@ impl Reloader {
                 )
             }
         };
-        if let Some(current) = self.handle.load_full() {
-            if policy.revision() < current.revision() {
-                return self.refuse(
-                    Outcome::Rollback,
-                    source,
-                    &format!(
-                        "revision {} is lower than {} (rollback protection)",
-                        policy.revision(),
-                        current.revision()
-                    ),
-                );
-            }
-            if policy.revision() == current.revision() {
-                if policy.digest() == current.digest() {
-                    return Outcome::Unchanged;
-                }
-                if !self.config.allow_equal_revision {
-                    return self.refuse(
-                        Outcome::Rollback,
-                        source,
-                        &format!(
-                            "revision {} is already in force with other content ({}); raise the revision (or start with --allow-equal-revision)",
-                            policy.revision(),
-                            current.digest()
-                        ),
-                    );
-                }
-            }
+        if let Some(refusal) = self.check_revision(&policy, source) {
+            return refusal;
         }
         let policy = Arc::new(policy);
         self.retired = self.handle.swap(Some(Arc::clone(&policy)));
@@ -343,98 +457,180 @@ impl Reloader {
             self.label
         );
         self.observer.swapped(&policy, source, compile_time);
-        if let Some(dir) = self.config.cache_dir.as_ref().filter(|_| cache) {
-            if let Err(e) = write_cache(dir, &f) {
-                tracing::warn!(cache = %dir.display(), "cannot cache the bundle: {e}");
+        // The rewrite grace covers what the source itself put in force, not the cached copy.
+        if from_source.is_some() && self.revision_since.map(|(r, _)| r) != Some(policy.revision()) {
+            self.revision_since = Some((policy.revision(), Instant::now()));
+        }
+        if let Some(dir) = &self.config.cache_dir {
+            if from_source.is_some() {
+                if let Err(e) = cache::store_bundle(dir, &f) {
+                    tracing::warn!(cache = %dir.display(), "cannot cache the bundle: {e}");
+                }
+            }
+            if policy.revision() > self.floor {
+                self.floor = policy.revision();
+                if let Err(e) = cache::record_highest_revision(dir, self.floor) {
+                    tracing::warn!(cache = %dir.display(), "cannot record the highest revision enforced: {e}");
+                }
             }
         }
         Outcome::Swapped
     }
 
-    fn verify(&self, f: &Fetched) -> Result<(), SignatureError> {
-        let keys = &self.config.trusted_keys;
-        if !keys.required() {
-            return Ok(());
-        }
-        if f.is_dir {
-            let Some((manifest, sig)) = &f.manifest else {
-                return Err(SignatureError::NoManifest);
-            };
-            let Some(sig) = sig else {
-                return Err(SignatureError::Missing(format!("{MANIFEST}{SIG_SUFFIX}")));
-            };
-            let files: Vec<(String, Vec<u8>)> = f
-                .base_names
-                .iter()
-                .cloned()
-                .zip(f.files.iter().map(|(_, b)| b.clone()))
-                .collect();
-            keys.verify_manifest(manifest, sig, &files)
-        } else {
-            let name = f.files.first().map(|(n, _)| n.as_str()).unwrap_or("bundle");
-            let Some((sig_name, sig)) = &f.signature else {
-                return Err(SignatureError::Missing(format!("{name}{SIG_SUFFIX}")));
-            };
-            let content = f
-                .files
-                .first()
-                .map(|(_, b)| b.as_slice())
-                .unwrap_or_default();
-            keys.verify(content, sig_name, sig)
+    /// Mark `digest` as being compiled, counting the processes that died on it before.
+    fn mark_judging(&self, dir: &Path, digest: &[u8; 32]) -> Option<cache::JudgingMark> {
+        let attempt = match cache::unfinished_judgement(dir) {
+            Some((d, n)) if d == *digest => n.saturating_add(1),
+            _ => 1,
+        };
+        match cache::JudgingMark::set(dir, digest, attempt) {
+            Ok(mark) => Some(mark),
+            Err(e) => {
+                tracing::warn!(cache = %dir.display(), "cannot mark the bundle being compiled: {e}");
+                None
+            }
         }
     }
 
-    /// At start: load from the source; if that yields no policy and a cache is configured,
-    /// load the cached last good bundle (verified the same way).
+    /// Rollback protection: `None` when `policy` may replace the one in force, else the refusal.
+    fn check_revision(&mut self, policy: &Policy, source: &str) -> Option<Outcome> {
+        let current = self.handle.load_full();
+        let in_force = current.as_ref().map_or(0, |p| p.revision());
+        if policy.revision() < in_force {
+            return Some(self.refuse(
+                Outcome::Rollback,
+                source,
+                &format!(
+                    "revision {} is lower than {in_force} (rollback protection)",
+                    policy.revision()
+                ),
+            ));
+        }
+        if policy.revision() < self.floor {
+            let record = self
+                .config
+                .cache_dir
+                .as_deref()
+                .map(cache::highest_revision_path)
+                .unwrap_or_default();
+            return Some(self.refuse(
+                Outcome::Rollback,
+                source,
+                &format!(
+                    "revision {} is lower than {}, the highest revision enforced here before \
+                     (rollback protection; recorded in {}, remove that file to start a new \
+                     revision sequence)",
+                    policy.revision(),
+                    self.floor,
+                    record.display()
+                ),
+            ));
+        }
+        let current = current.filter(|c| c.revision() == policy.revision())?;
+        if policy.digest() == current.digest() {
+            return Some(Outcome::Unchanged);
+        }
+        if self.config.allow_equal_revision {
+            return None;
+        }
+        let grace = self.config.rewrite_grace;
+        let since = self
+            .revision_since
+            .filter(|(r, _)| *r == policy.revision())
+            .map(|(_, t)| t.elapsed());
+        match since {
+            Some(age) if age <= grace && !self.config.trusted_keys.required() => {
+                tracing::warn!(
+                    source,
+                    revision = policy.revision(),
+                    "{} revision {} changed content {:.1} s after it went into force: taken as the \
+                     rest of a write that was read midway (write bundles aside and rename them into place)",
+                    self.label,
+                    policy.revision(),
+                    age.as_secs_f64()
+                );
+                None
+            }
+            _ => Some(self.refuse(
+                Outcome::Rollback,
+                source,
+                &format!(
+                    "revision {} is already in force with other content ({}); raise the revision (or start with --allow-equal-revision)",
+                    policy.revision(),
+                    current.digest()
+                ),
+            )),
+        }
+    }
+
+    /// At start: read what the cache directory remembers (the highest revision enforced, bytes
+    /// that crashed earlier processes), load from the source, and if that leaves no policy in
+    /// force, whatever the reason (unreachable, refused, over a limit), load the cached last
+    /// good bundle (verified and checked the same way).
     pub async fn initial_load(&mut self) -> Outcome {
-        let outcome = self.reload(true).await;
+        if let Some(dir) = self.config.cache_dir.clone() {
+            self.recall(&dir);
+        }
+        let outcome = self.attempt(true).await;
+        self.observer.attempted(outcome);
         if self.handle.load().is_some() {
             return outcome;
         }
-        let Some(cache) = self.config.cache_dir.clone() else {
+        let Some(dir) = self.config.cache_dir.clone() else {
             return outcome;
         };
-        let cached = cache.join("current");
-        if !cached.exists() {
+        let Some(path) = cache::stored_bundle(&dir) else {
             return outcome;
-        }
-        let path = match std::fs::read_dir(&cached) {
-            Ok(entries) => {
-                let files: Vec<PathBuf> =
-                    entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
-                let yaml: Vec<&PathBuf> = files
-                    .iter()
-                    .filter(|p| {
-                        p.file_name()
-                            .and_then(|n| n.to_str())
-                            .is_some_and(source::is_bundle_file)
-                    })
-                    .collect();
-                // A single cached file with its own signature is read as a file bundle.
-                if yaml.len() == 1 && !cached.join(MANIFEST).exists() {
-                    yaml[0].clone()
-                } else {
-                    cached.clone()
-                }
-            }
-            Err(_) => return outcome,
         };
         let cache_source = path.display().to_string();
         let cached_outcome = match read_path(path, self.config.max_bytes).await {
-            Ok(f) => self.judge(f, &cache_source, false).await,
-            Err(FetchError::TooLarge(why)) => self.refuse(Outcome::TooLarge, &cache_source, &why),
-            Err(e) => self.refuse(Outcome::FetchError, &cache_source, &e.to_string()),
+            Ok(f) => self.judge(f, &cache_source, None).await,
+            Err(e) => self.fetch_failed(e, &cache_source),
         };
         self.observer.attempted(cached_outcome);
         if cached_outcome == Outcome::Swapped {
             tracing::warn!(
-                cache = %cache.display(),
+                cache = %dir.display(),
                 source = %self.config.source,
-                "{} source unavailable: serving the cached last good bundle until it answers",
+                "{} source unavailable or refused: serving the cached last good bundle until it offers a valid one",
                 self.label
             );
         }
         outcome
+    }
+
+    /// Read the highest revision enforced before and the bytes earlier processes died on.
+    fn recall(&mut self, dir: &Path) {
+        match cache::highest_revision(dir) {
+            Ok(Some(rev)) => {
+                self.floor = rev;
+                tracing::info!(
+                    cache = %dir.display(),
+                    "{}: revision {rev} was enforced here before; lower revisions are refused",
+                    self.label
+                );
+            }
+            Ok(None) => {}
+            Err(e) => tracing::error!(
+                "{}: the highest revision enforced before is unreadable, rollback protection starts from the first bundle loaded: {e}",
+                self.label
+            ),
+        }
+        if let Some((digest, crashes)) = cache::unfinished_judgement(dir) {
+            if crashes >= cache::CRASH_LIMIT {
+                self.crashed_on = Some(digest);
+            }
+            tracing::error!(
+                cache = %dir.display(),
+                "{}: {crashes} earlier process(es) stopped while compiling a bundle from the source{}",
+                self.label,
+                if crashes >= cache::CRASH_LIMIT {
+                    ": those bytes are not compiled again until they change (or SIGHUP asks)"
+                } else {
+                    ""
+                }
+            );
+        }
     }
 
     /// Follow the source until `shutdown` resolves.
@@ -442,11 +638,10 @@ impl Reloader {
         tokio::pin!(shutdown);
         let (tx, mut fs_events) = tokio::sync::mpsc::channel::<()>(1);
         let _watcher = match &self.config.source {
-            BundleSource::Path(p) => watch(p, tx),
+            BundleSource::Path(p) => source::watch(p, tx),
             BundleSource::Http(_) => None,
         };
-        let mut hangup =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        let mut hangup = self.hangup.take();
         let mut failures = 0u32;
         loop {
             let delay = self.next_delay(failures);
@@ -464,8 +659,11 @@ impl Reloader {
                     true
                 }
             };
-            let outcome = self.reload(force).await;
-            failures = if outcome == Outcome::FetchError {
+            let outcome = tokio::select! {
+                _ = &mut shutdown => return,
+                outcome = self.reload(force) => outcome,
+            };
+            failures = if self.backs_off(outcome) {
                 failures.saturating_add(1)
             } else {
                 0
@@ -473,8 +671,17 @@ impl Reloader {
         }
     }
 
-    /// Poll interval, doubled per consecutive fetch failure up to the max backoff; HTTP polls
-    /// are jittered by ±20% so a fleet does not hit the bundle server in lockstep.
+    /// Whether this outcome lengthens the next wait: fetch errors always; for HTTP, every
+    /// refusal (a server that keeps offering a bad bundle is not downloaded at every poll).
+    fn backs_off(&self, outcome: Outcome) -> bool {
+        match self.config.source {
+            BundleSource::Http(_) => outcome.is_refusal(),
+            BundleSource::Path(_) => outcome == Outcome::FetchError,
+        }
+    }
+
+    /// Poll interval, doubled per consecutive failure up to the max backoff; HTTP polls are
+    /// jittered by ±20% so a fleet does not hit the bundle server in lockstep.
     fn next_delay(&self, failures: u32) -> Duration {
         let base = self.config.poll_interval;
         let backed = base
@@ -488,56 +695,5 @@ impl Reloader {
     }
 }
 
-/// Read a file or directory bundle on a blocking thread.
-async fn read_path(path: PathBuf, max_bytes: u64) -> Result<Fetched, FetchError> {
-    match tokio::task::spawn_blocking(move || fetch_path(&path, max_bytes)).await {
-        Ok(r) => r,
-        Err(e) => Err(FetchError::Failed(format!("reader task failed: {e}"))),
-    }
-}
-
-/// Watch the bundle's directory (for a file: its parent, so symlink swaps are seen).
-fn watch(path: &Path, tx: tokio::sync::mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
-    let dir = if path.is_dir() {
-        path.to_path_buf()
-    } else {
-        path.parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
-    };
-    crate::watch::watch_dirs(&[dir], tx)
-}
-
-/// Replace `dir/current` with this bundle's files and signatures (write aside, then rename).
-fn write_cache(dir: &Path, f: &Fetched) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)?;
-    let next = dir.join(format!(".next-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&next);
-    std::fs::create_dir_all(&next)?;
-    for (base, (_, bytes)) in f.base_names.iter().zip(&f.files) {
-        let base = if source::is_bundle_file(base) {
-            base.clone()
-        } else {
-            format!("{base}.yaml")
-        };
-        std::fs::write(next.join(&base), bytes)?;
-        if let Some((_, sig)) = &f.signature {
-            std::fs::write(next.join(format!("{base}{SIG_SUFFIX}")), sig)?;
-        }
-    }
-    if let Some((manifest, sig)) = &f.manifest {
-        std::fs::write(next.join(MANIFEST), manifest)?;
-        if let Some(sig) = sig {
-            std::fs::write(next.join(format!("{MANIFEST}{SIG_SUFFIX}")), sig)?;
-        }
-    }
-    let current = dir.join("current");
-    let old = dir.join(format!(".old-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&old);
-    if current.exists() {
-        std::fs::rename(&current, &old)?;
-    }
-    std::fs::rename(&next, &current)?;
-    let _ = std::fs::remove_dir_all(&old);
-    Ok(())
-}
+#[cfg(test)]
+mod tests;

@@ -6,12 +6,18 @@
 //! bundle file, and `bundle.sha256.minisig` over it (`sha256sum *.yaml > bundle.sha256 &&
 //! minisign -Sm bundle.sha256`). With trusted keys configured, a bundle without a valid signature
 //! from one of them, a file the manifest does not list, a listed file that is missing, or a file
-//! whose hash differs is refused. This module only verifies bytes it is handed; it reads nothing.
+//! whose hash differs is refused. Legacy signatures (`minisign -l`, or minisign before 0.8: an
+//! Ed25519 signature over the content itself rather than over its BLAKE2b hash) are accepted;
+//! both kinds are checked against the same trusted keys. A refusal says whether the signature
+//! is from a key that is not trusted or does not match the content. This module only verifies
+//! bytes it is handed; it reads nothing.
 
 use std::collections::BTreeMap;
 
 use minisign_verify::{PublicKey, Signature};
 use sha2::{Digest, Sha256};
+
+use super::source::Fetched;
 
 /// Name of the manifest of a signed directory bundle.
 pub const MANIFEST: &str = "bundle.sha256";
@@ -34,11 +40,19 @@ pub enum SignatureError {
         /// Decoder's message.
         why: String,
     },
-    /// No trusted key verifies the signature.
+    /// The signature is from a trusted key but not over this content.
     #[error(
-        "signature `{0}` does not verify with any trusted key (wrong key or tampered content)"
+        "signature `{0}` does not match the content (changed after signing, or signed over other bytes)"
     )]
     Invalid(String),
+    /// The signature is from a key that is not among the trusted ones.
+    #[error("signature `{file}` is from key {key_id}, which is not a trusted key")]
+    UntrustedKey {
+        /// Signature file.
+        file: String,
+        /// The signing key's ID as minisign prints it (16 hex digits).
+        key_id: String,
+    },
     /// A directory bundle has no manifest.
     #[error("signed directory bundle needs `{MANIFEST}` listing the SHA-256 of every bundle file")]
     NoManifest,
@@ -106,14 +120,21 @@ impl TrustedKeys {
             file: sig_name.to_string(),
             why: e.to_string(),
         })?;
-        if self
-            .keys
-            .iter()
-            .any(|k| k.verify(content, &sig, false).is_ok())
-        {
-            Ok(())
-        } else {
+        let mut from_trusted_key = false;
+        for key in &self.keys {
+            match key.verify(content, &sig, true) {
+                Ok(()) => return Ok(()),
+                Err(minisign_verify::Error::UnexpectedKeyId) => {}
+                Err(_) => from_trusted_key = true,
+            }
+        }
+        if from_trusted_key {
             Err(SignatureError::Invalid(sig_name.to_string()))
+        } else {
+            Err(SignatureError::UntrustedKey {
+                file: sig_name.to_string(),
+                key_id: key_id_of(sig_text),
+            })
         }
     }
 
@@ -145,6 +166,57 @@ impl TrustedKeys {
     }
 }
 
+/// Check a fetched bundle against `keys`: nothing to check without keys; a directory bundle
+/// by its signed manifest, a file bundle by its detached signature.
+pub(crate) fn verify_fetched(keys: &TrustedKeys, f: &Fetched) -> Result<(), SignatureError> {
+    if !keys.required() {
+        return Ok(());
+    }
+    if f.is_dir {
+        let Some((manifest, sig)) = &f.manifest else {
+            return Err(SignatureError::NoManifest);
+        };
+        let Some(sig) = sig else {
+            return Err(SignatureError::Missing(format!("{MANIFEST}{SIG_SUFFIX}")));
+        };
+        let files: Vec<(String, Vec<u8>)> = f
+            .base_names
+            .iter()
+            .cloned()
+            .zip(f.files.iter().map(|(_, b)| b.clone()))
+            .collect();
+        keys.verify_manifest(manifest, sig, &files)
+    } else {
+        let name = f.files.first().map(|(n, _)| n.as_str()).unwrap_or("bundle");
+        let Some((sig_name, sig)) = &f.signature else {
+            return Err(SignatureError::Missing(format!("{name}{SIG_SUFFIX}")));
+        };
+        let content = f
+            .files
+            .first()
+            .map(|(_, b)| b.as_slice())
+            .unwrap_or_default();
+        keys.verify(content, sig_name, sig)
+    }
+}
+
+/// The key ID of a minisign signature, as `minisign` prints it (the 8 bytes after the algorithm,
+/// little-endian, in upper-case hex); `unknown` if the text does not hold one.
+fn key_id_of(sig_text: &str) -> String {
+    use std::fmt::Write;
+    let decoded = sig_text
+        .lines()
+        .nth(1)
+        .and_then(|line| super::base64::decode(line.trim()));
+    match decoded.as_deref().and_then(|b| b.get(2..10)) {
+        Some(id) => id.iter().rev().fold(String::new(), |mut s, b| {
+            let _ = write!(s, "{b:02X}");
+            s
+        }),
+        None => "unknown".to_string(),
+    }
+}
+
 /// `sha256sum` output: `<hex>  <name>` or `<hex> *<name>` per line.
 fn parse_manifest(text: &[u8]) -> Result<BTreeMap<&str, &str>, SignatureError> {
     let text = std::str::from_utf8(text).map_err(|_| SignatureError::ManifestSyntax { line: 1 })?;
@@ -167,85 +239,4 @@ fn parse_manifest(text: &[u8]) -> Result<BTreeMap<&str, &str>, SignatureError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn keypair() -> (minisign::KeyPair, String) {
-        let kp = minisign::KeyPair::generate_unencrypted_keypair().expect("keypair");
-        let pk = kp.pk.to_base64();
-        (kp, pk)
-    }
-
-    fn sign(kp: &minisign::KeyPair, data: &[u8]) -> String {
-        minisign::sign(Some(&kp.pk), &kp.sk, std::io::Cursor::new(data), None, None)
-            .expect("sign")
-            .into_string()
-    }
-
-    #[test]
-    fn file_signature_verifies_only_with_the_right_key_and_content() {
-        let (kp, pk) = keypair();
-        let (_, other_pk) = keypair();
-        let mut keys = TrustedKeys::none();
-        keys.add(&pk).expect("key");
-        let sig = sign(&kp, b"version: 1\n");
-        assert_eq!(keys.verify(b"version: 1\n", "b.minisig", &sig), Ok(()));
-        assert_eq!(
-            keys.verify(b"version: 2\n", "b.minisig", &sig),
-            Err(SignatureError::Invalid("b.minisig".into()))
-        );
-        let mut wrong = TrustedKeys::none();
-        wrong.add(&other_pk).expect("key");
-        assert!(wrong.verify(b"version: 1\n", "b.minisig", &sig).is_err());
-        assert!(matches!(
-            keys.verify(b"x", "b.minisig", "garbage"),
-            Err(SignatureError::Malformed { .. })
-        ));
-    }
-
-    #[test]
-    fn manifest_catches_tampered_unlisted_and_missing_files() {
-        let (kp, pk) = keypair();
-        let mut keys = TrustedKeys::none();
-        keys.add(&pk).expect("key");
-        let a = b"a: 1\n".to_vec();
-        let b = b"b: 2\n".to_vec();
-        let manifest = format!(
-            "{:x}  a.yaml\n{:x}  b.yaml\n",
-            Sha256::digest(&a),
-            Sha256::digest(&b)
-        );
-        let sig = sign(&kp, manifest.as_bytes());
-        let files = vec![
-            ("a.yaml".to_string(), a.clone()),
-            ("b.yaml".to_string(), b.clone()),
-        ];
-        assert_eq!(
-            keys.verify_manifest(manifest.as_bytes(), &sig, &files),
-            Ok(())
-        );
-
-        let tampered = vec![
-            ("a.yaml".to_string(), a.clone()),
-            ("b.yaml".to_string(), b"b: 3\n".to_vec()),
-        ];
-        assert_eq!(
-            keys.verify_manifest(manifest.as_bytes(), &sig, &tampered),
-            Err(SignatureError::HashMismatch("b.yaml".into()))
-        );
-        let mut extra = files.clone();
-        extra.push(("c.yaml".to_string(), b"c: 1\n".to_vec()));
-        assert_eq!(
-            keys.verify_manifest(manifest.as_bytes(), &sig, &extra),
-            Err(SignatureError::Unlisted("c.yaml".into()))
-        );
-        assert_eq!(
-            keys.verify_manifest(manifest.as_bytes(), &sig, &files[..1]),
-            Err(SignatureError::MissingFile("b.yaml".into()))
-        );
-        let forged = manifest.replace("a.yaml", "z.yaml");
-        assert!(keys
-            .verify_manifest(forged.as_bytes(), &sig, &files)
-            .is_err());
-    }
-}
+mod tests;

@@ -6,18 +6,20 @@
 //! * `wardgate_workload_api_connected`: 1 while the Workload API connection is up, else 0
 //!   (exported only with the Workload API backend).
 //!
-//! They are registered on the [`Telemetry`] registry, so `/metrics` shows them with the rest;
+//! They are registered on the [`Telemetry`] registry at start-up (through
+//! `telemetry::metrics`, so a failure stops start-up), and `/metrics` shows them with the rest;
 //! [`Telemetry::own_svid_expiry`] (the expiry as a Unix timestamp) is fed from here too.
 //! This module only counts: it must never change the identity or block the caller.
 
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{Gauge, IntCounter, IntGauge, Registry};
 
 use super::{Svid, SvidObserver};
+use crate::telemetry::metrics::{self, Dormant, MetricsError};
 use crate::telemetry::Telemetry;
 
 /// No SVID: the expiry gauge is not exported.
@@ -25,11 +27,11 @@ const NO_SVID: i64 = i64::MIN;
 
 /// The SVID metrics; see the module documentation.
 pub struct SvidMetrics {
-    registry: Registry,
     telemetry: Option<Arc<Telemetry>>,
     expiry: Arc<ExpiryGauge>,
     rotations: IntCounter,
-    connected: OnceLock<IntGauge>,
+    /// Exported from the first report of the Workload API backend on.
+    connected: Dormant<IntGauge>,
 }
 
 impl std::fmt::Debug for SvidMetrics {
@@ -43,58 +45,45 @@ impl std::fmt::Debug for SvidMetrics {
 
 impl SvidMetrics {
     /// Register on the telemetry's registry (and feed its SVID expiry timestamp).
-    pub fn for_telemetry(telemetry: &Arc<Telemetry>) -> Arc<SvidMetrics> {
-        SvidMetrics::build(telemetry.registry().clone(), Some(Arc::clone(telemetry)))
+    pub fn for_telemetry(telemetry: &Arc<Telemetry>) -> Result<Arc<SvidMetrics>, MetricsError> {
+        SvidMetrics::build(telemetry.registry(), Some(Arc::clone(telemetry)))
     }
 
     /// Register on `registry` alone.
-    pub fn register(registry: &Registry) -> Arc<SvidMetrics> {
-        SvidMetrics::build(registry.clone(), None)
+    pub fn register(registry: &Registry) -> Result<Arc<SvidMetrics>, MetricsError> {
+        SvidMetrics::build(registry, None)
     }
 
-    fn build(registry: Registry, telemetry: Option<Arc<Telemetry>>) -> Arc<SvidMetrics> {
+    fn build(
+        registry: &Registry,
+        telemetry: Option<Arc<Telemetry>>,
+    ) -> Result<Arc<SvidMetrics>, MetricsError> {
         let expiry = Arc::new(ExpiryGauge {
-            gauge: Gauge::new(
+            gauge: metrics::unregistered_gauge(
                 "wardgate_svid_expiry_seconds",
                 "Seconds until wardgate's own X.509 SVID expires (negative once expired).",
-            )
-            .unwrap_or_else(|e| panic!("metric wardgate_svid_expiry_seconds: {e}")),
+            )?,
             not_after_ms: AtomicI64::new(NO_SVID),
         });
-        let rotations = IntCounter::new(
+        metrics::register(registry, SharedExpiry(Arc::clone(&expiry)))?;
+        let rotations = metrics::counter(
+            registry,
             "wardgate_svid_rotations_total",
             "Times wardgate's own X.509 SVID was replaced by a new one.",
-        )
-        .unwrap_or_else(|e| panic!("metric wardgate_svid_rotations_total: {e}"));
-        for collector in [
-            Box::new(SharedExpiry(Arc::clone(&expiry))) as Box<dyn Collector>,
-            Box::new(rotations.clone()),
-        ] {
-            if let Err(error) = registry.register(collector) {
-                tracing::error!(%error, "cannot register an SVID metric");
-            }
-        }
-        Arc::new(SvidMetrics {
+        )?;
+        let connected = Dormant::register(
             registry,
+            metrics::unregistered_int_gauge(
+                "wardgate_workload_api_connected",
+                "1 while wardgate's SPIFFE Workload API connection is up, else 0.",
+            )?,
+        )?;
+        Ok(Arc::new(SvidMetrics {
             telemetry,
             expiry,
             rotations,
-            connected: OnceLock::new(),
-        })
-    }
-
-    fn connected_gauge(&self) -> &IntGauge {
-        self.connected.get_or_init(|| {
-            let gauge = IntGauge::new(
-                "wardgate_workload_api_connected",
-                "1 while wardgate's SPIFFE Workload API connection is up, else 0.",
-            )
-            .unwrap_or_else(|e| panic!("metric wardgate_workload_api_connected: {e}"));
-            if let Err(error) = self.registry.register(Box::new(gauge.clone())) {
-                tracing::error!(%error, "cannot register an SVID metric");
-            }
-            gauge
-        })
+            connected,
+        }))
     }
 }
 
@@ -116,7 +105,7 @@ impl SvidObserver for SvidMetrics {
     }
 
     fn workload_api_connected(&self, connected: bool) {
-        self.connected_gauge().set(i64::from(connected));
+        self.connected.wake().set(i64::from(connected));
     }
 }
 
@@ -126,6 +115,7 @@ struct ExpiryGauge {
     not_after_ms: AtomicI64,
 }
 
+#[derive(Clone)]
 struct SharedExpiry(Arc<ExpiryGauge>);
 
 impl Collector for SharedExpiry {
@@ -172,7 +162,7 @@ mod tests {
     #[test]
     fn expiry_rotations_and_connection_state() {
         let registry = Registry::new();
-        let metrics = SvidMetrics::register(&registry);
+        let metrics = SvidMetrics::register(&registry).unwrap();
         assert_eq!(value(&registry, "wardgate_svid_expiry_seconds"), None);
         assert_eq!(value(&registry, "wardgate_workload_api_connected"), None);
 

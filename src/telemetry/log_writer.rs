@@ -23,9 +23,10 @@ use std::time::{Duration, Instant};
 use prometheus::{IntCounter, IntGauge, Registry};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{register, CheckEvent};
+use super::metrics::{self, MetricsError};
+use super::CheckEvent;
 use crate::decision_log::{loggable_path, DecisionRecord};
-use crate::policy::Reason;
+use crate::policy::{Reason, Verdict};
 
 /// Where decision-log entries go, as given to `--decision-log`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -150,8 +151,8 @@ struct Pending {
     ends: [u32; FIELDS],
     /// Bit per field: present (an absent field is not the same as an empty one).
     present: u16,
-    decision: &'static str,
-    reason: &'static str,
+    decision: Verdict,
+    reason: Reason,
     revision: Option<u64>,
     latency_us: u64,
 }
@@ -159,29 +160,30 @@ struct Pending {
 impl Pending {
     fn new(event: &CheckEvent<'_>) -> Pending {
         let d = event.decision;
+        let r = event.request;
         let break_glass_reason = event
             .break_glass_reason
             .filter(|_| d.reason == Reason::BreakGlass);
         let fields: [Option<&str>; FIELDS] = [
             event.request_id,
-            event.source,
+            r.source,
             d.source_segment,
-            event.destination,
+            r.destination,
             d.destination_segment,
-            Some(event.method),
-            Some(loggable_path(event.path)),
-            Some(event.host),
+            Some(r.method),
+            Some(loggable_path(r.path)),
+            Some(r.host),
             d.rule,
             break_glass_reason,
         ];
         let length = fields.iter().flatten().map(|f| f.len()).sum();
         let mut pending = Pending {
-            at: event.time,
+            at: r.time,
             text: String::with_capacity(length),
             ends: [0; FIELDS],
             present: 0,
-            decision: d.verdict.as_str(),
-            reason: d.reason.as_str(),
+            decision: d.verdict,
+            reason: d.reason,
             revision: event.revision,
             latency_us: u64::try_from(event.elapsed.as_micros()).unwrap_or(u64::MAX),
         };
@@ -220,8 +222,8 @@ impl Pending {
             method: self.owned(Field::Method).unwrap_or_default(),
             path: self.owned(Field::Path).unwrap_or_default(),
             host: self.owned(Field::Host).unwrap_or_default(),
-            decision: self.decision.to_owned(),
-            reason: self.reason.to_owned(),
+            decision: self.decision,
+            reason: self.reason,
             rule: self.owned(Field::Rule),
             revision: self.revision,
             latency_us: self.latency_us,
@@ -301,52 +303,41 @@ impl fmt::Debug for DecisionLog {
     }
 }
 
-fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
-    register(
-        registry,
-        IntCounter::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}")),
-    )
-}
-
-fn int_gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
-    register(
-        registry,
-        IntGauge::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}")),
-    )
-}
-
 impl DecisionLog {
-    pub(super) fn new(registry: &Registry, config: Option<DecisionLogConfig>) -> DecisionLog {
-        let dropped = counter(
+    pub(super) fn new(
+        registry: &Registry,
+        config: Option<DecisionLogConfig>,
+    ) -> Result<DecisionLog, MetricsError> {
+        let dropped = metrics::counter(
             registry,
             "wardgate_decision_log_dropped_total",
             "Decision-log entries dropped because the queue was full (or the log was closed).",
-        );
-        let written = counter(
+        )?;
+        let written = metrics::counter(
             registry,
             "wardgate_decision_log_written_total",
             "Decision-log entries written to the sink (counted when flushed).",
-        );
-        let write_errors = counter(
+        )?;
+        let write_errors = metrics::counter(
             registry,
             "wardgate_decision_log_write_errors_total",
             "Decision-log entries lost to an I/O error of the sink.",
-        );
-        let sampled_out = counter(
+        )?;
+        let sampled_out = metrics::counter(
             registry,
             "wardgate_decision_log_sampled_out_total",
             "Allow decisions not logged because of --decision-log-sample-allows.",
-        );
-        let depth = int_gauge(
+        )?;
+        let depth = metrics::int_gauge(
             registry,
             "wardgate_decision_log_queue_depth",
             "Decision-log entries waiting for the writer.",
-        );
-        let capacity = int_gauge(
+        )?;
+        let capacity = metrics::int_gauge(
             registry,
             "wardgate_decision_log_queue_capacity",
             "Capacity of the decision-log queue (0: the decision log is off).",
-        );
+        )?;
         let inner = config.map(|config| {
             let queue = config.queue.max(1);
             capacity.set(i64::try_from(queue).unwrap_or(i64::MAX));
@@ -375,12 +366,12 @@ impl DecisionLog {
                 done: Mutex::new(Some(done_rx)),
             }
         });
-        DecisionLog {
+        Ok(DecisionLog {
             inner,
             dropped,
             sampled_out,
             depth,
-        }
+        })
     }
 
     pub(super) fn enabled(&self) -> bool {

@@ -10,7 +10,6 @@
 //! whose example request the engine does not confirm without flagging it.
 
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 use serde::Serialize;
 
@@ -19,7 +18,7 @@ use super::budget::{self, Budget, Refused};
 use super::model::{example, Example, Model, Owner};
 use super::space::{residual, Cube, Pat};
 use super::timeline::TimeUniverse;
-use super::{exit, load, refused, BudgetArgs};
+use super::{load, refused, BudgetArgs, Exit};
 use crate::policy::Verdict;
 
 /// Residual pieces computed per changed set to describe it (beyond this, the rule's set is shown).
@@ -73,14 +72,17 @@ pub(crate) struct Diff {
 }
 
 impl Diff {
-    /// 0 no change, 1 only revocations, 2 any new grant.
-    pub(crate) fn exit_code(&self) -> u8 {
-        if !self.grants.is_empty() {
-            exit::GRANT
+    /// The answer: any new grant, else only revocations, else no change; an internal error
+    /// when an example request was not confirmed by the engine.
+    pub(crate) fn exit(&self) -> Exit {
+        if !self.disagreements.is_empty() {
+            Exit::Internal
+        } else if !self.grants.is_empty() {
+            Exit::NewGrants
         } else if !self.revocations.is_empty() {
-            exit::DIFFERENCE
+            Exit::No
         } else {
-            0
+            Exit::Ok
         }
     }
 }
@@ -318,7 +320,7 @@ fn change_text(out: &mut String, sign: char, c: &Change, grant: bool) {
 }
 
 /// Run `wardgate diff`.
-pub(crate) fn run(args: DiffArgs) -> ExitCode {
+pub(crate) fn run(args: DiffArgs) -> Exit {
     let old = match load(&args.old) {
         Ok(p) => p,
         Err(code) => return code,
@@ -344,14 +346,14 @@ pub(crate) fn run(args: DiffArgs) -> ExitCode {
         Ok(d) => d,
         Err(r) => return refused(&r),
     };
-    let code = d.exit_code();
+    let exit = d.exit();
     if args.json {
         let out = serde_json::json!({
             "old": {"bundle": args.old.display().to_string(), "revision": old.revision()},
             "new": {"bundle": args.new.display().to_string(), "revision": new.revision()},
             "grants": d.grants,
             "revocations": d.revocations,
-            "exit": code,
+            "exit": exit.code(),
         });
         say!("{out}");
     } else {
@@ -375,22 +377,21 @@ pub(crate) fn run(args: DiffArgs) -> ExitCode {
             }
         }
         out.push_str(&format!(
-            "\nresult: {} grant(s), {} revocation(s): {}",
+            "\nresult: {} grant(s), {} revocation(s): {} (exit {})",
             d.grants.len(),
             d.revocations.len(),
-            match code {
-                0 => "no change in what is allowed (exit 0)",
-                1 => "only revocations (exit 1)",
-                _ => "new grants: needs review (exit 2)",
-            }
+            match exit {
+                Exit::Ok => "no change in what is allowed",
+                Exit::No => "only revocations",
+                Exit::NewGrants => "new grants: needs review",
+                _ => "the analysis disagrees with the engine (see the internal errors)",
+            },
+            exit.code()
         ));
         say!("{out}");
     }
-    if !d.disagreements.is_empty() {
-        for x in &d.disagreements {
-            eprintln!("internal error: {x}");
-        }
-        return ExitCode::from(exit::CANNOT_RUN);
+    for x in &d.disagreements {
+        tell!("internal error: {x}");
     }
-    ExitCode::from(code)
+    exit
 }

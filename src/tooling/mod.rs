@@ -1,4 +1,4 @@
-//! Policy tooling for platform teams: `wardgate test`, `analyze`, `diff` and `replay`.
+//! Policy tooling for platform teams: `wardgate test`, `analyze`, `diff`, `replay` and `learn`.
 //!
 //! These verbs answer, from the compiled [`Policy`] the server would run, the questions a
 //! platform or security team asks of a bundle: do these requests get the decisions we expect
@@ -8,19 +8,30 @@
 //! `analyze` and `diff` compute exact answers from the compiled rules as sets of requests
 //! (`space`, `model`) and confirm every example they print with `decide`. Exact answers can cost
 //! exponential time and memory on hostile bundles, so `analyze` and `diff` run under a work and
-//! memory budget (`budget`) and refuse, naming the rule, rather than run away.
+//! memory budget (`budget`) and refuse, naming the rule, rather than run away. `learn` goes the
+//! other way: it writes a new bundle (never changing one) from logged decisions, whose proofs are
+//! these verbs.
 //!
 //! This module must never change a policy, never sample requests to make a claim, and never read
 //! the policy's indexes: it goes through `policy::view` only.
 //!
-//! Exit codes shared by the verbs: 0 nothing to report, 1 failures or revocations only, 2 new
-//! grants (`diff`, `replay`), 3 the verb could not run (unreadable or invalid bundle or input).
+//! Every verb returns an [`Exit`] (see `exit.rs`: one table of exit codes for all verbs).
+//! Output goes through `say!`/`say_raw!` (stdout) and `tell!` (stderr), which stop quietly at a
+//! closed pipe (`wardgate analyze ... | head` must not panic), never through `println!`.
 
 /// `println!` that ignores a closed stdout (`wardgate analyze ... | head` must not panic).
 macro_rules! say {
     ($($t:tt)*) => {{
         use std::io::Write as _;
         let _ = writeln!(std::io::stdout().lock(), $($t)*);
+    }};
+}
+
+/// `eprintln!` that ignores a closed stderr (`wardgate replay ... 2>&1 | head`).
+macro_rules! tell {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($t)*);
     }};
 }
 
@@ -35,6 +46,8 @@ macro_rules! say_raw {
 pub(crate) mod analyze;
 pub(crate) mod budget;
 pub(crate) mod diff;
+pub(crate) mod exit;
+pub(crate) mod learn;
 pub(crate) mod model;
 pub(crate) mod render;
 pub(crate) mod replay;
@@ -46,36 +59,26 @@ pub(crate) mod timeline;
 mod proptests;
 
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 
 use crate::policy::Policy;
 
 pub(crate) use diff::DiffArgs;
+pub(crate) use exit::Exit;
 pub(crate) use replay::ReplayArgs;
 pub(crate) use testing::TestArgs;
 
-/// Exit codes of the tooling verbs.
-pub(crate) mod exit {
-    /// `test`: a case failed. `diff`/`replay`: only revocations.
-    pub(crate) const DIFFERENCE: u8 = 1;
-    /// `diff`/`replay`: at least one new grant.
-    pub(crate) const GRANT: u8 = 2;
-    /// The verb could not run.
-    pub(crate) const CANNOT_RUN: u8 = 3;
-}
-
 /// Load and compile a bundle, printing every problem as `FILE:LINE:COL: message`.
-pub(crate) fn load(path: &Path) -> Result<Policy, ExitCode> {
+pub(crate) fn load(path: &Path) -> Result<Policy, Exit> {
     Policy::from_path(path).map_err(|errors| {
         for d in errors.iter() {
-            eprintln!("{d}");
+            tell!("{d}");
         }
-        eprintln!(
+        tell!(
             "{}: invalid bundle ({} error(s))",
             path.display(),
             errors.0.len()
         );
-        ExitCode::from(exit::CANNOT_RUN)
+        Exit::Input
     })
 }
 
@@ -99,9 +102,9 @@ impl BudgetArgs {
 
 /// Print a budget refusal (`FILE:LINE:COL: analysing rule ... exceeds ...`) and give the
 /// "could not run" exit code.
-pub(crate) fn refused(r: &budget::Refused) -> ExitCode {
-    eprintln!("{r}");
-    ExitCode::from(exit::CANNOT_RUN)
+pub(crate) fn refused(r: &budget::Refused) -> Exit {
+    tell!("{r}");
+    Exit::Input
 }
 
 /// Output format of `analyze`.
@@ -148,7 +151,7 @@ pub(crate) struct AnalyzeArgs {
 }
 
 /// Run `wardgate analyze`.
-pub(crate) fn run_analyze(args: AnalyzeArgs) -> ExitCode {
+pub(crate) fn run_analyze(args: AnalyzeArgs) -> Exit {
     let policy = match load(&args.bundle) {
         Ok(p) => p,
         Err(code) => return code,
@@ -172,8 +175,8 @@ pub(crate) fn run_analyze(args: AnalyzeArgs) -> ExitCode {
     };
     for s in &sensitive {
         if explicit_sensitive && !m.segments.iter().any(|x| x.name == s.as_str()) {
-            eprintln!("error: --sensitive {s}: the bundle has no segment `{s}`");
-            return ExitCode::from(exit::CANNOT_RUN);
+            tell!("error: --sensitive {s}: the bundle has no segment `{s}`");
+            return Exit::Input;
         }
     }
     let mut targets = Vec::new();
@@ -181,8 +184,8 @@ pub(crate) fn run_analyze(args: AnalyzeArgs) -> ExitCode {
         match an.target(t) {
             Ok(p) => targets.push((t.clone(), p)),
             Err(e) => {
-                eprintln!("error: --who-can-reach: {e}");
-                return ExitCode::from(exit::CANNOT_RUN);
+                tell!("error: --who-can-reach: {e}");
+                return Exit::Input;
             }
         }
     }
@@ -190,8 +193,8 @@ pub(crate) fn run_analyze(args: AnalyzeArgs) -> ExitCode {
     let want_matrix = args.matrix || nothing_chosen || format == Format::Dot || args.svg.is_some();
     let want_findings = args.findings || (nothing_chosen && args.svg.is_none());
     if format == Format::Dot && (!targets.is_empty() || args.findings) {
-        eprintln!("error: --format dot draws the matrix only");
-        return ExitCode::from(exit::CANNOT_RUN);
+        tell!("error: --format dot draws the matrix only");
+        return Exit::Usage;
     }
     let answers = || -> Result<_, budget::Refused> {
         let reaches: Vec<analyze::Reach> = targets
@@ -214,10 +217,10 @@ pub(crate) fn run_analyze(args: AnalyzeArgs) -> ExitCode {
     };
     if let (Some(file), Some(mx)) = (&args.svg, &matrix) {
         match render::write_matrix_svg(mx, &sensitive, file) {
-            Ok(how) => eprintln!("wrote {} ({how} renderer)", file.display()),
+            Ok(how) => tell!("wrote {} ({how} renderer)", file.display()),
             Err(e) => {
-                eprintln!("error: cannot write {}: {e}", file.display());
-                return ExitCode::from(exit::CANNOT_RUN);
+                tell!("error: cannot write {}: {e}", file.display());
+                return Exit::Input;
             }
         }
     }
@@ -269,17 +272,23 @@ pub(crate) fn run_analyze(args: AnalyzeArgs) -> ExitCode {
         }
     }
     let disagreements = an.disagreements.borrow().clone();
-    report_disagreements(&disagreements)
+    if !disagreements.is_empty() {
+        return report_disagreements(&disagreements);
+    }
+    // A rule that never decides is probably a mistake; review and info findings are not.
+    let never_decides = findings.iter().flatten().any(|f| f.severity == "warning");
+    if never_decides {
+        Exit::No
+    } else {
+        Exit::Ok
+    }
 }
 
-/// Print internal analysis/engine disagreements (never expected) and pick the exit code.
-fn report_disagreements(list: &[String]) -> ExitCode {
-    if list.is_empty() {
-        return ExitCode::SUCCESS;
-    }
+/// Print internal analysis/engine disagreements (never expected): [`Exit::Internal`].
+fn report_disagreements(list: &[String]) -> Exit {
     for d in list {
-        eprintln!("internal error: {d}");
+        tell!("internal error: {d}");
     }
-    eprintln!("internal error: the analysis disagrees with the engine; please report this bundle");
-    ExitCode::from(exit::CANNOT_RUN)
+    tell!("internal error: the analysis disagrees with the engine; please report this bundle");
+    Exit::Internal
 }

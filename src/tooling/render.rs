@@ -275,19 +275,59 @@ fn xml(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
+/// Estimated advance width, in px, of `text` in the bold sans-serif the SVG names or falls back
+/// to: Helvetica or Arial (macOS, Windows), or DejaVu Sans Bold, what `sans-serif` usually is
+/// on Linux and the widest of them by far.
+///
+/// Conservative: each glyph counts as the widest member of its class in those fonts (narrow
+/// `i l .` 0.38 em, `f t r - _` 0.5, other lower-case letters and digits 0.72, `w` 0.93, `m`
+/// 1.05, capitals 0.86, `M W` 1.11), and anything else, non-ASCII included, as 1.2 em. The
+/// drawing reserves this much, so a label is never wider than the room made for it.
+fn text_width(text: &str, size: f64) -> f64 {
+    let em: f64 = text
+        .chars()
+        .map(|c| match c {
+            'i' | 'j' | 'l' | 'I' | 'J' | '.' | ',' | '|' | '/' | '\'' | ' ' => 0.38,
+            'f' | 't' | 'r' | '-' | '_' | '(' | ')' | '[' | ']' | '!' | ':' | ';' => 0.5,
+            'm' => 1.05,
+            'w' => 0.93,
+            'M' | 'W' => 1.11,
+            'A'..='Z' => 0.86,
+            'a'..='z' | '0'..='9' => 0.72,
+            _ => 1.2,
+        })
+        .sum();
+    (em * size).ceil()
+}
+
 /// The matrix drawn directly as a grid: rows are sources, columns destinations; a filled cell
-/// lists the rules that let its row reach its column (dashed: break-glass only).
+/// lists the rules that let its row reach its column (dashed: break-glass only). The label
+/// column and the cells are sized by the longest segment names, so no label is clipped.
 pub(crate) fn matrix_svg_builtin(m: &Matrix, sensitive: &[String]) -> String {
-    const HEAD_W: f64 = 150.0;
-    const CELL_W: f64 = 230.0;
+    const MARGIN: f64 = 10.0;
+    const LABEL_SIZE: f64 = 13.0;
     const CELL_H: f64 = 86.0;
     const TOP: f64 = 70.0;
     const HEAD_H: f64 = 34.0;
     const LINES: usize = 4;
-    let w = HEAD_W + CELL_W * m.destinations.len() as f64 + 20.0;
+    const SUBTITLE: &str = "rows: source, columns: destination; a filled cell lists the rules that allow it (dashed: break-glass only)";
+    let widest = |labels: Vec<String>| {
+        labels
+            .iter()
+            .map(|l| text_width(l, LABEL_SIZE))
+            .fold(0.0, f64::max)
+    };
+    // Row labels end MARGIN left of the first cell and start at least MARGIN from the edge.
+    let head_w =
+        (2.0 * MARGIN + widest(m.sources.iter().map(|s| format!("from {s}")).collect())).max(150.0);
+    let cell_w = (widest(m.destinations.iter().map(|d| format!("to {d}")).collect())
+        + 2.0 * MARGIN)
+        .max(230.0);
+    let w = (head_w + cell_w * m.destinations.len() as f64 + 20.0)
+        .max(2.0 * MARGIN + text_width(SUBTITLE, 11.0));
     let h = TOP + HEAD_H + CELL_H * m.sources.len() as f64 + 40.0;
     let mut s = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\" font-family=\"Helvetica, Arial, sans-serif\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"10\" y=\"26\" font-size=\"16\" font-weight=\"bold\">wardgate segment matrix</text>\n<text x=\"10\" y=\"46\" font-size=\"11\" fill=\"#555\">rows: source, columns: destination; a filled cell lists the rules that allow it (dashed: break-glass only)</text>\n"
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\" font-family=\"Helvetica, Arial, sans-serif\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"10\" y=\"26\" font-size=\"16\" font-weight=\"bold\">wardgate segment matrix</text>\n<text x=\"10\" y=\"46\" font-size=\"11\" fill=\"#555\">{SUBTITLE}</text>\n"
     );
     let red = |name: &str| {
         if sensitive.iter().any(|x| x == name) {
@@ -297,7 +337,7 @@ pub(crate) fn matrix_svg_builtin(m: &Matrix, sensitive: &[String]) -> String {
         }
     };
     for (c, d) in m.destinations.iter().enumerate() {
-        let x = HEAD_W + CELL_W * c as f64 + CELL_W / 2.0;
+        let x = head_w + cell_w * c as f64 + cell_w / 2.0;
         let _ = writeln!(
             s,
             "<text x=\"{x:.1}\" y=\"{:.1}\" font-size=\"13\" font-weight=\"bold\" text-anchor=\"middle\" fill=\"{}\">to {}</text>",
@@ -311,13 +351,13 @@ pub(crate) fn matrix_svg_builtin(m: &Matrix, sensitive: &[String]) -> String {
         let _ = writeln!(
             s,
             "<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"13\" font-weight=\"bold\" text-anchor=\"end\" fill=\"{}\">from {}</text>",
-            HEAD_W - 10.0,
+            head_w - MARGIN,
             y + CELL_H / 2.0 + 4.0,
             red(src),
             xml(src)
         );
         for (c, dst) in m.destinations.iter().enumerate() {
-            let x = HEAD_W + CELL_W * c as f64;
+            let x = head_w + cell_w * c as f64;
             let cell = m.cell(src, dst);
             let (fill, dash) = match cell {
                 None => ("#f4f4f4", ""),
@@ -330,7 +370,7 @@ pub(crate) fn matrix_svg_builtin(m: &Matrix, sensitive: &[String]) -> String {
                 "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{:.1}\" rx=\"6\" fill=\"{fill}\" stroke=\"#888\"{dash}/>",
                 x + 3.0,
                 y + 3.0,
-                CELL_W - 6.0,
+                cell_w - 6.0,
                 CELL_H - 6.0
             );
             let mut lines: Vec<String> = Vec::new();
@@ -365,7 +405,7 @@ pub(crate) fn matrix_svg_builtin(m: &Matrix, sensitive: &[String]) -> String {
                 let _ = writeln!(
                     s,
                     "<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"{}\" text-anchor=\"middle\"{}>{}</text>",
-                    x + CELL_W / 2.0,
+                    x + cell_w / 2.0,
                     y + 20.0 + 14.0 * k as f64,
                     if k == 0 { 12 } else { 10 },
                     if k == 0 { " font-weight=\"bold\"" } else { "" },

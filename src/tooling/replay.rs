@@ -2,7 +2,8 @@
 //! bundle and report every decision that would change, grouped by rule and segment pair.
 //!
 //! Each [`DecisionRecord`] becomes a request and goes through `Policy::decide`, as the server
-//! would run it. The log deliberately carries no header values and no certificate (DESIGN §6), so
+//! would run it. The log deliberately carries no header values and no certificate (see
+//! `crate::decision_log`), so
 //! where a decision could depend on them (header conditions, the break-glass header when no
 //! reason was logged, a segment's `max_svid_lifetime`) the record is decided under every
 //! completion of the missing data; if the completions disagree the record is reported as
@@ -10,16 +11,17 @@
 //! completions under which the baseline reproduces the logged decision are considered. This
 //! module must never write to the log or guess a missing value.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io::BufRead as _;
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 use serde::Serialize;
 
-use super::{exit, load};
+use super::{load, Exit};
 use crate::decision_log::DecisionRecord;
-use crate::policy::{CertificateFacts, Decision, PeerCertificate, Policy, Request, Verdict};
+use crate::policy::{
+    CertificateFacts, Decision, PeerCertificate, Policy, Reason, Request, Verdict,
+};
 
 /// `wardgate replay` flags.
 #[derive(Debug, clap::Args)]
@@ -51,7 +53,7 @@ pub(crate) enum Outcome {
     /// Same verdict.
     Unchanged,
     /// Another verdict: (verdict, reason, rule) under the candidate.
-    Changed(Verdict, String, Option<String>),
+    Changed(Verdict, Reason, Option<String>),
     /// Depends on unlogged data: the names of what it depends on, and the decisions the
     /// candidate would make depending on it.
     Undetermined(Vec<String>, Vec<String>),
@@ -135,15 +137,9 @@ fn unknowns(policies: &[&Policy], rec: &DecisionRecord) -> Vec<Unknown> {
     out
 }
 
-/// The logged decision as (verdict, reason, rule) strings.
-fn logged(rec: &DecisionRecord) -> (String, String, Option<String>) {
-    (rec.decision.clone(), rec.reason.clone(), rec.rule.clone())
-}
-
-fn same(d: &Decision<'_>, want: &(String, String, Option<String>)) -> bool {
-    d.verdict.as_str() == want.0
-        && d.reason.as_str() == want.1
-        && d.rule.map(str::to_string) == want.2
+/// Whether `d` is the logged decision: same verdict, reason and rule.
+fn same(d: &Decision<'_>, logged: &DecisionRecord) -> bool {
+    d.verdict == logged.decision && d.reason == logged.reason && d.rule == logged.rule.as_deref()
 }
 
 /// Decide one record under one completion.
@@ -217,12 +213,8 @@ pub(crate) fn replay_one(
         .time
         .parse()
         .map_err(|e| format!("`time` `{}` is not an RFC 3339 instant: {e}", rec.time))?;
-    let want = logged(rec);
-    if want.0 != "allow" && want.0 != "deny" {
-        return Err(format!("`decision` `{}` is not allow or deny", want.0));
-    }
     // A refused certificate is refused by every bundle, and the log does not say why.
-    if rec.reason == "bad_certificate" {
+    if rec.reason == Reason::BadCertificate {
         return Ok((Outcome::Unchanged, None));
     }
     let mut fixed = HashMap::new();
@@ -246,7 +238,7 @@ pub(crate) fn replay_one(
         None => all.iter().collect(),
         Some(b) => all
             .iter()
-            .filter(|c| same(&decide_with(b, rec, time, &fixed, &unknown, c), &want))
+            .filter(|c| same(&decide_with(b, rec, time, &fixed, &unknown, c), rec))
             .collect(),
     };
     if consistent.is_empty() {
@@ -261,7 +253,7 @@ pub(crate) fn replay_one(
             )
         })
         .collect();
-    let verdicts: BTreeSet<&str> = decided.iter().map(|(_, d)| d.verdict.as_str()).collect();
+    let verdicts: HashSet<Verdict> = decided.iter().map(|(_, d)| d.verdict).collect();
     let first = decided[0].1;
     let segs = Some((
         first.source_segment.unwrap_or("-").to_string(),
@@ -271,11 +263,11 @@ pub(crate) fn replay_one(
         // Which unknowns matter: two completions differing only there disagree.
         let mut matter = Vec::new();
         for (k, u) in unknown.iter().enumerate() {
-            let mut groups: HashMap<Vec<usize>, BTreeSet<&str>> = HashMap::new();
+            let mut groups: HashMap<Vec<usize>, HashSet<Verdict>> = HashMap::new();
             for (c, d) in &decided {
                 let mut key = c.clone();
                 key.remove(k);
-                groups.entry(key).or_default().insert(d.verdict.as_str());
+                groups.entry(key).or_default().insert(d.verdict);
             }
             if groups.values().any(|v| v.len() > 1) {
                 matter.push(u.name());
@@ -286,36 +278,56 @@ pub(crate) fn replay_one(
         }
         let mut outcomes: Vec<String> = Vec::new();
         for (_, d) in &decided {
-            let o = format!(
-                "{} by {}",
-                d.verdict.as_str(),
-                decided_by(d.reason.as_str(), d.rule)
-            );
+            let o = format!("{} by {}", d.verdict, decided_by(d.reason, d.rule));
             if !outcomes.contains(&o) {
                 outcomes.push(o);
             }
         }
         return Ok((Outcome::Undetermined(matter, outcomes), segs));
     }
-    if first.verdict.as_str() == want.0 {
+    if first.verdict == rec.decision {
         Ok((Outcome::Unchanged, segs))
     } else {
         Ok((
-            Outcome::Changed(
-                first.verdict,
-                first.reason.to_string(),
-                first.rule.map(str::to_string),
-            ),
+            Outcome::Changed(first.verdict, first.reason, first.rule.map(str::to_string)),
             segs,
         ))
+    }
+}
+
+/// How the records of a group change. Declared in the order of their names, so groups sort as
+/// they always have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Change {
+    /// Allowed before, denied now.
+    Revoked,
+    /// Denied before, allowed now.
+    Granted,
+    /// Depends on request data the log does not carry.
+    Undetermined,
+}
+
+impl Change {
+    /// `allow -> deny`, `deny -> allow` or `undetermined`: the one spelling of text and JSON.
+    fn as_str(self) -> &'static str {
+        match self {
+            Change::Revoked => "allow -> deny",
+            Change::Granted => "deny -> allow",
+            Change::Undetermined => "undetermined",
+        }
+    }
+}
+
+impl Serialize for Change {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
     }
 }
 
 /// A group of changed or undetermined records.
 #[derive(Debug, Serialize)]
 struct Group {
-    /// `allow -> deny`, `deny -> allow`, or `undetermined`.
-    change: String,
+    change: Change,
     from_segment: String,
     to_segment: String,
     /// What decided before (rule or reason).
@@ -336,7 +348,7 @@ struct Example {
     time: String,
 }
 
-fn decided_by(reason: &str, rule: Option<&str>) -> String {
+fn decided_by(reason: Reason, rule: Option<&str>) -> String {
     match rule {
         Some(r) => format!("{r} ({reason})"),
         None => reason.to_string(),
@@ -344,7 +356,7 @@ fn decided_by(reason: &str, rule: Option<&str>) -> String {
 }
 
 /// Run `wardgate replay`.
-pub(crate) fn run(args: ReplayArgs) -> ExitCode {
+pub(crate) fn run(args: ReplayArgs) -> Exit {
     let candidate = match load(&args.bundle) {
         Ok(p) => p,
         Err(code) => return code,
@@ -359,15 +371,15 @@ pub(crate) fn run(args: ReplayArgs) -> ExitCode {
     let file = match std::fs::File::open(&args.log) {
         Ok(f) => f,
         Err(e) => {
-            eprintln!("error: cannot read {}: {e}", args.log.display());
-            return ExitCode::from(exit::CANNOT_RUN);
+            tell!("error: cannot read {}: {e}", args.log.display());
+            return Exit::Input;
         }
     };
     let mut total = 0usize;
     let mut unchanged = 0usize;
     let mut not_reproduced = 0usize;
     let mut unreadable: Vec<String> = Vec::new();
-    let mut groups: BTreeMap<(String, String, String, String, String), Group> = BTreeMap::new();
+    let mut groups: BTreeMap<(Change, String, String, String, String), Group> = BTreeMap::new();
     let (mut grants, mut revocations) = (0usize, 0usize);
     for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
         let n = i + 1;
@@ -407,7 +419,7 @@ pub(crate) fn run(args: ReplayArgs) -> ExitCode {
                     .unwrap_or_else(|| "-".to_string()),
             )
         };
-        let before = decided_by(&rec.reason, rec.rule.as_deref());
+        let before = decided_by(rec.reason, rec.rule.as_deref());
         let (change, after) = match outcome {
             Outcome::Unchanged => {
                 unchanged += 1;
@@ -418,18 +430,17 @@ pub(crate) fn run(args: ReplayArgs) -> ExitCode {
                 continue;
             }
             Outcome::Changed(v, reason, rule) => {
-                if v == Verdict::Allow {
+                let change = if v == Verdict::Allow {
                     grants += 1;
+                    Change::Granted
                 } else {
                     revocations += 1;
-                }
-                (
-                    format!("{} -> {}", rec.decision, v.as_str()),
-                    decided_by(&reason, rule.as_deref()),
-                )
+                    Change::Revoked
+                };
+                (change, decided_by(reason, rule.as_deref()))
             }
             Outcome::Undetermined(on, outcomes) => (
-                "undetermined".to_string(),
+                Change::Undetermined,
                 if outcomes.is_empty() {
                     format!("depends on {}", on.join(", "))
                 } else {
@@ -438,7 +449,7 @@ pub(crate) fn run(args: ReplayArgs) -> ExitCode {
             ),
         };
         let key = (
-            change.clone(),
+            change,
             before.clone(),
             after.clone(),
             from_seg.clone(),
@@ -466,20 +477,20 @@ pub(crate) fn run(args: ReplayArgs) -> ExitCode {
         }
     }
     for u in &unreadable {
-        eprintln!("warning: skipped {u}");
+        tell!("warning: skipped {u}");
     }
     let undetermined: usize = groups
         .values()
-        .filter(|g| g.change == "undetermined")
+        .filter(|g| g.change == Change::Undetermined)
         .map(|g| g.count)
         .sum();
     let changed = grants + revocations;
-    let code = if grants > 0 {
-        exit::GRANT
+    let exit = if grants > 0 {
+        Exit::NewGrants
     } else if revocations > 0 {
-        exit::DIFFERENCE
+        Exit::No
     } else {
-        0
+        Exit::Ok
     };
     if args.json {
         let out = serde_json::json!({
@@ -495,7 +506,7 @@ pub(crate) fn run(args: ReplayArgs) -> ExitCode {
             "not_reproduced_by_baseline": not_reproduced,
             "unreadable": unreadable.len(),
             "groups": groups.values().collect::<Vec<_>>(),
-            "exit": code,
+            "exit": exit.code(),
         });
         say!("{out}");
     } else {
@@ -517,13 +528,13 @@ pub(crate) fn run(args: ReplayArgs) -> ExitCode {
         if !unreadable.is_empty() {
             say!("  unreadable     {}  (see warnings)", unreadable.len());
         }
-        for kind in ["deny -> allow", "allow -> deny", "undetermined"] {
+        for kind in [Change::Granted, Change::Revoked, Change::Undetermined] {
             let list: Vec<&Group> = groups.values().filter(|g| g.change == kind).collect();
             if list.is_empty() {
                 continue;
             }
             let n: usize = list.iter().map(|g| g.count).sum();
-            say!("\n{kind} ({n})");
+            say!("\n{} ({n})", kind.as_str());
             for g in list {
                 say!(
                     "\n  {} -> {}   {}   =>   {}   {} request(s)",
@@ -547,13 +558,14 @@ pub(crate) fn run(args: ReplayArgs) -> ExitCode {
             }
         }
         say!(
-            "\nresult: {}",
-            match code {
-                0 => "no decision changes (exit 0)",
-                1 => "only allow -> deny changes (exit 1)",
-                _ => "some denied requests would now be allowed (exit 2)",
-            }
+            "\nresult: {} (exit {})",
+            match exit {
+                Exit::Ok => "no decision changes",
+                Exit::No => "only allow -> deny changes",
+                _ => "some denied requests would now be allowed",
+            },
+            exit.code()
         );
     }
-    ExitCode::from(code)
+    exit
 }

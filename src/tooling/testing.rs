@@ -8,12 +8,11 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 
 use serde::{Deserialize, Serialize};
 use serde_saphyr::Spanned;
 
-use super::{exit, load};
+use super::{load, Exit};
 use crate::policy::{CertificateFacts, PeerCertificate, Policy, Reason, Request, Trace};
 
 /// `wardgate test` flags.
@@ -287,7 +286,7 @@ fn outcome(decision: &str, reason: Option<&str>, rule: Option<&str>) -> String {
 }
 
 /// Run `wardgate test`.
-pub(crate) fn run(args: TestArgs) -> ExitCode {
+pub(crate) fn run(args: TestArgs) -> Exit {
     let policy = match load(&args.bundle) {
         Ok(p) => p,
         Err(code) => return code,
@@ -300,14 +299,14 @@ pub(crate) fn run(args: TestArgs) -> ExitCode {
             Err(errors) => {
                 bad = true;
                 for e in errors {
-                    eprintln!("{e}");
+                    tell!("{e}");
                 }
             }
         }
     }
     if bad {
-        eprintln!("error: the test files above are malformed; no case was run");
-        return ExitCode::from(exit::CANNOT_RUN);
+        tell!("error: the test files above are malformed; no case was run");
+        return Exit::Input;
     }
     let default_at = args.at.unwrap_or_else(jiff::Timestamp::now);
     let results: Vec<CaseResult> = cases
@@ -367,8 +366,8 @@ pub(crate) fn run(args: TestArgs) -> ExitCode {
         say!("{passed} passed, {failed} failed");
     }
     if failed == 0 {
-        ExitCode::SUCCESS
+        Exit::Ok
     } else {
-        ExitCode::from(exit::DIFFERENCE)
+        Exit::No
     }
 }

@@ -255,6 +255,20 @@ async fn read(response: hyper::Response<hyper::body::Incoming>) -> Result<Reply,
 
 /// GET `path` over plain HTTP/1.1 from `addr` (Envoy's admin API): status and body.
 pub async fn plain_get(addr: SocketAddr, path: &str) -> Result<(u16, String), BoxError> {
+    plain_request(addr, Method::GET, path).await
+}
+
+/// POST `path` (no body) over plain HTTP/1.1 to `addr`, as Envoy's admin API wants for
+/// changes such as `/logging?connection=debug`: status and body.
+pub async fn plain_post(addr: SocketAddr, path: &str) -> Result<(u16, String), BoxError> {
+    plain_request(addr, Method::POST, path).await
+}
+
+async fn plain_request(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+) -> Result<(u16, String), BoxError> {
     let exchange = async {
         let tcp = TcpStream::connect(addr).await?;
         let (mut sender, connection) =
@@ -263,6 +277,7 @@ pub async fn plain_get(addr: SocketAddr, path: &str) -> Result<(u16, String), Bo
             let _ = connection.await;
         });
         let mut request = Request::new(Full::new(Bytes::new()));
+        *request.method_mut() = method.clone();
         *request.uri_mut() = Uri::try_from(path)?;
         request
             .headers_mut()
@@ -274,5 +289,5 @@ pub async fn plain_get(addr: SocketAddr, path: &str) -> Result<(u16, String), Bo
     };
     tokio::time::timeout(EXCHANGE_TIMEOUT, exchange)
         .await
-        .map_err(|_| format!("GET {path} on {addr} timed out"))?
+        .map_err(|_| format!("{method} {path} on {addr} timed out"))?
 }

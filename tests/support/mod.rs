@@ -3,7 +3,8 @@
 //! Owns the pieces every such test needs: a test PKI ([`pki`]), the `wardgate` and Envoy child
 //! processes ([`process`]), an echoing upstream app ([`upstream`]), an mTLS client that sends raw
 //! paths ([`client`]), gRPC clients over wardgate's socket ([`grpc`]), a Prometheus text parser
-//! ([`metrics`]), a SPIFFE Workload API test double ([`workload_api`]), callers of and
+//! ([`metrics`]), the rendered Kubernetes manifests ([`kube`]), a SPIFFE Workload API test double
+//! ([`workload_api`]), callers of and
 //! fixtures for wardgate's mTLS listener ([`mtls`]), and [`Sidecar`], which
 //! wires them together the way `deploy/envoy/envoy-sidecar.yaml` describes. It must never reach
 //! anything but loopback and its own temporary directory, and never leave a child process
@@ -14,10 +15,12 @@
 
 pub mod client;
 pub mod grpc;
+pub mod kube;
 pub mod metrics;
 pub mod mtls;
 pub mod pki;
 pub mod process;
+pub mod sds;
 pub mod upstream;
 pub mod workload_api;
 
@@ -92,7 +95,7 @@ impl Sidecar {
         let settings = EnvoySettings {
             svid_cert: destination.cert_path.clone(),
             svid_key: destination.key_path.clone(),
-            trust_bundle: pki.trust_bundle_path.clone(),
+            trust_bundle_dir: pki.trust_bundle_dir.clone(),
             wardgate_socket: socket,
             app: upstream.addr,
         };

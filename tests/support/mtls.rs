@@ -379,7 +379,7 @@ impl MtlsSidecar {
             ("ENVOY_LISTEN_PORT", listen.port().to_string()),
             ("SVID_CERT", path_str(&destination.cert_path)),
             ("SVID_KEY", path_str(&destination.key_path)),
-            ("TRUST_BUNDLE", path_str(&pki.trust_bundle_path)),
+            ("TRUST_BUNDLE_DIR", path_str(&pki.trust_bundle_dir)),
             ("WARDGATE_ADDRESS", wardgate.listen.ip().to_string()),
             ("WARDGATE_PORT", wardgate.listen.port().to_string()),
             ("WARDGATE_SPIFFE_ID", WARDGATE_ID.to_owned()),

@@ -233,8 +233,12 @@ fn set_validity(params: &mut CertificateParams, lifetime: Lifetime) {
 pub struct Pki {
     /// Where the PEM files are.
     pub dir: PathBuf,
-    /// PEM file with the CA of every trusted trust domain: Envoy's `trusted_ca`.
+    /// PEM file with the CA of every trusted trust domain, for a verifier that trusts them all
+    /// at once.
     pub trust_bundle_path: PathBuf,
+    /// Directory with one `<trust domain>.pem` per trusted trust domain holding that domain's
+    /// CA only: the shipped Envoy configs' `TRUST_BUNDLE_DIR` (per-trust-domain validation).
+    pub trust_bundle_dir: PathBuf,
     /// CAs by trust domain, plus `rogue` (trusted by nobody).
     pub cas: BTreeMap<String, Ca>,
     /// SVIDs by short name: every [`WORKLOADS`] entry, plus
@@ -247,11 +251,14 @@ impl Pki {
     /// Generate everything under `dir` (created if missing).
     pub fn generate(dir: &Path) -> Result<Pki, BoxError> {
         fs::create_dir_all(dir)?;
+        let trust_bundle_dir = dir.join("bundles");
+        fs::create_dir_all(&trust_bundle_dir)?;
         let mut cas = BTreeMap::new();
         let mut bundle = String::new();
         for domain in TRUSTED_DOMAINS {
             let ca = Ca::new(domain)?;
             fs::write(dir.join(format!("ca-{domain}.pem")), &ca.cert_pem)?;
+            fs::write(trust_bundle_dir.join(format!("{domain}.pem")), &ca.cert_pem)?;
             bundle.push_str(&ca.cert_pem);
             cas.insert(domain.to_owned(), ca);
         }
@@ -264,6 +271,7 @@ impl Pki {
         let mut pki = Pki {
             dir: dir.to_owned(),
             trust_bundle_path,
+            trust_bundle_dir,
             cas,
             svids: BTreeMap::new(),
         };

@@ -281,8 +281,8 @@ pub struct EnvoySettings {
     pub svid_cert: PathBuf,
     /// Its key file.
     pub svid_key: PathBuf,
-    /// CA certificates of the trusted trust domains.
-    pub trust_bundle: PathBuf,
+    /// Directory of `<trust domain>.pem` CA files, one per trusted trust domain.
+    pub trust_bundle_dir: PathBuf,
     /// wardgate's Unix socket.
     pub wardgate_socket: PathBuf,
     /// The upstream app's address.
@@ -350,7 +350,7 @@ impl Envoy {
             ("ENVOY_LISTEN_PORT", listen.port().to_string()),
             ("SVID_CERT", path_str(&settings.svid_cert)),
             ("SVID_KEY", path_str(&settings.svid_key)),
-            ("TRUST_BUNDLE", path_str(&settings.trust_bundle)),
+            ("TRUST_BUNDLE_DIR", path_str(&settings.trust_bundle_dir)),
             ("WARDGATE_SOCKET", path_str(&settings.wardgate_socket)),
             ("APP_ADDRESS", settings.app.ip().to_string()),
             ("APP_PORT", settings.app.port().to_string()),
@@ -416,6 +416,16 @@ impl Envoy {
     /// GET an admin endpoint: status and body.
     pub async fn admin_get(&self, path: &str) -> Result<(u16, String), BoxError> {
         super::client::plain_get(self.admin, path).await
+    }
+
+    /// POST to an admin endpoint (`/logging?connection=debug`, ...): status and body.
+    pub async fn admin_post(&self, path: &str) -> Result<(u16, String), BoxError> {
+        super::client::plain_post(self.admin, path).await
+    }
+
+    /// Everything Envoy logged so far (stderr).
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.child.stderr_path).unwrap_or_default()
     }
 
     /// The access log's entries so far, parsed.

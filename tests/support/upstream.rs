@@ -40,7 +40,15 @@ pub struct EchoUpstream {
 impl EchoUpstream {
     /// Start on a free port of 127.0.0.1.
     pub async fn start() -> Result<EchoUpstream, BoxError> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        EchoUpstream::start_at(SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    /// Start on `addr`, which must be a loopback address.
+    pub async fn start_at(addr: SocketAddr) -> Result<EchoUpstream, BoxError> {
+        if !addr.ip().is_loopback() {
+            return Err(format!("the echo upstream listens on loopback only, not {addr}").into());
+        }
+        let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let seen = Arc::new(Seen::default());
         let task = tokio::spawn(accept_loop(listener, Arc::clone(&seen)));

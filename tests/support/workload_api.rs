@@ -1,6 +1,7 @@
 //! A SPIFFE Workload API test double: a gRPC server on a Unix socket speaking the X.509-SVID
 //! profile of `proto/workload.proto` as a SPIRE agent does, so that the `spiffe` crate (and
-//! so wardgate) accepts it exactly as it accepts SPIRE.
+//! so wardgate) accepts it exactly as it accepts SPIRE; like a SPIRE agent it also serves
+//! Envoy's SDS on the same socket, from the same state ([`super::sds`]).
 //!
 //! Owns the hand-written protobuf messages ([`pb`], checked against `proto/workload.proto` by
 //! a test), the server (`FetchX509SVID` and `FetchX509Bundles`, both server-streaming: the
@@ -174,6 +175,8 @@ struct Inner {
     /// Raised by `stop`: every open stream ends with UNAVAILABLE.
     stopping: tokio::sync::watch::Sender<bool>,
     calls: Mutex<Vec<Call>>,
+    /// Every request to the SDS service on the same socket ([`super::sds`]).
+    sds_requests: super::sds::SdsLog,
 }
 
 /// A running double; see the module documentation. Dropping it stops it abruptly.
@@ -206,15 +209,23 @@ impl WorkloadApiDouble {
             state: tx,
             stopping,
             calls: Mutex::new(Vec::new()),
+            sds_requests: Arc::default(),
         });
         let service = WorkloadApiService {
             inner: Arc::clone(&inner),
         };
+        // A SPIRE agent serves Envoy's SDS on the Workload API socket too.
+        let sds = super::sds::SecretDiscoveryServiceServer::new(super::sds::Sds::new(
+            inner.state.subscribe(),
+            inner.stopping.subscribe(),
+            Arc::clone(&inner.sds_requests),
+        ));
         let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
         let (shutdown, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(async move {
             let _ = tonic::transport::Server::builder()
                 .add_service(service)
+                .add_service(sds)
                 .serve_with_incoming_shutdown(incoming, async move {
                     let _ = shutdown_rx.await;
                 })
@@ -249,6 +260,15 @@ impl WorkloadApiDouble {
             .calls
             .lock()
             .map(|c| c.clone())
+            .unwrap_or_default()
+    }
+
+    /// Every SDS request so far (Envoy's secret names, acknowledged versions, errors).
+    pub fn sds_requests(&self) -> Vec<super::sds::SdsRequest> {
+        self.inner
+            .sds_requests
+            .lock()
+            .map(|r| r.clone())
             .unwrap_or_default()
     }
 

@@ -1,0 +1,499 @@
+//! `serve`'s flags, and their check into a [`ServePlan`].
+//!
+//! Owns the flag definitions (names, defaults, help) and every rule about how flags combine:
+//! [`ServeArgs::plan`] checks them all once, reads what they name that must be read before start
+//! (trusted keys), resolves wardgate's own identity exactly once, and returns a plan or the first
+//! [`PlanError`]. It must never start anything (no listener, task or runtime): that is
+//! [`crate::app::serve`]'s job.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::admin::AdminAddr;
+use crate::app::{BundlePlan, DecisionLogPlan, MtlsListener, OwnIdentity, PlanError, ServePlan};
+use crate::listen::ListenAddr;
+use crate::reload::{BundleSource, ReloadConfig};
+use crate::svid::{files, workload_api, SourceConfig};
+use crate::telemetry::DecisionLogTarget;
+
+/// `wardgate serve` flags.
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs {
+    /// Bundle file, directory or http(s):// URL (default: the example bundle embedded in the
+    /// binary, never reloaded).
+    #[arg(long, value_name = "SOURCE")]
+    bundle: Option<BundleSource>,
+    /// gRPC listen address: `unix:/path/to.sock` or `host:port`.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9191")]
+    listen: ListenAddr,
+    /// Destination SPIFFE ID to use when Envoy does not send `destination.principal`.
+    #[arg(long, value_name = "SPIFFE_ID")]
+    destination_principal: Option<String>,
+    /// Log format for operational logs (standard error; coloured only on a terminal).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub(crate) log_format: LogFormat,
+    /// How often to re-read the bundle (file digest poll; HTTP poll, jittered ±20%).
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    poll_interval: Duration,
+    /// Minisign public key (a `.pub` file) bundles must be signed with; repeatable. With none,
+    /// signatures are not checked.
+    #[arg(long = "trusted-key", value_name = "FILE")]
+    trusted_keys: Vec<PathBuf>,
+    /// Accept a bundle whose revision equals the one in force but whose content differs
+    /// (a lower revision is never accepted).
+    #[arg(long)]
+    allow_equal_revision: bool,
+    /// Keep the last good bundle here, and start from it when the source is unavailable.
+    #[arg(long, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Largest bundle accepted, in bytes (all files of a directory together, or the HTTP body).
+    #[arg(long, value_name = "BYTES", default_value_t = 16 * 1024 * 1024)]
+    max_bundle_bytes: u64,
+    /// Timeout of each HTTP request for the bundle.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    http_timeout: Duration,
+    /// Admin HTTP listener (/metrics, /healthz, /readyz, /v1/bundle, /v1/rules):
+    /// `host:port`, `unix:/path/to.sock` or `off`.
+    #[arg(long, value_name = "ADDR", default_value = crate::admin::DEFAULT_ADMIN_ADDR)]
+    admin: AdminAddr,
+    /// Decision log, one JSON object per line: `stdout`, `off`, or a file to append to.
+    #[arg(long, value_name = "stdout|off|FILE", default_value = "stdout")]
+    decision_log: DecisionLogTarget,
+    /// Decision-log queue capacity; entries beyond it are dropped and counted, never waited for.
+    #[arg(long, value_name = "N", default_value_t = 8192,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    decision_log_queue: u32,
+    /// Fraction of allow decisions written to the decision log (0 to 1); denials always are.
+    #[arg(long, value_name = "F", default_value_t = 1.0,
+          value_parser = crate::telemetry::parse_sample_rate)]
+    decision_log_sample_allows: f64,
+    /// Serve gRPC over mutual TLS on the `host:port` of --listen: present wardgate's own SVID
+    /// and admit only callers whose SVID verifies against their trust domain's bundle and whose
+    /// SPIFFE ID matches an --allow-caller pattern.
+    #[arg(long)]
+    tls: bool,
+    /// Where wardgate's own SVID and the trust bundles come from. Default with --tls: `files`
+    /// when --svid-cert is given, else `workload-api`; without --tls: `files` when
+    /// --trust-bundle is given (bundles only), else none.
+    #[arg(long, value_enum, value_name = "workload-api|files")]
+    svid_source: Option<SvidSourceKind>,
+    /// SPIFFE Workload API endpoint, `unix:///path/to/agent.sock` or `tcp://IP:PORT`
+    /// (default: $SPIFFE_ENDPOINT_SOCKET).
+    #[arg(long, value_name = "URI")]
+    spiffe_endpoint_socket: Option<String>,
+    /// wardgate's SVID certificate chain, PEM, leaf first (files; spiffe-helper's `svid.pem`).
+    #[arg(long, value_name = "FILE")]
+    svid_cert: Option<PathBuf>,
+    /// The SVID's private key, PEM (files; spiffe-helper's `svid_key.pem`).
+    #[arg(long, value_name = "FILE")]
+    svid_key: Option<PathBuf>,
+    /// CA bundle (PEM) of a trust domain, e.g. `hospital.example=/run/spiffe/svid_bundle.pem`
+    /// (files); repeatable.
+    #[arg(long = "trust-bundle", value_name = "TD=PEMFILE", value_parser = parse_trust_bundle)]
+    trust_bundles: Vec<(String, PathBuf)>,
+    /// SPIFFE ID pattern of a caller the mTLS listener admits (bundle pattern syntax, e.g.
+    /// `spiffe://hospital.example/ns/*/sa/envoy`); repeatable, at least one with --tls.
+    #[arg(long = "allow-caller", value_name = "PATTERN")]
+    allow_callers: Vec<String>,
+    /// A candidate bundle evaluated beside the enforced one on every check (same sources, reload
+    /// and signature flags); disagreements are counted in
+    /// `wardgate_shadow_disagreements_total` and logged. Responses follow the enforced bundle.
+    #[arg(long, value_name = "SOURCE")]
+    shadow_bundle: Option<BundleSource>,
+    /// Also verify each forwarded peer certificate against the trust bundle of its principal's
+    /// own trust domain (from --trust-bundle or the Workload API); one that does not chain is
+    /// denied `bad_certificate`. Envoy verifies against all trusted CAs at once; this stops a
+    /// federated CA from minting another trust domain's identities.
+    #[arg(long)]
+    verify_chain: bool,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `--svid-source`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum SvidSourceKind {
+    /// The SPIFFE Workload API (SPIRE agent or compatible).
+    WorkloadApi,
+    /// PEM files on disk (spiffe-helper, cert-manager csi-driver-spiffe, a Secret).
+    Files,
+}
+
+/// A flag value such as `500ms`, `5s` or `1m`.
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d: jiff::SignedDuration = s
+        .parse()
+        .map_err(|e| format!("`{s}` is not a duration such as 500ms, 5s or 1m: {e}"))?;
+    Duration::try_from(d).map_err(|_| format!("`{s}` must not be negative"))
+}
+
+fn parse_trust_bundle(s: &str) -> Result<(String, PathBuf), String> {
+    let (domain, file) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}` is not TRUST_DOMAIN=PEMFILE"))?;
+    spiffe::TrustDomain::new(domain)
+        .ok()
+        .filter(|td| td.as_str() == domain)
+        .ok_or_else(|| {
+            format!("`{domain}` is not a trust domain name (such as hospital.example)")
+        })?;
+    if file.is_empty() {
+        return Err(format!("`{s}` names no file"));
+    }
+    Ok((domain.to_owned(), PathBuf::from(file)))
+}
+
+impl ServeArgs {
+    /// Check every flag and how they combine, once, into the plan [`crate::app::serve`] runs.
+    pub(crate) fn plan(self) -> Result<ServePlan, PlanError> {
+        if let Some(value) = &self.destination_principal {
+            crate::identity::parse_spiffe_id(value).map_err(|source| {
+                PlanError::DestinationPrincipal {
+                    value: value.clone(),
+                    source,
+                }
+            })?;
+        }
+        let key_texts = self.trusted_key_texts()?;
+        let bundle = match &self.bundle {
+            None => BundlePlan::Embedded,
+            Some(source) => BundlePlan::Source(self.reload_config(source, &key_texts)?),
+        };
+        let shadow = match &self.shadow_bundle {
+            None => None,
+            Some(source) => {
+                let mut cfg = self.reload_config(source, &key_texts)?;
+                // The shadow keeps its own last-good copy, never the enforced bundle's.
+                cfg.cache_dir = cfg.cache_dir.map(|d| d.join("shadow"));
+                Some(cfg)
+            }
+        };
+        let identity = self.own_identity()?;
+        Ok(ServePlan {
+            listen: self.listen,
+            bundle,
+            shadow,
+            identity,
+            destination_principal: self.destination_principal,
+            admin: self.admin,
+            decision_log: DecisionLogPlan {
+                target: self.decision_log,
+                queue: self.decision_log_queue as usize,
+                sample_allows: self.decision_log_sample_allows,
+            },
+        })
+    }
+
+    /// Each `--trusted-key` file, read once (the enforced and the shadow bundle share them) and
+    /// checked to be a key even when no `--bundle` would use it.
+    fn trusted_key_texts(&self) -> Result<Vec<(PathBuf, String)>, PlanError> {
+        let mut texts = Vec::new();
+        for path in &self.trusted_keys {
+            let text = std::fs::read_to_string(path).map_err(|source| {
+                PlanError::TrustedKeyUnreadable {
+                    path: path.clone(),
+                    source,
+                }
+            })?;
+            crate::reload::TrustedKeys::none()
+                .add(&text)
+                .map_err(|why| PlanError::TrustedKeyInvalid {
+                    path: path.clone(),
+                    why,
+                })?;
+            texts.push((path.clone(), text));
+        }
+        Ok(texts)
+    }
+
+    /// Reload settings for one source (the enforced bundle or the shadow bundle).
+    fn reload_config(
+        &self,
+        source: &BundleSource,
+        keys: &[(PathBuf, String)],
+    ) -> Result<ReloadConfig, PlanError> {
+        let mut cfg = ReloadConfig::new(source.clone());
+        cfg.poll_interval = self.poll_interval.max(Duration::from_millis(50));
+        cfg.allow_equal_revision = self.allow_equal_revision;
+        cfg.cache_dir = self.cache_dir.clone();
+        cfg.max_bytes = self.max_bundle_bytes;
+        cfg.http_timeout = self.http_timeout;
+        for (path, text) in keys {
+            cfg.trusted_keys
+                .add(text)
+                .map_err(|why| PlanError::TrustedKeyInvalid {
+                    path: path.clone(),
+                    why,
+                })?;
+        }
+        Ok(cfg)
+    }
+
+    /// wardgate's own identity from the identity, mTLS and chain flags together; `None` when no
+    /// identity source is configured.
+    fn own_identity(&self) -> Result<Option<OwnIdentity>, PlanError> {
+        let kind = match self.svid_source {
+            Some(kind) => Some(kind),
+            None if self.tls && self.svid_cert.is_some() => Some(SvidSourceKind::Files),
+            None if self.tls => Some(SvidSourceKind::WorkloadApi),
+            None if !self.trust_bundles.is_empty() || self.svid_cert.is_some() => {
+                Some(SvidSourceKind::Files)
+            }
+            None => None,
+        };
+        let mtls = if self.tls {
+            let ListenAddr::Tcp(addr) = self.listen else {
+                return Err(PlanError::TlsNeedsTcp {
+                    listen: self.listen.clone(),
+                });
+            };
+            if self.allow_callers.is_empty() {
+                return Err(PlanError::TlsWithoutAllowCaller);
+            }
+            let allow = crate::tls::AllowList::parse(&self.allow_callers)
+                .map_err(PlanError::AllowCaller)?;
+            Some(MtlsListener { addr, allow })
+        } else {
+            if !self.allow_callers.is_empty() {
+                return Err(PlanError::AllowCallerWithoutTls);
+            }
+            None
+        };
+        let source = match kind {
+            // --trust-bundle alone starts a bundles-only file source, so no source means no
+            // bundles to verify forwarded chains against.
+            None if self.verify_chain => return Err(PlanError::VerifyChainWithoutBundles),
+            None => return Ok(None),
+            Some(SvidSourceKind::WorkloadApi) => {
+                if self.svid_cert.is_some()
+                    || self.svid_key.is_some()
+                    || !self.trust_bundles.is_empty()
+                {
+                    return Err(PlanError::FileFlagsWithWorkloadApi);
+                }
+                let endpoint = match &self.spiffe_endpoint_socket {
+                    Some(endpoint) => endpoint.clone(),
+                    None => std::env::var(workload_api::ENDPOINT_ENV).map_err(|_| {
+                        PlanError::NoEndpoint {
+                            env: workload_api::ENDPOINT_ENV,
+                        }
+                    })?,
+                };
+                let config = workload_api::Config::new(endpoint);
+                config.validate().map_err(PlanError::Endpoint)?;
+                SourceConfig::WorkloadApi(config)
+            }
+            Some(SvidSourceKind::Files) => {
+                let svid = match (&self.svid_cert, &self.svid_key) {
+                    (Some(cert), Some(key)) => Some(files::SvidFiles {
+                        cert: cert.clone(),
+                        key: key.clone(),
+                    }),
+                    (None, None) if !self.tls => None,
+                    _ => return Err(PlanError::CertWithoutKey),
+                };
+                if self.tls && self.trust_bundles.is_empty() {
+                    return Err(PlanError::TlsWithoutTrustBundle);
+                }
+                SourceConfig::Files(files::Config::new(svid, self.trust_bundles.clone()))
+            }
+        };
+        Ok(Some(OwnIdentity {
+            source,
+            mtls,
+            verify_chain: self.verify_chain,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+    use clap::Parser as _;
+
+    fn serve_args(args: &[&str]) -> ServeArgs {
+        let mut argv = vec!["wardgate", "serve"];
+        argv.extend_from_slice(args);
+        match Cli::try_parse_from(argv).expect("flags parse").command {
+            Command::Serve(args) => args,
+            _ => unreachable!(),
+        }
+    }
+
+    fn plan(args: &[&str]) -> Result<ServePlan, PlanError> {
+        serve_args(args).plan()
+    }
+
+    fn identity(args: &[&str]) -> Option<OwnIdentity> {
+        plan(args).expect("a plan").identity
+    }
+
+    const TLS: [&str; 7] = [
+        "--listen",
+        "127.0.0.1:9191",
+        "--tls",
+        "--spiffe-endpoint-socket",
+        "unix:///run/spire/agent.sock",
+        "--allow-caller",
+        "spiffe://hospital.example/ns/*/sa/*",
+    ];
+
+    #[test]
+    fn identity_and_mtls_flags_are_checked_together() {
+        assert!(identity(&[]).is_none());
+        let own = identity(&TLS).unwrap();
+        assert!(matches!(own.source, SourceConfig::WorkloadApi(_)));
+        let mtls = own.mtls.expect("mTLS listener");
+        assert_eq!(mtls.addr.to_string(), "127.0.0.1:9191");
+
+        let err = |args: &[&str]| plan(args).expect_err("refused");
+        assert!(matches!(
+            err(&["--tls", "--listen", "unix:/tmp/w.sock"]),
+            PlanError::TlsNeedsTcp { .. }
+        ));
+        assert!(matches!(err(&TLS[..5]), PlanError::TlsWithoutAllowCaller));
+        assert!(matches!(
+            err(&["--allow-caller", "spiffe://td/x"]),
+            PlanError::AllowCallerWithoutTls
+        ));
+        assert!(matches!(
+            err(&[
+                &TLS[..3],
+                &["--allow-caller", "spiffe://td/x/**/y"],
+                &TLS[3..5]
+            ]
+            .concat()),
+            PlanError::AllowCaller(_)
+        ));
+        assert!(matches!(
+            err(&[
+                "--listen",
+                "127.0.0.1:9191",
+                "--tls",
+                "--allow-caller",
+                "spiffe://td/x",
+                "--spiffe-endpoint-socket",
+                "/no/scheme.sock"
+            ]),
+            PlanError::Endpoint(_)
+        ));
+        assert!(matches!(
+            err(&[
+                "--svid-source",
+                "workload-api",
+                "--spiffe-endpoint-socket",
+                "unix:///a.sock",
+                "--svid-cert",
+                "c.pem"
+            ]),
+            PlanError::FileFlagsWithWorkloadApi
+        ));
+        let files_tls = [
+            "--listen",
+            "127.0.0.1:9191",
+            "--tls",
+            "--allow-caller",
+            "spiffe://td/x",
+            "--svid-cert",
+            "c.pem",
+        ];
+        assert!(matches!(err(&files_tls), PlanError::CertWithoutKey));
+        assert!(matches!(
+            err(&[&files_tls[..], &["--svid-key", "k.pem"]].concat()),
+            PlanError::TlsWithoutTrustBundle
+        ));
+        assert!(matches!(
+            err(&["--verify-chain"]),
+            PlanError::VerifyChainWithoutBundles
+        ));
+
+        // Bundles alone (for forwarded-chain verification), no listener change.
+        let own = identity(&[
+            "--trust-bundle",
+            "hospital.example=/run/spiffe/ca.pem",
+            "--verify-chain",
+        ])
+        .unwrap();
+        assert!(own.mtls.is_none());
+        assert!(own.verify_chain);
+        match own.source {
+            SourceConfig::Files(files) => {
+                assert!(files.svid.is_none());
+                assert_eq!(files.bundles.len(), 1);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(Cli::try_parse_from(["wardgate", "serve", "--trust-bundle", "NotATd=/x"]).is_err());
+        assert!(Cli::try_parse_from(["wardgate", "serve", "--trust-bundle", "td"]).is_err());
+    }
+
+    #[test]
+    fn every_refusal_names_the_flag_to_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let not_a_key = dir.path().join("not-a-key.pub");
+        std::fs::write(&not_a_key, "hello").unwrap();
+        let missing = dir.path().join("missing.pub");
+        for (args, flag) in [
+            (
+                vec!["--destination-principal", "http://x"],
+                "--destination-principal",
+            ),
+            (
+                vec!["--trusted-key", missing.to_str().unwrap()],
+                "--trusted-key",
+            ),
+            (
+                vec!["--trusted-key", not_a_key.to_str().unwrap()],
+                "--trusted-key",
+            ),
+            (vec!["--tls", "--listen", "unix:/tmp/w.sock"], "--tls"),
+            (TLS[..5].to_vec(), "--tls needs at least one --allow-caller"),
+            (vec!["--allow-caller", "spiffe://td/x"], "--allow-caller"),
+            (vec!["--verify-chain"], "--verify-chain"),
+        ] {
+            let err = plan(&args).expect_err("refused");
+            assert!(err.to_string().starts_with(flag), "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_shadow_bundle_shares_the_flags_but_keeps_its_own_cache() {
+        let plan = plan(&[
+            "--bundle",
+            "/etc/wardgate/bundle.yaml",
+            "--shadow-bundle",
+            "/etc/wardgate/candidate.yaml",
+            "--cache-dir",
+            "/var/cache/wardgate",
+            "--poll-interval",
+            "1ms",
+        ])
+        .unwrap();
+        let BundlePlan::Source(enforced) = plan.bundle else {
+            panic!("a bundle source");
+        };
+        let shadow = plan.shadow.expect("a shadow source");
+        assert_eq!(
+            enforced.cache_dir.as_deref(),
+            Some(std::path::Path::new("/var/cache/wardgate"))
+        );
+        assert_eq!(
+            shadow.cache_dir.as_deref(),
+            Some(std::path::Path::new("/var/cache/wardgate/shadow"))
+        );
+        assert_eq!(enforced.poll_interval, Duration::from_millis(50), "floored");
+        assert_eq!(shadow.poll_interval, enforced.poll_interval);
+    }
+}

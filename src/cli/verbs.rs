@@ -1,0 +1,180 @@
+//! The one-shot verbs: `validate` and `check` here, the tooling verbs handed to `tooling`, and
+//! the printing they share.
+//!
+//! Owns what `validate` and `check` print and which [`Exit`] they end with. Every line goes
+//! through [`emit`]/[`complain`], which stop quietly at a closed pipe (`wardgate check ... |
+//! head -1`), never through `println!`, which panics there. It must never decide anything itself:
+//! `check` prints what [`Policy::decide_traced`] returns, which is what `decide` (and the server)
+//! returns.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+
+use crate::policy::{CertificateFacts, PeerCertificate, Policy, Request, Trace, Verdict};
+use crate::tooling::Exit;
+
+/// `wardgate check` flags.
+#[derive(Debug, Args)]
+pub(crate) struct CheckArgs {
+    /// Bundle file or directory.
+    bundle: PathBuf,
+    /// Source SPIFFE ID (what Envoy reports as `source.principal`).
+    #[arg(long, value_name = "SPIFFE_ID")]
+    from: String,
+    /// Destination SPIFFE ID.
+    #[arg(long, value_name = "SPIFFE_ID")]
+    to: Option<String>,
+    /// HTTP method.
+    #[arg(long, default_value = "GET")]
+    method: String,
+    /// Raw request path (query allowed; normalised as the server would).
+    #[arg(long, default_value = "/")]
+    path: String,
+    /// Host / :authority.
+    #[arg(long, default_value = "")]
+    host: String,
+    /// Request header, repeatable.
+    #[arg(long = "header", value_name = "NAME=VALUE", value_parser = parse_header)]
+    headers: Vec<(String, String)>,
+    /// Evaluate at this instant (RFC 3339, e.g. 2026-03-29T02:30:00+01:00); default now.
+    #[arg(long, value_name = "RFC3339_INSTANT")]
+    at: Option<jiff::Timestamp>,
+    /// Simulate a forwarded peer certificate valid for this long (e.g. `24h`), issued to the
+    /// source and covering the evaluation instant (see `CertificateFacts::simulated`).
+    #[arg(long, value_name = "DURATION")]
+    cert_lifetime: Option<jiff::SignedDuration>,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_header(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}` is not NAME=VALUE"))?;
+    if k.is_empty() {
+        return Err(format!("`{s}` has an empty header name"));
+    }
+    Ok((k.to_ascii_lowercase(), v.to_string()))
+}
+
+/// Write `text` to standard output and end with `exit`. A closed pipe ends the output quietly
+/// (the reader has what it wanted); any other write error is reported as [`Exit::Input`]
+/// ("an output file that cannot be written").
+pub(crate) fn emit(exit: Exit, text: &str) -> Exit {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => exit,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => exit,
+        Err(e) => {
+            complain(&format!("error: cannot write to standard output: {e}\n"));
+            Exit::Input
+        }
+    }
+}
+
+/// Write `text` to standard error; a closed or failing stderr is ignored (nowhere left to say so).
+pub(crate) fn complain(text: &str) {
+    let _ = std::io::stderr().lock().write_all(text.as_bytes());
+}
+
+/// `wardgate validate BUNDLE`: a one-line summary, or every problem as `FILE:LINE:COL: message`
+/// and [`Exit::Input`].
+pub(crate) fn validate(path: &Path) -> Exit {
+    match Policy::from_path(path) {
+        Ok(p) => emit(
+            Exit::Ok,
+            &format!(
+                "{}: ok: revision {}, {} rule(s), {} segment(s), {}\n",
+                path.display(),
+                p.revision(),
+                p.rule_count(),
+                p.segment_names().count(),
+                p.digest()
+            ),
+        ),
+        Err(errors) => {
+            let mut text = String::new();
+            for d in errors.iter() {
+                let _ = writeln!(text, "{d}");
+            }
+            let _ = writeln!(text, "{}: {} error(s)", path.display(), errors.0.len());
+            complain(&text);
+            Exit::Input
+        }
+    }
+}
+
+/// `wardgate check`: decide one request and print the decision, the bundle, the instant
+/// evaluated and the trace. [`Exit::Ok`] when allowed, [`Exit::No`] when denied.
+pub(crate) fn check(args: CheckArgs) -> Exit {
+    let policy = match Policy::from_path(&args.bundle) {
+        Ok(p) => p,
+        Err(errors) => {
+            complain(&format!("{errors}\n"));
+            return Exit::Input;
+        }
+    };
+    let headers: HashMap<String, String> = args.headers.iter().cloned().collect();
+    let time = args.at.unwrap_or_else(jiff::Timestamp::now);
+    let facts = args
+        .cert_lifetime
+        .map(|life| CertificateFacts::simulated(&args.from, time, life));
+    let mut request = Request::new(&args.method, &args.path);
+    request.source = Some(&args.from);
+    request.destination = args.to.as_deref();
+    request.host = &args.host;
+    request.headers = &headers;
+    request.time = time;
+    if let Some(f) = &facts {
+        request.peer_certificate = PeerCertificate::Parsed(f);
+    }
+    let mut trace = Trace::default();
+    let d = policy.decide_traced(&request, &mut trace);
+    let exit = match d.verdict {
+        Verdict::Allow => Exit::Ok,
+        Verdict::Deny => Exit::No,
+    };
+    let mut text = String::new();
+    if args.json {
+        let out = serde_json::json!({
+            "decision": d.verdict.as_str(),
+            "reason": d.reason.as_str(),
+            "rule": d.rule,
+            "source_segment": d.source_segment,
+            "destination_segment": d.destination_segment,
+            "revision": policy.revision(),
+            "digest": policy.digest(),
+            "at": time.to_string(),
+            "trace": trace,
+        });
+        let _ = writeln!(text, "{out}");
+    } else {
+        let _ = writeln!(text, "decision: {}", d.verdict.as_str());
+        let _ = writeln!(text, "reason:   {}", d.reason);
+        let _ = writeln!(text, "rule:     {}", d.rule.unwrap_or("-"));
+        let _ = writeln!(
+            text,
+            "segments: {} -> {}",
+            d.source_segment.unwrap_or("-"),
+            d.destination_segment.unwrap_or("-")
+        );
+        let _ = writeln!(
+            text,
+            "bundle:   revision {} ({})",
+            policy.revision(),
+            policy.digest()
+        );
+        let source = if args.at.is_some() { "--at" } else { "now" };
+        let _ = writeln!(text, "at:       {time} (evaluation instant: {source})");
+        let _ = writeln!(text, "trace:");
+        for step in &trace.steps {
+            let _ = writeln!(text, "  {step}");
+        }
+    }
+    emit(exit, &text)
+}

@@ -1,0 +1,177 @@
+//! The Envoy adapter: `envoy.service.auth.v3.Authorization/Check` answered from the policy in
+//! force, split by direction into request, evaluation and response.
+//!
+//! One Check passes [`AuthzService::respond`] in five steps: translate (`request`: the
+//! `CheckRequest` borrowed into a [`policy::Request`](crate::policy::Request)), decide
+//! ([`Policy::decide_stated`] under one `arc-swap` guard of the policy), shadow (the candidate
+//! bundle's view, compared and counted, never answered), record (debug line, the audited
+//! break-glass warning, metrics and the decision log through [`Telemetry`]), render
+//! (`response`: the `CheckResponse`). The forwarded-certificate decoding cache is `certs`.
+//! [`AuthzConfig`] holds what a Check needs beyond the policy; the listener, health and drain
+//! settings belong to the gRPC server ([`crate::grpc::ServerConfig`]).
+//!
+//! This module owns that order and the wiring between the steps. It must never decide anything
+//! itself (every reason, a request it cannot read included, comes from `decide`), never answer
+//! a Check with a gRPC error (that would leave the outcome to Envoy's `failure_mode_allow`),
+//! never panic or unwrap on anything that came over the network, never block or await while
+//! holding the policy guard, and never put a rule name in a denial a client can see.
+
+mod certs;
+mod request;
+mod response;
+#[cfg(test)]
+pub(crate) mod tests;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use envoy_types::ext_authz::v3::pb::{Authorization, CheckRequest, CheckResponse};
+
+use crate::decision_log::loggable_path;
+use crate::policy::{Decided, Decision, Policy, PolicyHandle, Reason, Request};
+use crate::shadow::Shadow;
+use crate::telemetry::{CheckEvent, Telemetry};
+use crate::trust::TrustHandle;
+
+pub use response::{BREAK_GLASS_HEADER, HEADER_PREFIX, REASON_HEADER, RULE_HEADER};
+
+/// What the adapter needs for a Check beyond the policy: the settings that do not come from
+/// the bundle.
+#[derive(Debug, Clone, Default)]
+pub struct AuthzConfig {
+    /// Destination principal to use when Envoy sends none in
+    /// `attributes.destination.principal` (deployments where Envoy's own certificate carries no
+    /// URI SAN). Envoy's value wins when present.
+    pub destination_principal: Option<String>,
+    /// Where every decided Check is recorded (metrics, decision log); `None` records nothing.
+    pub telemetry: Option<Arc<Telemetry>>,
+    /// With `Some`, a forwarded peer certificate must also be signed by a CA in the trust
+    /// bundle of the trust domain of the principal's SPIFFE ID (`serve --verify-chain`); a
+    /// certificate that is not is denied `bad_certificate`. Envoy checks the chain against all
+    /// the CAs it trusts at once; this adds the SPIFFE rule that an SVID is verified against its
+    /// own trust domain, so one federated CA cannot mint another domain's identities.
+    pub verify_chain: Option<TrustHandle>,
+    /// A shadow bundle evaluated beside the enforced one on every check (`serve
+    /// --shadow-bundle`); disagreements are counted and logged, responses never change.
+    pub shadow: Option<Arc<Shadow>>,
+}
+
+/// The `Authorization` service: answers Envoy's Checks from the policy in force.
+///
+/// Cheap to clone (two `Arc`s). Construct it in-process to drive decisions without a socket,
+/// through [`Authorization::check`] or [`AuthzService::respond`].
+#[derive(Clone)]
+pub struct AuthzService {
+    policy: PolicyHandle,
+    config: Arc<AuthzConfig>,
+}
+
+impl fmt::Debug for AuthzService {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let guard = self.policy.load();
+        f.debug_struct("AuthzService")
+            .field("policy_revision", &guard.as_ref().map(|p| p.revision()))
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl AuthzService {
+    /// A service reading decisions from `policy`.
+    pub fn new(policy: PolicyHandle, config: AuthzConfig) -> Self {
+        AuthzService {
+            policy,
+            config: Arc::new(config),
+        }
+    }
+
+    /// Decide one Check and render Envoy's answer. Synchronous and infallible: whatever the
+    /// request holds, the answer is an allow or a denial with a reason.
+    pub fn respond(&self, check: &CheckRequest) -> CheckResponse {
+        let started = Instant::now();
+        // Translate: borrow the question from the CheckRequest.
+        let mut certificate = request::CertificateSlot::default();
+        let check = request::translate(check, &self.config, &mut certificate);
+
+        // Decide, under one guard of the policy in force; nothing from here on awaits.
+        let guard = self.policy.load();
+        let policy: Option<&Policy> = guard.as_deref();
+        let decided = policy.map_or(Decided::NO_POLICY, |p| p.decide_stated(&check.request));
+
+        // Shadow: the candidate bundle judges the same request; the answer stays ours.
+        if let (Some(shadow), Some(_)) = (&self.config.shadow, policy) {
+            shadow.compare(&check.request, &decided.decision);
+        }
+        let elapsed = started.elapsed();
+        let revision = policy.map(Policy::revision);
+
+        // Record, then render.
+        self.record(&check, &decided, revision, elapsed);
+        response::render(&decided.decision, revision, elapsed, check.client_headers())
+    }
+
+    /// Record one decided Check: the audited break-glass warning, a debug line, and the
+    /// metrics and decision log when telemetry is on.
+    fn record(
+        &self,
+        check: &request::Translated<'_>,
+        decided: &Decided<'_, '_>,
+        revision: Option<u64>,
+        elapsed: Duration,
+    ) {
+        let (request, decision) = (&check.request, &decided.decision);
+        if decision.reason == Reason::BreakGlass {
+            log_break_glass(request, decision, decided.break_glass_reason);
+        }
+        tracing::debug!(
+            decision = decision.verdict.as_str(),
+            reason = decision.reason.as_str(),
+            rule = decision.rule,
+            source = request.source,
+            destination = request.destination,
+            "check"
+        );
+        if let Some(telemetry) = &self.config.telemetry {
+            telemetry.record_check(&CheckEvent {
+                request,
+                decision,
+                revision,
+                elapsed,
+                // Only the decision log reads it: no header lookup when it is off.
+                request_id: if telemetry.decision_log_enabled() {
+                    check.request_id()
+                } else {
+                    None
+                },
+                break_glass_reason: decided.break_glass_reason,
+            });
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Authorization for AuthzService {
+    async fn check(
+        &self,
+        request: tonic::Request<CheckRequest>,
+    ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
+        Ok(tonic::Response::new(self.respond(request.get_ref())))
+    }
+}
+
+/// A break-glass allow is rare and audited: log it at warning level with the stated reason
+/// (the only header value wardgate ever logs).
+fn log_break_glass(request: &Request<'_>, decision: &Decision<'_>, stated: Option<&str>) {
+    let stated = stated.unwrap_or_default();
+    let path = loggable_path(request.path);
+    tracing::warn!(
+        rule = decision.rule,
+        source = request.source,
+        destination = request.destination,
+        method = request.method,
+        path,
+        break_glass_reason = stated,
+        "break-glass allow"
+    );
+}

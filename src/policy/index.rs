@@ -1,0 +1,528 @@
+//! The rule index: which rules can apply to a request's pair of identities, found without
+//! looking at any other rule.
+//!
+//! `compile` fills an [`IndexBuilder`] (segment members, then every rule's `from` and `to`
+//! entries by position) and keeps the [`RuleIndex`] it yields; `eval` reads it through four
+//! calls: place the source and the destination ([`RuleIndex::source`],
+//! [`RuleIndex::destination`]), then ask for the first rule of a list that matches
+//! ([`RuleIndex::first_match`]) or for every rule that could ([`RuleIndex::candidates`]).
+//!
+//! Inside, one trie over SPIFFE IDs holds segment members and `from` / `to` patterns alike, each
+//! interned as a small integer key, and every rule is filed under each (source key, destination
+//! key) pair it names. A request walks the trie once per identity and looks up only the buckets
+//! its own keys select, so decision cost depends on the rules that can apply to the pair, not on
+//! the bundle's size. That layout is private to this module and may change freely.
+//!
+//! This module never validates (it trusts what `compile` hands it), never knows what a rule
+//! says beyond its `from` and `to` (callers pass the test of a rule's other conditions in), and
+//! never imports the policy model, which sits above it.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
+use fnv::FnvHashMap;
+use smallvec::SmallVec;
+
+use super::pattern::{split_segments, Pattern, Seg};
+
+/// Key meaning "any destination" (a rule without `to`).
+const ANY: u32 = u32::MAX;
+
+/// A list of rules, each numbered by its position in bundle order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RuleList {
+    /// Deny rules (positions in the rule list).
+    Deny,
+    /// Allow rules (positions in the rule list, shared with the deny rules).
+    Allow,
+    /// Break-glass entries (positions in the break-glass list).
+    BreakGlass,
+}
+
+/// What one `from` or `to` entry of a rule selects.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Selector<'a> {
+    /// Every member of the segment with this number.
+    Segment(u32),
+    /// Every identity matching the pattern.
+    Pattern(&'a Pattern),
+}
+
+/// Where one identity sits in the index: its segment, and the keys under which rules naming it
+/// (through a pattern or its segment) are filed.
+#[derive(Debug, Default)]
+pub(crate) struct Placement {
+    segment: Option<u32>,
+    keys: SmallVec<[u32; 8]>,
+}
+
+impl Placement {
+    /// The number of the identity's segment, if it belongs to one.
+    pub(crate) fn segment(&self) -> Option<u32> {
+        self.segment
+    }
+}
+
+/// The compiled index of one policy. See the module documentation.
+#[derive(Debug)]
+pub(crate) struct RuleIndex {
+    /// Segment members, `from` and `to` patterns, each payload tagged with its [`Slot`].
+    trie: IdTrie,
+    deny: PairIndex,
+    allow: PairIndex,
+    break_glass: PairIndex,
+}
+
+impl RuleIndex {
+    /// Place a source identity (already known to be a valid SPIFFE ID in a trusted domain).
+    #[inline]
+    pub(crate) fn source(&self, trust_domain: &str, path: &str) -> Placement {
+        let mut placed = self.place(trust_domain, path, Slot::From);
+        if let Some(s) = placed.segment {
+            placed.keys.push(s);
+        }
+        placed
+    }
+
+    /// Place a destination; `None` is an unknown destination, which only rules without `to`
+    /// can apply to.
+    #[inline]
+    pub(crate) fn destination(&self, id: Option<(&str, &str)>) -> Placement {
+        let mut placed = match id {
+            Some((trust_domain, path)) => self.place(trust_domain, path, Slot::To),
+            None => Placement::default(),
+        };
+        if let Some(s) = placed.segment {
+            placed.keys.push(s);
+        }
+        placed.keys.push(ANY);
+        placed
+    }
+
+    /// The lowest-numbered rule of `list` filed under this pair for which `matches` holds.
+    /// `matches` is asked in ascending order within each bucket and never about a rule beyond
+    /// the best one found so far.
+    #[inline]
+    pub(crate) fn first_match(
+        &self,
+        list: RuleList,
+        src: &Placement,
+        dst: &Placement,
+        mut matches: impl FnMut(u32) -> bool,
+    ) -> Option<u32> {
+        let index = self.pairs(list);
+        let mut best = u32::MAX;
+        for &s in &src.keys {
+            for &d in &dst.keys {
+                if let Some(bucket) = index.get(&(s, d)) {
+                    for &i in bucket.iter() {
+                        if i >= best {
+                            break;
+                        }
+                        if matches(i) {
+                            best = i;
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        (best != u32::MAX).then_some(best)
+    }
+
+    /// Every rule of `lists` filed under this pair, ascending and without duplicates (lists
+    /// that share a numbering, deny and allow, are merged).
+    pub(crate) fn candidates(
+        &self,
+        lists: &[RuleList],
+        src: &Placement,
+        dst: &Placement,
+    ) -> Vec<u32> {
+        let mut out = Vec::new();
+        for &list in lists {
+            let index = self.pairs(list);
+            for &s in &src.keys {
+                for &d in &dst.keys {
+                    if let Some(bucket) = index.get(&(s, d)) {
+                        out.extend_from_slice(bucket);
+                    }
+                }
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    fn pairs(&self, list: RuleList) -> &PairIndex {
+        match list {
+            RuleList::Deny => &self.deny,
+            RuleList::Allow => &self.allow,
+            RuleList::BreakGlass => &self.break_glass,
+        }
+    }
+
+    /// Walk the identity trie once: the keys of the `side` patterns matching the identity and
+    /// its segment (segments never overlap, so there is at most one).
+    #[inline]
+    fn place(&self, trust_domain: &str, path: &str, side: Slot) -> Placement {
+        let mut placed = Placement::default();
+        self.trie.lookup(trust_domain, path, &mut |slot, k| {
+            if slot == Slot::Segment {
+                placed.segment = Some(k);
+            } else if slot == side {
+                placed.keys.push(k);
+            }
+        });
+        placed
+    }
+}
+
+/// Collects segment members and rules, then freezes them into a [`RuleIndex`].
+#[derive(Debug)]
+pub(crate) struct IndexBuilder {
+    trie: IdTrie,
+    segment_count: u32,
+    /// Interned pattern keys, by where the pattern ends in the trie (no pattern hashing or
+    /// cloning): (leaf node, ends in `**`) -> key.
+    patterns: FnvHashMap<(u32, bool), u32>,
+    deny: FnvHashMap<(u32, u32), Vec<u32>>,
+    allow: FnvHashMap<(u32, u32), Vec<u32>>,
+    break_glass: FnvHashMap<(u32, u32), Vec<u32>>,
+    froms: Vec<u32>,
+    tos: Vec<u32>,
+}
+
+impl IndexBuilder {
+    /// A builder for a policy with `segment_count` segments (numbered from 0). Pattern keys are
+    /// numbered after them.
+    pub(crate) fn new(segment_count: u32) -> Self {
+        IndexBuilder {
+            trie: IdTrie::default(),
+            segment_count,
+            patterns: FnvHashMap::default(),
+            deny: FnvHashMap::default(),
+            allow: FnvHashMap::default(),
+            break_glass: FnvHashMap::default(),
+            froms: Vec::new(),
+            tos: Vec::new(),
+        }
+    }
+
+    /// `member` belongs to segment `segment`. Add every member before the first rule.
+    pub(crate) fn segment_member(&mut self, segment: u32, member: &Pattern) {
+        self.trie.insert(member, Slot::Segment, segment);
+    }
+
+    /// File rule number `position` of `list` under every (`from`, `to`) pair it names; `to` of
+    /// `None` means any destination, including an unknown one. Add a list's rules in ascending
+    /// order.
+    pub(crate) fn rule<'a>(
+        &mut self,
+        list: RuleList,
+        position: u32,
+        from: impl IntoIterator<Item = Selector<'a>>,
+        to: Option<impl IntoIterator<Item = Selector<'a>>>,
+    ) {
+        let mut froms = std::mem::take(&mut self.froms);
+        let mut tos = std::mem::take(&mut self.tos);
+        froms.clear();
+        for e in from {
+            froms.push(self.key(e, Slot::From));
+        }
+        tos.clear();
+        match to {
+            None => tos.push(ANY),
+            Some(to) => {
+                for e in to {
+                    tos.push(self.key(e, Slot::To));
+                }
+            }
+        }
+        let index = match list {
+            RuleList::Deny => &mut self.deny,
+            RuleList::Allow => &mut self.allow,
+            RuleList::BreakGlass => &mut self.break_glass,
+        };
+        for &f in &froms {
+            for &t in &tos {
+                let bucket = index.entry((f, t)).or_default();
+                if bucket.last() != Some(&position) {
+                    bucket.push(position);
+                }
+            }
+        }
+        self.froms = froms;
+        self.tos = tos;
+    }
+
+    /// The key of one entry. Keys are interned per pattern, shared by `from` and `to`; the trie
+    /// records which side named a pattern, so a key filed as `from` never matches a destination.
+    fn key(&mut self, e: Selector<'_>, slot: Slot) -> u32 {
+        match e {
+            Selector::Segment(s) => s,
+            Selector::Pattern(p) => {
+                let next = self.segment_count + self.patterns.len() as u32;
+                let k = match self.trie.find(p).and_then(|leaf| self.patterns.get(&leaf)) {
+                    Some(&k) => k,
+                    None => next,
+                };
+                let leaf = self.trie.insert(p, slot, k);
+                self.patterns.entry(leaf).or_insert(k);
+                k
+            }
+        }
+    }
+
+    /// The finished, compacted index.
+    pub(crate) fn finish(mut self) -> RuleIndex {
+        self.trie.shrink();
+        RuleIndex {
+            trie: self.trie,
+            deny: freeze(self.deny),
+            allow: freeze(self.allow),
+            break_glass: freeze(self.break_glass),
+        }
+    }
+}
+
+fn freeze(pairs: FnvHashMap<(u32, u32), Vec<u32>>) -> PairIndex {
+    let mut index = PairIndex::with_capacity_and_hasher(pairs.len(), Default::default());
+    index.extend(pairs.into_iter().map(|(k, v)| (k, v.into_boxed_slice())));
+    index
+}
+
+/// Rule positions (ascending, i.e. bundle order) per (source key, destination key).
+type PairIndex = HashMap<(u32, u32), Box<[u32]>, BuildHasherDefault<PairHasher>>;
+
+/// A multiplicative hasher for the pair index's `(u32, u32)` keys: two integer writes, one
+/// multiply and a fold, instead of FNV's byte loop. Keys are small dense integers chosen by the
+/// compiler, not by requests, so no keyed hash is needed.
+#[derive(Debug, Default, Clone, Copy)]
+struct PairHasher(u64);
+
+impl Hasher for PairHasher {
+    fn finish(&self) -> u64 {
+        let h = self.0.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        h ^ (h >> 29)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.0 = self.0.rotate_left(32) ^ u64::from(n);
+    }
+}
+
+/// What a trie payload stands for: the identity's segment, or the key of a `from` or `to`
+/// pattern. Stored in the top two bits of each payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    /// A segment member pattern; the payload is the segment number.
+    Segment = 0,
+    /// A `from` pattern; the payload is its interned key.
+    From = 1,
+    /// A `to` pattern; the payload is its interned key.
+    To = 2,
+}
+
+const SLOT_SHIFT: u32 = 30;
+const PAYLOAD_MASK: u32 = (1 << SLOT_SHIFT) - 1;
+const NO_NODE: u32 = u32::MAX;
+/// Children kept in a sorted vector up to this many, in a hash map beyond.
+const FEW_CHILDREN: usize = 8;
+
+/// A trie over SPIFFE IDs: trust domain, then path segments, with `*` and `**` edges. One trie
+/// holds segment members and `from` and `to` patterns alike (each payload tagged with its
+/// [`Slot`]), so a request walks it once per identity.
+#[derive(Debug, Default)]
+struct IdTrie {
+    roots: Vec<(Box<str>, u32)>,
+    nodes: Vec<TrieNode>,
+}
+
+#[derive(Debug)]
+struct TrieNode {
+    literal: Children,
+    star: u32,
+    /// Payloads of patterns ending exactly here.
+    exact: Box<[u32]>,
+    /// Payloads of patterns ending here in `**` (one or more further segments).
+    more: Box<[u32]>,
+}
+
+impl Default for TrieNode {
+    fn default() -> Self {
+        TrieNode {
+            literal: Children::Few(Vec::new()),
+            star: NO_NODE,
+            exact: Box::default(),
+            more: Box::default(),
+        }
+    }
+}
+
+/// A node's literal edges: most nodes have a handful (a linear scan beats hashing), a few (the
+/// `sa` level of a large mesh) have thousands.
+#[derive(Debug)]
+enum Children {
+    Few(Vec<(Box<str>, u32)>),
+    Many(FnvHashMap<Box<str>, u32>),
+}
+
+impl Children {
+    #[inline]
+    fn get(&self, seg: &str) -> Option<u32> {
+        match self {
+            Children::Few(list) => list.iter().find(|(l, _)| **l == *seg).map(|&(_, n)| n),
+            Children::Many(map) => map.get(seg).copied(),
+        }
+    }
+
+    fn insert(&mut self, seg: &str, node: u32) {
+        match self {
+            Children::Few(list) if list.len() < FEW_CHILDREN => list.push((seg.into(), node)),
+            Children::Few(list) => {
+                let mut map: FnvHashMap<Box<str>, u32> = list.drain(..).collect();
+                map.insert(seg.into(), node);
+                *self = Children::Many(map);
+            }
+            Children::Many(map) => {
+                map.insert(seg.into(), node);
+            }
+        }
+    }
+
+    fn shrink(&mut self) {
+        match self {
+            Children::Few(list) => list.shrink_to_fit(),
+            Children::Many(map) => map.shrink_to_fit(),
+        }
+    }
+}
+
+fn push_unique(list: &mut Box<[u32]>, payload: u32) {
+    if !list.contains(&payload) {
+        let mut v = std::mem::take(list).into_vec();
+        v.push(payload);
+        *list = v.into_boxed_slice();
+    }
+}
+
+impl IdTrie {
+    /// File `payload` under `pattern`; returns the pattern's leaf node and whether it ends in
+    /// `**`, which together identify the pattern (equal patterns end at the same place).
+    fn insert(&mut self, pattern: &Pattern, slot: Slot, payload: u32) -> (u32, bool) {
+        debug_assert!(payload <= PAYLOAD_MASK);
+        let tagged = (slot as u32) << SLOT_SHIFT | (payload & PAYLOAD_MASK);
+        let td = pattern.trust_domain().unwrap_or("");
+        let mut node = match self.roots.iter().find(|(t, _)| **t == *td) {
+            Some(&(_, n)) => n,
+            None => {
+                let n = self.new_node();
+                self.roots.push((td.into(), n));
+                n
+            }
+        };
+        for seg in pattern.segments() {
+            node = match seg {
+                Seg::Literal(l) => match self.nodes[node as usize].literal.get(l) {
+                    Some(n) => n,
+                    None => {
+                        let n = self.new_node();
+                        self.nodes[node as usize].literal.insert(l, n);
+                        n
+                    }
+                },
+                Seg::Any => match self.nodes[node as usize].star {
+                    NO_NODE => {
+                        let n = self.new_node();
+                        self.nodes[node as usize].star = n;
+                        n
+                    }
+                    n => n,
+                },
+            };
+        }
+        let leaf = &mut self.nodes[node as usize];
+        if pattern.more() {
+            push_unique(&mut leaf.more, tagged);
+        } else {
+            push_unique(&mut leaf.exact, tagged);
+        }
+        (node, pattern.more())
+    }
+
+    /// The leaf node and `**` flag `pattern` would end at, if it was inserted.
+    fn find(&self, pattern: &Pattern) -> Option<(u32, bool)> {
+        let td = pattern.trust_domain().unwrap_or("");
+        let mut node = self.roots.iter().find(|(t, _)| **t == *td)?.1;
+        for seg in pattern.segments() {
+            let n = &self.nodes[node as usize];
+            node = match seg {
+                Seg::Literal(l) => n.literal.get(l)?,
+                Seg::Any if n.star != NO_NODE => n.star,
+                Seg::Any => return None,
+            };
+        }
+        Some((node, pattern.more()))
+    }
+
+    fn new_node(&mut self) -> u32 {
+        self.nodes.push(TrieNode::default());
+        (self.nodes.len() - 1) as u32
+    }
+
+    fn shrink(&mut self) {
+        self.nodes.shrink_to_fit();
+        for n in &mut self.nodes {
+            n.literal.shrink();
+        }
+    }
+
+    /// Call `found(slot, payload)` for every pattern matching `trust_domain` + `path`
+    /// (`""` or `/a/b`).
+    #[inline]
+    fn lookup(&self, trust_domain: &str, path: &str, found: &mut impl FnMut(Slot, u32)) {
+        let Some(&(_, root)) = self.roots.iter().find(|(t, _)| **t == *trust_domain) else {
+            return;
+        };
+        let segs = split_segments(path);
+        let mut emit = |list: &[u32]| {
+            for &p in list {
+                let slot = match p >> SLOT_SHIFT {
+                    0 => Slot::Segment,
+                    1 => Slot::From,
+                    _ => Slot::To,
+                };
+                found(slot, p & PAYLOAD_MASK);
+            }
+        };
+        self.walk(root, &segs, &mut emit);
+    }
+
+    fn walk(&self, node: u32, segs: &[&str], found: &mut impl FnMut(&[u32])) {
+        let n = &self.nodes[node as usize];
+        match segs.split_first() {
+            None => found(&n.exact),
+            Some((seg, rest)) => {
+                if !n.more.is_empty() {
+                    found(&n.more);
+                }
+                if let Some(child) = n.literal.get(seg) {
+                    self.walk(child, rest, found);
+                }
+                if n.star != NO_NODE {
+                    self.walk(n.star, rest, found);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -24,9 +24,11 @@ struct Run {
     max_rss_kib: i64,
 }
 
-/// Run wardgate and collect its exit code, output, wall time and peak RSS. The child is reaped
-/// by `wait4` (for its peak RSS), not by `Child::wait`.
-#[allow(clippy::zombie_processes)]
+/// Run wardgate and collect its exit code, output, wall time and peak RSS.
+#[expect(
+    clippy::zombie_processes,
+    reason = "the child is reaped with libc::wait4, which also reports its peak RSS"
+)]
 fn run(args: &[&str]) -> Run {
     let started = Instant::now();
     let mut child = Command::new(env!("CARGO_BIN_EXE_wardgate"))

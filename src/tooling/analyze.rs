@@ -15,9 +15,9 @@ use serde::Serialize;
 use super::budget::{self, Budget, OverBudget, Refused};
 use super::model::{
     missing_destination, pat_of, whole_trust_domain, with_point, CubeSet, Example, Model, Owner,
-    TimeUniverse,
 };
 use super::space::{residual, Cube, LifeSet, Pat, Tok, BG_ABSENT, BG_PRESENT, NOT_FORWARDED};
+use super::timeline::{TimeUniverse, REFERENCE_START};
 use crate::policy::view::EndpointView;
 use crate::policy::{Action, Pattern, Verdict};
 
@@ -330,6 +330,9 @@ impl<'m, 'p> Analyzer<'m, 'p> {
                         order.push(owner);
                     }
                     let list = by_owner.entry(owner).or_default();
+                    self.budget
+                        .work(budget::TEST * list.len() as u64)
+                        .map_err(|over| self.m.refused(owner, over))?;
                     if !list.contains(&q) {
                         list.push(q);
                     }
@@ -1073,7 +1076,7 @@ impl<'m, 'p> Analyzer<'m, 'p> {
                             "the schedule of `{}` ({}) matches no instant of the reference year {}",
                             r.name,
                             s.describe(),
-                            &super::model::REFERENCE_START[..4]
+                            &REFERENCE_START[..4]
                         ),
                         related: Vec::new(),
                         example: None,

@@ -14,6 +14,7 @@ use std::cell::Cell;
 use std::fmt;
 
 use super::space::{Cube, Pat, Tok};
+use crate::policy::view::{RuleView, SegmentView};
 
 /// Default `--max-analysis-work`: at most about two seconds of analysis on the build machine
 /// (release build; docs/performance.md), 1,500 times what the shipped hospital bundle
@@ -74,6 +75,30 @@ pub(crate) struct Refused {
     pub(crate) at: String,
     pub(crate) what: String,
     pub(crate) over: OverBudget,
+}
+
+impl Refused {
+    /// The rule or break-glass entry `r` was being analysed.
+    pub(crate) fn rule(r: &RuleView<'_>, over: OverBudget) -> Refused {
+        Refused {
+            at: format!("{}:{}:{}", r.file, r.line, r.column),
+            what: if r.break_glass {
+                format!("break-glass entry `{}`", r.name)
+            } else {
+                format!("rule `{}`", r.name)
+            },
+            over,
+        }
+    }
+
+    /// Segment `s` (its members or its `max_svid_lifetime`) was being analysed.
+    pub(crate) fn segment(s: &SegmentView<'_>, over: OverBudget) -> Refused {
+        Refused {
+            at: format!("{}:{}:{}", s.file, s.line, s.column),
+            what: format!("segment `{}`", s.name),
+            over,
+        }
+    }
 }
 
 impl fmt::Display for Refused {
@@ -238,7 +263,8 @@ mod tests {
     use super::*;
     use crate::policy::Policy;
     use crate::tooling::analyze::Analyzer;
-    use crate::tooling::model::{Model, TimeUniverse};
+    use crate::tooling::model::Model;
+    use crate::tooling::timeline::TimeUniverse;
 
     /// Three pigeons, two holes: the deny rules refuse all of `seat`, and proving it takes
     /// every case.

@@ -15,8 +15,9 @@ use serde::Serialize;
 
 use super::analyze::{conditions, tok_list};
 use super::budget::{self, Budget, Refused};
-use super::model::{example, Example, Model, Owner, TimeUniverse};
+use super::model::{example, Example, Model, Owner};
 use super::space::{residual, Cube, Pat};
+use super::timeline::TimeUniverse;
 use super::{load, refused, BudgetArgs, Exit};
 use crate::policy::Verdict;
 

@@ -6,9 +6,11 @@
 //! change grant or revoke (`diff`), and which recorded decisions would this candidate change
 //! (`replay`). `test` and `replay` call `Policy::decide`/`decide_traced` on every request;
 //! `analyze` and `diff` compute exact answers from the compiled rules as sets of requests
-//! (`space`, `model`) and confirm every example they print with `decide`. `learn` goes the other
-//! way: it writes a new bundle (never changing one) from logged decisions, whose proofs are these
-//! verbs.
+//! (`space`, `model`) and confirm every example they print with `decide`. Exact answers can cost
+//! exponential time and memory on hostile bundles, so `analyze` and `diff` run under a work and
+//! memory budget (`budget`) and refuse, naming the rule, rather than run away. `learn` goes the
+//! other way: it writes a new bundle (never changing one) from logged decisions, whose proofs are
+//! these verbs.
 //!
 //! This module must never change a policy, never sample requests to make a claim, and never read
 //! the policy's indexes: it goes through `policy::view` only.
@@ -51,6 +53,7 @@ pub(crate) mod render;
 pub(crate) mod replay;
 pub(crate) mod space;
 pub(crate) mod testing;
+pub(crate) mod timeline;
 
 #[cfg(test)]
 mod proptests;
@@ -154,7 +157,7 @@ pub(crate) fn run_analyze(args: AnalyzeArgs) -> Exit {
         Err(code) => return code,
     };
     let budget = args.budget.budget();
-    let time = match model::TimeUniverse::new(&[&policy], &budget) {
+    let time = match timeline::TimeUniverse::new(&[&policy], &budget) {
         Ok(t) => t,
         Err(r) => return refused(&r),
     };

@@ -2,35 +2,23 @@
 //! SVID-lifetime requirement matches, plus concrete example requests for any cube.
 //!
 //! The model reads the policy only through `policy::view`, the same compiled rules `decide`
-//! uses. Schedules become sets of elementary intervals of a reference year (all of 2026 UTC):
-//! the instants at which any schedule's window can open or close (its start, end and local
-//! midnights, in every offset its zone uses, plus the zone's transitions) cut the year into
-//! intervals on which every schedule is constant, and `Schedule::matches` itself labels each
-//! interval. Emptiness and overlap of time sets are therefore exact over that year; membership of
-//! a concrete instant always asks the schedule. This module never decides a request: example
-//! requests are handed to `Policy::decide` by the callers.
+//! uses; schedules become time sets of the reference year (`timeline`). Every cube it builds is
+//! charged to the analysis budget. This module never decides a request: example requests are
+//! handed to `Policy::decide` by the callers.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
 
-use jiff::tz::AmbiguousOffset;
 use jiff::{SignedDuration, Timestamp};
 use serde::Serialize;
 
 use super::budget::{self, Budget, OverBudget, Refused};
-use super::space::{
-    residual, Cube, LifeSet, Pat, Point, TimeSet, Tok, BG_ANY, BG_PRESENT, NOT_FORWARDED,
-};
-use crate::policy::view::{EndpointView, RuleView, Schedule, Seg, SegmentView};
+use super::space::{residual, Cube, LifeSet, Pat, Point, Tok, BG_ANY, BG_PRESENT, NOT_FORWARDED};
+use super::timeline::TimeUniverse;
+use crate::policy::view::{EndpointView, RuleView, Seg, SegmentView};
 use crate::policy::{
     valid_break_glass_reason, Action, CertificateFacts, Decision, Pattern, PeerCertificate, Policy,
     Request,
 };
-
-/// Start of the reference year over which time sets are compared.
-pub(crate) const REFERENCE_START: &str = "2026-01-01T00:00:00Z";
-/// End (exclusive) of the reference year.
-pub(crate) const REFERENCE_END: &str = "2027-01-01T00:00:00Z";
 
 /// A compiled pattern as a set of the space.
 pub(crate) fn pat_of(p: &Pattern) -> Pat {
@@ -75,172 +63,6 @@ pub(crate) fn whole_trust_domain(td: &str) -> Pat {
     Pat::any(Some(Tok::one(td)))
 }
 
-/// The schedules of one or more policies, on a shared set of elementary intervals.
-#[derive(Debug)]
-pub(crate) struct TimeUniverse {
-    starts: Vec<Timestamp>,
-    schedules: Vec<Schedule>,
-    keys: Vec<(u8, u16, u16, String)>,
-    bits: Vec<Arc<[u64]>>,
-}
-
-fn key(s: &Schedule) -> (u8, u16, u16, String) {
-    let (days, start, end, _, name) = s.parts();
-    (days, start, end, name.to_string())
-}
-
-impl TimeUniverse {
-    /// Collect every schedule of these policies and label the reference year's intervals.
-    ///
-    /// The cost grows with the distinct window boundaries per zone times the schedules; it is
-    /// charged to `budget`, and the rule whose schedule pushed it over is named.
-    pub(crate) fn new(policies: &[&Policy], budget: &Budget) -> Result<TimeUniverse, Refused> {
-        let mut schedules: Vec<Schedule> = Vec::new();
-        let mut keys: Vec<(u8, u16, u16, String)> = Vec::new();
-        // Per schedule, the first rule that uses it (to name in a refusal).
-        let mut sites: Vec<(String, String)> = Vec::new();
-        for p in policies {
-            for r in p.view_rules().chain(p.view_break_glass()) {
-                if let Some(s) = r.schedule {
-                    let k = key(s);
-                    if !keys.contains(&k) {
-                        keys.push(k);
-                        schedules.push(s.clone());
-                        sites.push((rule_site(&r), rule_what(&r)));
-                    }
-                }
-            }
-        }
-        let refused = |i: usize, over: OverBudget| {
-            let (at, what) = sites.get(i).cloned().unwrap_or_default();
-            Refused { at, what, over }
-        };
-        let (y0, y1) = reference_year();
-        let mut starts = vec![y0];
-        // Per zone: the zone, the minutes of the day its windows turn at, and the last schedule
-        // that added one (the one a refusal names).
-        let mut by_zone: BTreeMap<String, (jiff::tz::TimeZone, Vec<u16>, usize)> = BTreeMap::new();
-        for (i, s) in schedules.iter().enumerate() {
-            let (_, start, end, tz, name) = s.parts();
-            let entry = by_zone
-                .entry(name.to_string())
-                .or_insert_with(|| (tz.clone(), vec![0], i));
-            for m in [start % 1440, end % 1440] {
-                if !entry.1.contains(&m) {
-                    entry.1.push(m);
-                    entry.2 = i;
-                }
-            }
-        }
-        for (tz, minutes, culprit) in by_zone.values() {
-            for t in tz.following(y0) {
-                if t.timestamp() >= y1 {
-                    break;
-                }
-                starts.push(t.timestamp());
-            }
-            let mut day = jiff::civil::date(2025, 12, 30);
-            let last = jiff::civil::date(2027, 1, 2);
-            while day <= last {
-                budget
-                    .work(budget::SCHEDULE_TEST * minutes.len() as u64)
-                    .and_then(|()| budget.keep_bytes(32 * minutes.len() as u64))
-                    .map_err(|over| refused(*culprit, over))?;
-                for &m in minutes {
-                    let dt = day.at((m / 60) as i8, (m % 60) as i8, 0, 0);
-                    let offsets = match tz.to_ambiguous_timestamp(dt).offset() {
-                        AmbiguousOffset::Unambiguous { offset } => vec![offset],
-                        // A wall-clock time skipped by a transition: the window changes at the
-                        // transition itself, which is already a boundary.
-                        AmbiguousOffset::Gap { .. } => vec![],
-                        AmbiguousOffset::Fold { before, after } => vec![before, after],
-                    };
-                    for o in offsets {
-                        if let Ok(ts) = o.to_timestamp(dt) {
-                            if ts >= y0 && ts < y1 {
-                                starts.push(ts);
-                            }
-                        }
-                    }
-                }
-                match day.tomorrow() {
-                    Ok(d) => day = d,
-                    Err(_) => break,
-                }
-            }
-        }
-        starts.sort_unstable();
-        starts.dedup();
-        let words = starts.len().div_ceil(64);
-        let mut bits = Vec::with_capacity(schedules.len());
-        for (i, s) in schedules.iter().enumerate() {
-            budget
-                .work(budget::SCHEDULE_TEST * starts.len() as u64)
-                .and_then(|()| budget.keep_bytes(8 * words as u64))
-                .map_err(|over| refused(i, over))?;
-            let mut b = vec![0u64; words];
-            for (i, t) in starts.iter().enumerate() {
-                if s.matches(*t) {
-                    b[i / 64] |= 1 << (i % 64);
-                }
-            }
-            bits.push(Arc::from(b));
-        }
-        Ok(TimeUniverse {
-            starts,
-            schedules,
-            keys,
-            bits,
-        })
-    }
-
-    fn atom(&self, s: &Schedule) -> Option<usize> {
-        let k = key(s);
-        self.keys.iter().position(|x| *x == k)
-    }
-
-    /// The set of instants a schedule matches.
-    pub(crate) fn set_of(&self, s: &Schedule) -> TimeSet {
-        match self.atom(s) {
-            Some(i) => TimeSet {
-                bits: Some(self.bits[i].clone()),
-                n: self.starts.len() as u32,
-                atoms: Some(vec![i as u32]),
-            },
-            // Not collected (cannot happen for schedules of the policies given to `new`).
-            None => TimeSet::any(),
-        }
-    }
-
-    /// Whether schedule `atom` matches instant `t` (asks the schedule itself).
-    pub(crate) fn matches(&self, atom: u32, t: Timestamp) -> bool {
-        self.schedules
-            .get(atom as usize)
-            .is_some_and(|s| s.matches(t))
-    }
-
-    /// Description of schedule `atom`, as traces print it.
-    pub(crate) fn describe(&self, atom: u32) -> String {
-        self.schedules
-            .get(atom as usize)
-            .map(Schedule::describe)
-            .unwrap_or_default()
-    }
-
-    /// The first instant of interval `i`.
-    pub(crate) fn instant(&self, i: usize) -> Timestamp {
-        self.starts
-            .get(i)
-            .copied()
-            .unwrap_or_else(|| reference_year().0)
-    }
-}
-
-fn reference_year() -> (Timestamp, Timestamp) {
-    let parse = |s: &str| s.parse::<Timestamp>().unwrap_or(Timestamp::UNIX_EPOCH);
-    (parse(REFERENCE_START), parse(REFERENCE_END))
-}
-
 /// Who a cube belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(crate) enum Owner {
@@ -281,11 +103,7 @@ impl<'p> Model<'p> {
         let rules: Vec<RuleView<'p>> = policy.view_rules().collect();
         let break_glass: Vec<RuleView<'p>> = policy.view_break_glass().collect();
         let build = |r: &RuleView<'_>| {
-            cubes_of(r, &segments, time, budget).map_err(|over| Refused {
-                at: rule_site(r),
-                what: rule_what(r),
-                over,
-            })
+            cubes_of(r, &segments, time, budget).map_err(|over| Refused::rule(r, over))
         };
         let rule_cubes = rules.iter().map(build).collect::<Result<Vec<_>, _>>()?;
         let break_glass_cubes = break_glass
@@ -302,10 +120,7 @@ impl<'p> Model<'p> {
                         (NOT_FORWARDED, NOT_FORWARDED),
                         (max.as_nanos() + 1, i128::MAX),
                     ]);
-                    budget.keep(&c).map_err(|over| {
-                        let (at, what) = segment_site(s);
-                        Refused { at, what, over }
-                    })?;
+                    budget.keep(&c).map_err(|over| Refused::segment(s, over))?;
                     lifetime_cubes.push((i, c));
                 }
             }
@@ -323,28 +138,31 @@ impl<'p> Model<'p> {
         })
     }
 
-    /// Where an owner is written, and what it is, for a budget refusal.
+    /// A budget refusal naming an owner: where it is written, and what it is.
     pub(crate) fn refused(&self, o: Owner, over: OverBudget) -> Refused {
         match o {
             Owner::Lifetime(s) => self.refused_segment(s, over),
-            _ => {
-                let (at, what) = self
-                    .rule_of(o)
-                    .map(|r| (rule_site(r), rule_what(r)))
-                    .unwrap_or_default();
-                Refused { at, what, over }
-            }
+            _ => match self.rule_of(o) {
+                Some(r) => Refused::rule(r, over),
+                None => Refused {
+                    at: String::new(),
+                    what: String::new(),
+                    over,
+                },
+            },
         }
     }
 
     /// A budget refusal naming segment `i` (its members or its `max_svid_lifetime`).
     pub(crate) fn refused_segment(&self, i: usize, over: OverBudget) -> Refused {
-        let (at, what) = self
-            .segments
-            .get(i)
-            .map(|s| segment_site(s))
-            .unwrap_or_default();
-        Refused { at, what, over }
+        match self.segments.get(i) {
+            Some(s) => Refused::segment(s, over),
+            None => Refused {
+                at: String::new(),
+                what: String::new(),
+                over,
+            },
+        }
     }
 
     /// The rule or entry an owner names, if it is one.
@@ -457,28 +275,6 @@ fn id_cube(p: Pat) -> Cube {
     let mut c = Cube::any();
     c.src = p;
     c
-}
-
-/// `FILE:LINE:COL` of a rule.
-fn rule_site(r: &RuleView<'_>) -> String {
-    format!("{}:{}:{}", r.file, r.line, r.column)
-}
-
-/// `FILE:LINE:COL` of a segment's name, and the segment as a refusal names it.
-fn segment_site(s: &SegmentView<'_>) -> (String, String) {
-    (
-        format!("{}:{}:{}", s.file, s.line, s.column),
-        format!("segment `{}`", s.name),
-    )
-}
-
-/// A rule or break-glass entry, as a refusal names it.
-fn rule_what(r: &RuleView<'_>) -> String {
-    if r.break_glass {
-        format!("break-glass entry `{}`", r.name)
-    } else {
-        format!("rule `{}`", r.name)
-    }
 }
 
 fn expand(list: &[EndpointView<'_>], segments: &[SegmentView<'_>]) -> Vec<Pat> {
@@ -831,53 +627,4 @@ pub(crate) fn with_point<T>(
             .is_some_and(valid_break_glass_reason),
     };
     Some(f(&point))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const ZONED: &str = r#"
-version: 1
-revision: 1
-trust_domains: [td.example]
-rules:
-  - name: berlin
-    from: ["spiffe://td.example/**"]
-    when: {schedule: {days: [mon, wed, sun], hours: "22:00-06:00", timezone: Europe/Berlin}}
-  - name: new-york
-    from: ["spiffe://td.example/**"]
-    when: {schedule: {days: [sun], hours: "01:30-02:30", timezone: America/New_York}}
-  - name: kolkata
-    from: ["spiffe://td.example/**"]
-    when: {schedule: {hours: "09:07-17:53", timezone: Asia/Kolkata}}
-  - name: lord-howe
-    from: ["spiffe://td.example/**"]
-    when: {schedule: {days: [sat, sun], hours: "01:45-02:15", timezone: Australia/Lord_Howe}}
-  - name: utc
-    from: ["spiffe://td.example/**"]
-    when: {schedule: {days: [fri], hours: "23:59-24:00"}}
-"#;
-
-    /// The elementary intervals are complete: every schedule is constant on each, so the bits
-    /// agree with `Schedule::matches` at every minute of the reference year (schedules and
-    /// zone offsets are whole minutes), through every DST change of five zones.
-    #[test]
-    fn interval_bits_agree_with_matches_every_minute() {
-        let policy = Policy::from_yaml_str("zoned.yaml", ZONED).expect("bundle");
-        let time = TimeUniverse::new(&[&policy], &Budget::unlimited()).expect("budget");
-        let (y0, y1) = reference_year();
-        let mut t = y0;
-        let mut i = 0usize;
-        while t < y1 {
-            while i + 1 < time.starts.len() && time.starts[i + 1] <= t {
-                i += 1;
-            }
-            for (k, s) in time.schedules.iter().enumerate() {
-                let bit = time.bits[k][i / 64] >> (i % 64) & 1 == 1;
-                assert_eq!(bit, s.matches(t), "schedule {} at {t}", s.describe());
-            }
-            t += SignedDuration::from_mins(1);
-        }
-    }
 }

@@ -15,7 +15,8 @@ use proptest::prelude::*;
 use super::analyze::{Analyzer, OUTSIDE};
 use super::budget::Budget;
 use super::diff::diff;
-use super::model::{missing_destination, pat_of, with_point, Model, TimeUniverse};
+use super::model::{missing_destination, pat_of, with_point, Model};
+use super::timeline::TimeUniverse;
 use crate::policy::{CertificateFacts, Pattern, PeerCertificate, Policy, Request, Verdict};
 
 const IDS: &[&str] = &[

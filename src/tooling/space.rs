@@ -395,7 +395,7 @@ impl fmt::Display for Pat {
 }
 
 /// A set of instants: bits over the elementary intervals of the reference year (see
-/// `model::TimeUniverse`), plus, for sets that are intersections of schedules, those schedules
+/// `timeline::TimeUniverse`), plus, for sets that are intersections of schedules, those schedules
 /// (so a concrete instant outside the reference year can still be tested).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) struct TimeSet {

@@ -225,23 +225,6 @@ impl fmt::Debug for Telemetry {
     }
 }
 
-/// Remove credentials, query and fragment from a URL-shaped source, so that `/v1/bundle` and
-/// the `wardgate_bundle_info` metric never show a token.
-fn redact_source(source: &str) -> String {
-    let Some(scheme_end) = source.find("://") else {
-        return source.to_owned();
-    };
-    let rest = &source[scheme_end + 3..];
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let authority = &rest[..authority_end];
-    let host = authority
-        .rsplit_once('@')
-        .map_or(authority, |(_, host)| host);
-    let path = &rest[authority_end..];
-    let path = crate::decision_log::loggable_path(path);
-    format!("{}://{host}{path}", &source[..scheme_end])
-}
-
 fn timestamp_seconds(t: jiff::Timestamp) -> f64 {
     t.as_millisecond() as f64 / 1e3
 }
@@ -500,7 +483,7 @@ impl Telemetry {
     pub fn bundle_swapped(&self, policy: &Policy, source: &str, compile_time: Duration) {
         let now = jiff::Timestamp::now();
         let previous = self.snapshot.load_full();
-        let source = redact_source(source);
+        let source = crate::reload::redact_url(source);
         let (rules, rule_list) = self.resolve_rules(policy);
 
         // Segments and the dense table of check counters.

@@ -481,14 +481,17 @@ fn svid_expiry_is_exported_only_once_known() {
 #[test]
 fn sources_lose_credentials_and_queries() {
     assert_eq!(
-        redact_source("/etc/wardgate/bundle"),
+        crate::reload::redact_url("/etc/wardgate/bundle"),
         "/etc/wardgate/bundle"
     );
     assert_eq!(
-        redact_source("https://u:p@h.example:8443/b?sig=1#x"),
+        crate::reload::redact_url("https://u:p@h.example:8443/b?sig=1#x"),
         "https://h.example:8443/b"
     );
-    assert_eq!(redact_source("http://h.example?x"), "http://h.example");
+    assert_eq!(
+        crate::reload::redact_url("http://h.example?x"),
+        "http://h.example"
+    );
 }
 
 #[test]

@@ -1,10 +1,16 @@
-//! Build script: the git revision `wardgate --version` prints, as `WARDGATE_BUILD_REV`.
+//! Build script: the git revision `wardgate --version` prints, as `WARDGATE_BUILD_REV`, and the
+//! protobuf descriptor set gRPC reflection serves for the Authorization service.
 //!
 //! The revision is, in order: `$WARDGATE_GIT_REV` when set (container builds that copy the
 //! sources without `.git`), else `git rev-parse --short HEAD` with `-dirty` appended when the
 //! files the binary is built from (`src/`, `build.rs`, `Cargo.toml`, `Cargo.lock`, the embedded
 //! bundle) differ from that commit, else `unknown`. It must never fail the build: no git, no
 //! repository, or a git error all give `unknown`.
+//!
+//! The descriptor set is `$OUT_DIR/authz_descriptor.bin`: `envoy/service/auth/v3/external_auth.proto`
+//! and every file it imports, compiled by `protox` (no `protoc` needed) from the protos vendored
+//! as data in `proto/envoy-api` (see its README). A vendored file that does not compile fails the
+//! build: it is a defect of the repository, never of the build machine.
 
 use std::path::Path;
 use std::process::Command;
@@ -16,7 +22,12 @@ const BUILT_FROM: &[&str] = &[
     "Cargo.toml",
     "Cargo.lock",
     "deploy/bundles/hospital.yaml",
+    "proto/envoy-api",
 ];
+
+/// The vendored Envoy API protos, and the file that defines the Authorization service.
+const PROTO_ROOT: &str = "proto/envoy-api";
+const AUTHZ_PROTO: &str = "envoy/service/auth/v3/external_auth.proto";
 
 fn git(args: &[&str]) -> Option<String> {
     let out = Command::new("git")
@@ -77,4 +88,27 @@ fn main() {
         println!("cargo:rerun-if-changed={path}");
     }
     println!("cargo:rustc-env=WARDGATE_BUILD_REV={}", revision());
+    authz_descriptor_set();
+}
+
+/// Compile the Authorization service's protos (with every import, without source comments)
+/// into `$OUT_DIR/authz_descriptor.bin`.
+fn authz_descriptor_set() {
+    use prost::Message as _;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join(PROTO_ROOT);
+    let set = match protox::Compiler::new([&root]) {
+        Ok(mut compiler) => {
+            compiler.include_imports(true).include_source_info(false);
+            match compiler.open_file(AUTHZ_PROTO) {
+                Ok(_) => compiler.file_descriptor_set(),
+                Err(e) => panic!("{PROTO_ROOT}/{AUTHZ_PROTO}: {e:?}"),
+            }
+        }
+        Err(e) => panic!("{PROTO_ROOT}: {e:?}"),
+    };
+    let out = Path::new(&std::env::var("OUT_DIR").unwrap_or_else(|_| ".".into()))
+        .join("authz_descriptor.bin");
+    if let Err(e) = std::fs::write(&out, set.encode_to_vec()) {
+        panic!("{}: {e}", out.display());
+    }
 }

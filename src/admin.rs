@@ -4,7 +4,7 @@
 //! |--------------|--------|
 //! | `/metrics`   | every metric in the Prometheus text format |
 //! | `/healthz`   | `200 ok` while the process serves HTTP at all (liveness) |
-//! | `/readyz`    | `200 ready` once a valid bundle is in force, else `503` (readiness) |
+//! | `/readyz`    | `200 ready` once a valid bundle is in force, else `503` (readiness); both name audit mode |
 //! | `/v1/bundle` | the bundle in force as JSON: revision, digest, source, loaded at, counts |
 //! | `/v1/rules`  | every rule with its file, line, hit count and last-hit time, as JSON |
 //!
@@ -33,6 +33,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::extauthz::Mode;
 use crate::listen::{ListenAddr, ListenAddrError, ListenError, Listener};
 use crate::policy::PolicyHandle;
 use crate::telemetry::{BundleInfo, RuleUsage, Telemetry};
@@ -82,6 +83,8 @@ pub struct AdminState {
     pub telemetry: Arc<Telemetry>,
     /// The policy in force (readiness).
     pub policy: PolicyHandle,
+    /// Whether decisions are enforced; `/readyz` says so when they are not.
+    pub mode: Mode,
 }
 
 /// Bind the admin listener `addr` and serve it on a task until `shutdown` completes: `None`
@@ -90,6 +93,7 @@ pub async fn start(
     addr: &AdminAddr,
     telemetry: &Arc<Telemetry>,
     policy: &PolicyHandle,
+    mode: Mode,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<Option<tokio::task::JoinHandle<()>>, ListenError> {
     let AdminAddr::Listen(addr) = addr else {
@@ -100,6 +104,7 @@ pub async fn start(
     let state = AdminState {
         telemetry: Arc::clone(telemetry),
         policy: Arc::clone(policy),
+        mode,
     };
     Ok(Some(tokio::spawn(listener.serve(state, shutdown))))
 }
@@ -294,12 +299,24 @@ fn route_get(state: &AdminState, path: &str) -> Reply {
             ),
         },
         "/healthz" => reply(StatusCode::OK, "text/plain; charset=utf-8", "ok\n"),
-        "/readyz" if ready => reply(StatusCode::OK, "text/plain; charset=utf-8", "ready\n"),
-        "/readyz" => reply(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "text/plain; charset=utf-8",
-            "not ready: no valid bundle in force\n",
-        ),
+        "/readyz" => {
+            let (status, text) = if ready {
+                (StatusCode::OK, "ready")
+            } else {
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not ready: no valid bundle in force",
+                )
+            };
+            let body = match state.mode {
+                Mode::Enforce => format!("{text}\n"),
+                Mode::Audit => format!(
+                    "{text} in AUDIT MODE (serve --audit): every request is allowed; \
+                     decisions are logged, not enforced\n"
+                ),
+            };
+            reply(status, "text/plain; charset=utf-8", body)
+        }
         "/v1/bundle" => match state.telemetry.bundle() {
             Some(info) if ready => json(StatusCode::OK, &BundleBody { info }),
             _ => no_bundle(),

@@ -51,6 +51,19 @@ pub struct DecisionRecord {
     /// The break-glass reason, only on break-glass allows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub break_glass_reason: Option<String>,
+    /// `false` when the decision was not enforced: `serve --audit` told Envoy to allow whatever
+    /// `decision` says. Absent (meaning `true`) when Envoy was told the decision.
+    #[serde(default = "enforced_by_default", skip_serializing_if = "is_true")]
+    pub enforced: bool,
+}
+
+fn enforced_by_default() -> bool {
+    true
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 /// The path as logged: the raw path with query and fragment cut off.
@@ -88,6 +101,7 @@ mod tests {
             revision: Some(3),
             latency_us: 4,
             break_glass_reason: None,
+            enforced: true,
         };
         let text = serde_json::to_string(&r).expect("serialize");
         assert!(
@@ -117,6 +131,7 @@ mod tests {
             revision: Some(7),
             latency_us: 12,
             break_glass_reason: Some("patient crashing".into()),
+            enforced: true,
         };
         assert_eq!(
             serde_json::to_string(&r).expect("serialize"),
@@ -127,6 +142,21 @@ mod tests {
                 r#""decision":"allow","reason":"break_glass","rule":"er-override","revision":7,"#,
                 r#""latency_us":12,"break_glass_reason":"patient crashing"}"#
             )
+        );
+    }
+
+    #[test]
+    fn only_an_unenforced_decision_says_so() {
+        let line = r#"{"time":"t","method":"GET","path":"/","decision":"deny","reason":"rule","latency_us":1}"#;
+        let mut r: DecisionRecord = serde_json::from_str(line).expect("parse");
+        assert!(r.enforced, "a line without the field was enforced");
+        assert_eq!(serde_json::to_string(&r).expect("serialize"), line);
+        r.enforced = false;
+        let audited = serde_json::to_string(&r).expect("serialize");
+        assert!(audited.ends_with(r#""latency_us":1,"enforced":false}"#), "{audited}");
+        assert_eq!(
+            serde_json::from_str::<DecisionRecord>(&audited).expect("parse"),
+            r
         );
     }
 

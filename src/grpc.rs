@@ -1,11 +1,15 @@
-//! The gRPC server: tonic serving the ext_authz [`AuthzService`] and `grpc.health.v1` on a
-//! Unix socket, on TCP, or on TCP with mutual TLS, until shutdown, then draining.
+//! The gRPC server: tonic serving the ext_authz [`AuthzService`], `grpc.health.v1` and gRPC
+//! reflection on a Unix socket, on TCP, or on TCP with mutual TLS, until shutdown, then
+//! draining.
 //!
 //! This module owns the transport around the adapter: the HTTP/2 settings Envoy's long-lived
 //! connections want (keepalive pings, no HTTP/1), health that follows the policy (SERVING while
 //! a policy is in force, NOT_SERVING otherwise, for the whole server and for
 //! `envoy.service.auth.v3.Authorization`), and the drain: on shutdown stop accepting, let
-//! in-flight Checks finish within [`ServerConfig::drain_timeout`], remove the socket file.
+//! in-flight Checks finish within [`ServerConfig::drain_timeout`], remove the socket file; and
+//! gRPC reflection (v1 and v1alpha, for grpcurl and the like) describing Authorization and
+//! Health: always on a Unix socket or plain TCP, on the mTLS listener only for the callers in
+//! [`ServerConfig::reflection_allow`].
 //! [`ServerConfig`] holds those settings and carries the adapter's own ([`AuthzConfig`]) to
 //! it; binding is [`crate::listen`]'s. It must never answer a Check itself (every answer is
 //! [`AuthzService::respond`]'s), never serve on an address the operator did not give, and
@@ -25,6 +29,11 @@ use tonic_health::ServingStatus;
 use crate::extauthz::{AuthzConfig, AuthzService};
 use crate::listen::{self, ListenAddr, ListenError, Listener};
 use crate::policy::PolicyHandle;
+use crate::tls::TlsConnectInfo;
+
+/// The Authorization service's protobuf descriptors with every file they import, compiled by
+/// build.rs from the vendored protos in `proto/envoy-api`.
+const AUTHZ_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/authz_descriptor.bin"));
 
 /// Settings of the gRPC server that do not come from the bundle.
 #[derive(Debug, Clone)]
@@ -44,6 +53,9 @@ pub struct ServerConfig {
     pub drain_timeout: Duration,
     /// How often the health service re-reads whether a policy is in force.
     pub health_poll_interval: Duration,
+    /// SPIFFE IDs that may use gRPC reflection on the mTLS listener ([`run_tls`]); empty: it
+    /// is not served there. Unix socket and plain TCP listeners ([`run`]) always serve it.
+    pub reflection_allow: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -53,6 +65,7 @@ impl Default for ServerConfig {
             unix_socket_mode: 0o660,
             drain_timeout: Duration::from_secs(15),
             health_poll_interval: Duration::from_millis(250),
+            reflection_allow: Vec::new(),
         }
     }
 }
@@ -66,6 +79,20 @@ pub enum ServerError {
     /// The gRPC transport failed while serving.
     #[error("gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// The reflection service cannot read its descriptors (a defect of the build).
+    #[error("gRPC reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+/// Who may use gRPC reflection on one listener.
+#[derive(Debug, Clone)]
+enum Reflection {
+    /// Not served.
+    Off,
+    /// Every caller that can connect (a Unix socket or plain TCP: the same callers as Check).
+    Open,
+    /// Only mTLS callers with one of these SPIFFE IDs; others get PERMISSION_DENIED.
+    Only(Arc<[String]>),
 }
 
 /// Serve `Authorization` and `grpc.health.v1` on `addr` until `shutdown` completes, then stop
@@ -86,13 +113,14 @@ pub async fn run(
     match listener {
         Listener::Unix(listener, path) => {
             let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
-            let served = serve_incoming(incoming, policy, config, shutdown).await;
+            let served =
+                serve_incoming(incoming, policy, config, Reflection::Open, shutdown).await;
             listen::remove_socket_file(&path);
             served
         }
         Listener::Tcp(listener) => {
             let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-            serve_incoming(incoming, policy, config, shutdown).await
+            serve_incoming(incoming, policy, config, Reflection::Open, shutdown).await
         }
     }
 }
@@ -110,10 +138,18 @@ pub async fn run_tls(
 ) -> Result<(), ServerError> {
     let listener = listen::bind_tcp(addr).await?;
     tracing::info!(listen = %addr, "serving ext_authz over mTLS");
+    let reflection = if config.reflection_allow.is_empty() {
+        tracing::info!("gRPC reflection off on the mTLS listener (no --reflection-allow)");
+        Reflection::Off
+    } else {
+        tracing::info!(allow = ?config.reflection_allow, "gRPC reflection on the mTLS listener for these callers only");
+        Reflection::Only(config.reflection_allow.iter().cloned().collect())
+    };
     serve_incoming(
         crate::tls::incoming(listener, tls),
         policy,
         config,
+        reflection,
         shutdown,
     )
     .await
@@ -125,6 +161,7 @@ async fn serve_incoming<I, IO, IE>(
     incoming: I,
     policy: PolicyHandle,
     config: ServerConfig,
+    reflection: Reflection,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError>
 where
@@ -138,6 +175,8 @@ where
     IE: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let drain_timeout = config.drain_timeout;
+    // Built before anything is spawned: a descriptor set that does not read fails here.
+    let reflection_services = reflection_services(reflection)?;
     let (reporter, health_service) = tonic_health::server::health_reporter();
     let serving = policy.load().is_some();
     set_health(&reporter, serving).await;
@@ -148,7 +187,7 @@ where
         serving,
     ));
     let authz = AuthorizationServer::new(AuthzService::new(policy, config.authz));
-    let router = tonic::transport::Server::builder()
+    let mut router = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         // Envoy keeps a few long-lived HTTP/2 connections and multiplexes Checks over them;
         // keepalive pings find a dead peer without waiting for TCP timeouts.
@@ -157,6 +196,9 @@ where
         .accept_http1(false)
         .add_service(health_service)
         .add_service(authz);
+    if let Some((v1, v1alpha)) = reflection_services {
+        router = router.add_service(v1).add_service(v1alpha);
+    }
     let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
     let signal = async move {
         shutdown.await;
@@ -178,6 +220,59 @@ where
     };
     health_task.abort();
     result.map_err(ServerError::from)
+}
+
+/// The reflection services (v1, and v1alpha for older clients such as grpcio's), each behind
+/// the caller check of `reflection`; `None` when it is off.
+#[allow(clippy::type_complexity)] // the builder's services are unnameable `impl` types
+fn reflection_services(
+    reflection: Reflection,
+) -> Result<
+    Option<(
+        tonic::service::interceptor::InterceptedService<
+            tonic_reflection::server::v1::ServerReflectionServer<
+                impl tonic_reflection::server::v1::ServerReflection,
+            >,
+            impl tonic::service::Interceptor + Clone,
+        >,
+        tonic::service::interceptor::InterceptedService<
+            tonic_reflection::server::v1alpha::ServerReflectionServer<
+                impl tonic_reflection::server::v1alpha::ServerReflection,
+            >,
+            impl tonic::service::Interceptor + Clone,
+        >,
+    )>,
+    tonic_reflection::server::Error,
+> {
+    let only = match reflection {
+        Reflection::Off => return Ok(None),
+        Reflection::Open => None,
+        Reflection::Only(ids) => Some(ids),
+    };
+    let builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(AUTHZ_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let gate = move |request: tonic::Request<()>| {
+        let Some(allowed) = &only else {
+            return Ok(request);
+        };
+        let caller = request
+            .extensions()
+            .get::<TlsConnectInfo>()
+            .and_then(|info| info.peer_id.as_deref());
+        match caller {
+            Some(id) if allowed.iter().any(|a| a == id) => Ok(request),
+            _ => Err(tonic::Status::permission_denied(
+                "gRPC reflection is not allowed for this caller (serve --reflection-allow)",
+            )),
+        }
+    };
+    Ok(Some((
+        tonic::service::interceptor::InterceptedService::new(builder().build_v1()?, gate.clone()),
+        tonic::service::interceptor::InterceptedService::new(builder().build_v1alpha()?, gate),
+    )))
 }
 
 /// Keep the health status in step with whether a policy is in force.

@@ -1003,6 +1003,7 @@ fn log_with(policy: &Policy, traffic: &[Logged<'_>]) -> String {
             break_glass_reason: (d.reason == wardgate::policy::Reason::BreakGlass)
                 .then(|| headers.get("x-break-glass-reason").cloned())
                 .flatten(),
+            enforced: true,
         };
         out.push_str(&serde_json::to_string(&rec).expect("record"));
         out.push('\n');

@@ -1,7 +1,7 @@
 //! `serve`, wired: [`serve`] runs a checked [`ServePlan`] until a shutdown future resolves.
 //!
-//! Owns the order of start-up (first log line, metrics and decision log, admin listener, the
-//! enforced bundle, the shadow bundle, wardgate's own identity, the gRPC or mTLS listener), the
+//! Owns the order of start-up (first log line, metrics and decision log, the mode, admin listener,
+//! the enforced bundle, the shadow bundle, wardgate's own identity, the gRPC or mTLS listener), the
 //! one stop signal every task follows, and the drain on the way out (listener first, then every
 //! task, then the decision log). It must never parse flags or print anything but logs (that is
 //! `cli`), never decide a request (that is `policy`), and never exit the process: errors are
@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::admin::AdminAddr;
-use crate::extauthz::AuthzConfig;
+use crate::extauthz::{AuthzConfig, Mode};
 use crate::grpc::{self, ServerConfig, ServerError};
 use crate::listen::ListenError;
 use crate::policy::{Policy, PolicyHandle};
@@ -174,8 +174,17 @@ pub async fn serve(
     }
 }
 
-/// The first log line says which bundle this process enforces.
+/// The first log line says which bundle this process enforces; in audit mode a warning says
+/// that it enforces nothing.
 fn announce(plan: &ServePlan) {
+    if plan.mode == Mode::Audit {
+        tracing::warn!(
+            mode = plan.mode.as_str(),
+            "AUDIT MODE (--audit): every check is decided and logged but answered allow; \
+             would-be denials reach the upstream with x-wardgate-audit and are counted in \
+             wardgate_audit_would_deny_total. Nothing is enforced."
+        );
+    }
     match &plan.bundle {
         BundlePlan::Embedded => tracing::info!(
             listen = %plan.listen,
@@ -217,10 +226,18 @@ async fn start(
         destination_principal,
         admin,
         decision_log: _,
+        mode,
     } = plan;
+    crate::extauthz::export_mode(telemetry.registry(), mode).map_err(AppError::Metrics)?;
+    let audit = match mode {
+        Mode::Enforce => None,
+        Mode::Audit => Some(Arc::new(
+            crate::extauthz::Audit::new(Some(telemetry.registry())).map_err(AppError::Metrics)?,
+        )),
+    };
     let handle: PolicyHandle = Arc::new(arc_swap::ArcSwapOption::empty());
     // The admin listener is up (not ready) before the first load.
-    match crate::admin::start(&admin, telemetry, &handle, tasks.stopped()).await {
+    match crate::admin::start(&admin, telemetry, &handle, mode, tasks.stopped()).await {
         Ok(Some(listener)) => tasks.running.push(listener),
         Ok(None) => {}
         Err(source) => {
@@ -246,6 +263,7 @@ async fn start(
     // current by wardgate's identity source (src/svid) when one is configured.
     let trust: crate::trust::TrustHandle = Arc::default();
     let mut tls = None;
+    let mut reflection_allow = Vec::new();
     let mut verify_chain = false;
     if let Some(own) = identity {
         let metrics = crate::svid::metrics::SvidMetrics::for_telemetry(telemetry)
@@ -259,6 +277,7 @@ async fn start(
             tracing::info!(listen = %mtls.addr, allow = %mtls.allow, "mTLS listener: callers admitted");
             let config = crate::tls::server_config(identity, mtls.allow).map_err(AppError::Mtls)?;
             tls = Some((mtls.addr, config));
+            reflection_allow = mtls.reflection_allow;
         }
         verify_chain = own.verify_chain;
     }
@@ -268,7 +287,9 @@ async fn start(
             telemetry: Some(Arc::clone(telemetry)),
             verify_chain: verify_chain.then(|| Arc::clone(&trust)),
             shadow: shadow.as_ref().map(|(evaluator, _)| Arc::clone(evaluator)),
+            audit,
         },
+        reflection_allow,
         ..ServerConfig::default()
     };
     // The socket is bound before any bundle work: a slow or hostile bundle never leaves Envoy

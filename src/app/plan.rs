@@ -2,8 +2,8 @@
 //! every way the flags can fail to make one.
 //!
 //! A plan is plain data: the bundle source with its reload settings (trusted keys already read),
-//! the shadow source, wardgate's own identity source with the mTLS listener, the admin and
-//! decision-log settings. Building one reads only the files a flag names (trusted keys) and
+//! the shadow source, wardgate's own identity source with the mTLS listener (and who may use gRPC
+//! reflection on it), the mode (enforce or audit), the admin and decision-log settings. Building one reads only the files a flag names (trusted keys) and
 //! the Workload API endpoint variable; it must never bind, spawn or start anything, so a plan
 //! that fails leaves nothing behind. `cli` turns flags into a plan; [`super::serve`] runs it.
 
@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use crate::admin::AdminAddr;
+use crate::extauthz::Mode;
 use crate::listen::ListenAddr;
 use crate::reload::ReloadConfig;
 use crate::svid::SourceConfig;
@@ -41,6 +42,8 @@ pub struct ServePlan {
     pub admin: AdminAddr,
     /// The decision log.
     pub decision_log: DecisionLogPlan,
+    /// Enforce the decisions, or only audit them (`--audit`: every answer is allow).
+    pub mode: Mode,
 }
 
 impl ServePlan {
@@ -59,6 +62,7 @@ impl ServePlan {
                 queue: 8192,
                 sample_allows: 1.0,
             },
+            mode: Mode::Enforce,
         }
     }
 }
@@ -90,6 +94,9 @@ pub struct MtlsListener {
     pub addr: SocketAddr,
     /// SPIFFE ID patterns of admitted callers.
     pub allow: AllowList,
+    /// SPIFFE IDs (exact, each admitted by `allow`) that may use gRPC reflection on this
+    /// listener; empty: reflection is off here.
+    pub reflection_allow: Vec<String>,
 }
 
 /// The decision log's settings.
@@ -170,6 +177,37 @@ pub enum PlanError {
          to verify callers against"
     )]
     TlsWithoutTrustBundle,
+    /// A flag that only makes sense when decisions are enforced, given with `--audit`.
+    #[error("{flag} cannot be combined with --audit: {why}")]
+    NotWithAudit {
+        /// The flag.
+        flag: &'static str,
+        /// Why it only makes sense when enforcing.
+        why: &'static str,
+    },
+    /// `--reflection-allow` without `--tls`.
+    #[error(
+        "--reflection-allow only applies with --tls: on a Unix socket or plain TCP listener \
+         gRPC reflection is always served"
+    )]
+    ReflectionAllowWithoutTls,
+    /// A `--reflection-allow` value that is not a SPIFFE ID.
+    #[error("--reflection-allow `{value}` is not a valid SPIFFE ID: {source}")]
+    ReflectionAllow {
+        /// The value given.
+        value: String,
+        /// Why it is not one.
+        source: crate::identity::IdError,
+    },
+    /// A `--reflection-allow` ID that no `--allow-caller` pattern admits to the listener.
+    #[error(
+        "--reflection-allow {id}: no --allow-caller pattern admits this caller, so it could \
+         never reach reflection"
+    )]
+    ReflectionAllowNotAdmitted {
+        /// The SPIFFE ID.
+        id: String,
+    },
     /// `--verify-chain` with no trust bundles to verify against.
     #[error(
         "--verify-chain needs trust bundles: give --trust-bundle TD=PEMFILE or a Workload API source"

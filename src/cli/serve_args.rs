@@ -13,6 +13,7 @@ use clap::Args;
 
 use crate::admin::AdminAddr;
 use crate::app::{BundlePlan, DecisionLogPlan, MtlsListener, OwnIdentity, PlanError, ServePlan};
+use crate::extauthz::Mode;
 use crate::listen::ListenAddr;
 use crate::reload::{BundleSource, ReloadConfig};
 use crate::svid::{files, workload_api, SourceConfig};
@@ -108,6 +109,17 @@ pub(crate) struct ServeArgs {
     /// federated CA from minting another trust domain's identities.
     #[arg(long)]
     verify_chain: bool,
+    /// Audit mode: decide, count and log every check as usual, but answer Envoy allow every
+    /// time; a request the bundle would deny reaches the upstream with
+    /// `x-wardgate-audit: would-deny <reason>`. For rolling out a first bundle
+    /// (docs/bundle-workflow.md); never for protecting anything. Refused with --shadow-bundle.
+    #[arg(long)]
+    audit: bool,
+    /// SPIFFE ID of a caller that may use gRPC reflection on the --tls listener; repeatable,
+    /// each must be admitted by an --allow-caller pattern. Without it reflection is off on the
+    /// mTLS listener (it is always on for a Unix socket or plain TCP).
+    #[arg(long = "reflection-allow", value_name = "SPIFFE_ID")]
+    reflection_allow: Vec<String>,
 }
 
 /// `--log-format`.
@@ -155,6 +167,7 @@ fn parse_trust_bundle(s: &str) -> Result<(String, PathBuf), String> {
 impl ServeArgs {
     /// Check every flag and how they combine, once, into the plan [`crate::app::serve`] runs.
     pub(crate) fn plan(self) -> Result<ServePlan, PlanError> {
+        let mode = self.mode()?;
         if let Some(value) = &self.destination_principal {
             crate::identity::parse_spiffe_id(value).map_err(|source| {
                 PlanError::DestinationPrincipal {
@@ -190,7 +203,27 @@ impl ServeArgs {
                 queue: self.decision_log_queue as usize,
                 sample_allows: self.decision_log_sample_allows,
             },
+            mode,
         })
+    }
+
+    /// `--audit`, refused with the flags that only make sense when decisions are enforced.
+    ///
+    /// `--shadow-bundle` is one: a shadow bundle exists to be compared with the bundle whose
+    /// answers Envoy follows, and in audit mode Envoy follows none (every answer is allow). To
+    /// watch a candidate without enforcing anything, audit the candidate itself.
+    fn mode(&self) -> Result<Mode, PlanError> {
+        if !self.audit {
+            return Ok(Mode::Enforce);
+        }
+        if self.shadow_bundle.is_some() {
+            return Err(PlanError::NotWithAudit {
+                flag: "--shadow-bundle",
+                why: "a shadow bundle is compared with the answers Envoy enforces, and in audit \
+                      mode nothing is enforced; run --audit with the candidate as --bundle instead",
+            });
+        }
+        Ok(Mode::Audit)
     }
 
     /// Each `--trusted-key` file, read once (the enforced and the shadow bundle share them) and
@@ -238,6 +271,24 @@ impl ServeArgs {
         Ok(cfg)
     }
 
+    /// Each `--reflection-allow` ID, checked to be a SPIFFE ID that `allow` admits.
+    fn reflection_allow(&self, allow: &crate::tls::AllowList) -> Result<Vec<String>, PlanError> {
+        let mut ids = Vec::with_capacity(self.reflection_allow.len());
+        for value in &self.reflection_allow {
+            let id = crate::identity::parse_spiffe_id(value).map_err(|source| {
+                PlanError::ReflectionAllow {
+                    value: value.clone(),
+                    source,
+                }
+            })?;
+            if !allow.allows(id.trust_domain_name(), id.path()) {
+                return Err(PlanError::ReflectionAllowNotAdmitted { id: value.clone() });
+            }
+            ids.push(value.clone());
+        }
+        Ok(ids)
+    }
+
     /// wardgate's own identity from the identity, mTLS and chain flags together; `None` when no
     /// identity source is configured.
     fn own_identity(&self) -> Result<Option<OwnIdentity>, PlanError> {
@@ -261,10 +312,18 @@ impl ServeArgs {
             }
             let allow = crate::tls::AllowList::parse(&self.allow_callers)
                 .map_err(PlanError::AllowCaller)?;
-            Some(MtlsListener { addr, allow })
+            let reflection_allow = self.reflection_allow(&allow)?;
+            Some(MtlsListener {
+                addr,
+                allow,
+                reflection_allow,
+            })
         } else {
             if !self.allow_callers.is_empty() {
                 return Err(PlanError::AllowCallerWithoutTls);
+            }
+            if !self.reflection_allow.is_empty() {
+                return Err(PlanError::ReflectionAllowWithoutTls);
             }
             None
         };
@@ -462,10 +521,53 @@ mod tests {
             (TLS[..5].to_vec(), "--tls needs at least one --allow-caller"),
             (vec!["--allow-caller", "spiffe://td/x"], "--allow-caller"),
             (vec!["--verify-chain"], "--verify-chain"),
+            (
+                vec!["--audit", "--shadow-bundle", "/etc/wardgate/candidate.yaml"],
+                "--shadow-bundle cannot be combined with --audit",
+            ),
+            (
+                vec!["--reflection-allow", "spiffe://hospital.example/ns/ops/sa/debug"],
+                "--reflection-allow only applies with --tls",
+            ),
+            (
+                [&TLS[..], &["--reflection-allow", "spiffe://hospital.example/x/"]].concat(),
+                "--reflection-allow `spiffe://hospital.example/x/`",
+            ),
+            (
+                [&TLS[..], &["--reflection-allow", "spiffe://partner-lab.example/ns/a/sa/b"]]
+                    .concat(),
+                "--reflection-allow spiffe://partner-lab.example/ns/a/sa/b: no --allow-caller",
+            ),
         ] {
             let err = plan(&args).expect_err("refused");
             assert!(err.to_string().starts_with(flag), "{args:?}: {err}");
         }
+    }
+
+    #[test]
+    fn audit_mode_and_reflection_callers_reach_the_plan() {
+        assert_eq!(plan(&[]).unwrap().mode, Mode::Enforce);
+        // Audit mode alone, and with flags that still make sense without enforcing.
+        let audited = plan(&["--audit", "--verify-chain", "--trust-bundle", "td.example=/ca.pem"]);
+        assert_eq!(audited.unwrap().mode, Mode::Audit);
+        // The shadow bundle is refused with a typed error naming it.
+        let err = plan(&["--audit", "--shadow-bundle", "/c.yaml"]).expect_err("refused");
+        assert!(
+            matches!(
+                err,
+                PlanError::NotWithAudit {
+                    flag: "--shadow-bundle",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+
+        let id = "spiffe://hospital.example/ns/ops/sa/debug";
+        let own = identity(&[&TLS[..], &["--reflection-allow", id]].concat()).unwrap();
+        assert_eq!(own.mtls.unwrap().reflection_allow, vec![id.to_owned()]);
+        let own = identity(&TLS).unwrap();
+        assert!(own.mtls.unwrap().reflection_allow.is_empty(), "off by default");
     }
 
     #[test]

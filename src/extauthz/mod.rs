@@ -6,7 +6,9 @@
 //! ([`Policy::decide_stated`] under one `arc-swap` guard of the policy), shadow (the candidate
 //! bundle's view, compared and counted, never answered), record (debug line, the audited
 //! break-glass warning, metrics and the decision log through [`Telemetry`]), render
-//! (`response`: the `CheckResponse`). The forwarded-certificate decoding cache is `certs`.
+//! (`response`: the `CheckResponse`). The forwarded-certificate decoding cache is `certs`. In
+//! audit mode (`audit`) the same five steps run; only the render step answers a denial with an
+//! allow that says `would-deny` upstream, and the record step marks the decision not enforced.
 //! [`AuthzConfig`] holds what a Check needs beyond the policy; the listener, health and drain
 //! settings belong to the gRPC server ([`crate::grpc::ServerConfig`]).
 //!
@@ -16,6 +18,7 @@
 //! never panic or unwrap on anything that came over the network, never block or await while
 //! holding the policy guard, and never put a rule name in a denial a client can see.
 
+mod audit;
 mod certs;
 mod request;
 mod response;
@@ -34,7 +37,8 @@ use crate::shadow::Shadow;
 use crate::telemetry::{CheckEvent, Telemetry};
 use crate::trust::TrustHandle;
 
-pub use response::{BREAK_GLASS_HEADER, HEADER_PREFIX, REASON_HEADER, RULE_HEADER};
+pub use audit::{export_mode, Audit, Mode};
+pub use response::{AUDIT_HEADER, BREAK_GLASS_HEADER, HEADER_PREFIX, REASON_HEADER, RULE_HEADER};
 
 /// What the adapter needs for a Check beyond the policy: the settings that do not come from
 /// the bundle.
@@ -55,6 +59,21 @@ pub struct AuthzConfig {
     /// A shadow bundle evaluated beside the enforced one on every check (`serve
     /// --shadow-bundle`); disagreements are counted and logged, responses never change.
     pub shadow: Option<Arc<Shadow>>,
+    /// With `Some`, audit mode (`serve --audit`): every Check is decided, counted and logged as
+    /// usual, marked not enforced, and answered allow; a would-be denial reaches the upstream
+    /// with `x-wardgate-audit: would-deny <reason>` and is counted here. `None` enforces.
+    pub audit: Option<Arc<Audit>>,
+}
+
+impl AuthzConfig {
+    /// Whether decisions are enforced or only audited.
+    pub fn mode(&self) -> Mode {
+        if self.audit.is_some() {
+            Mode::Audit
+        } else {
+            Mode::Enforce
+        }
+    }
 }
 
 /// The `Authorization` service: answers Envoy's Checks from the policy in force.
@@ -107,8 +126,18 @@ impl AuthzService {
         let revision = policy.map(Policy::revision);
 
         // Record, then render.
-        self.record(&check, &decided, revision, elapsed);
-        response::render(&decided.decision, revision, elapsed, check.client_headers())
+        let mode = self.config.mode();
+        if let Some(audit) = &self.config.audit {
+            audit.observe(decided.decision.verdict, decided.decision.reason);
+        }
+        self.record(&check, &decided, revision, elapsed, mode);
+        response::render(
+            &decided.decision,
+            revision,
+            elapsed,
+            check.client_headers(),
+            mode,
+        )
     }
 
     /// Record one decided Check: the audited break-glass warning, a debug line, and the
@@ -119,6 +148,7 @@ impl AuthzService {
         decided: &Decided<'_, '_>,
         revision: Option<u64>,
         elapsed: Duration,
+        mode: Mode,
     ) {
         let (request, decision) = (&check.request, &decided.decision);
         if decision.reason == Reason::BreakGlass {
@@ -130,6 +160,7 @@ impl AuthzService {
             rule = decision.rule,
             source = request.source,
             destination = request.destination,
+            enforced = mode.enforces(),
             "check"
         );
         if let Some(telemetry) = &self.config.telemetry {
@@ -145,6 +176,7 @@ impl AuthzService {
                     None
                 },
                 break_glass_reason: decided.break_glass_reason,
+                enforced: mode.enforces(),
             });
         }
     }

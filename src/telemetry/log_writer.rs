@@ -155,6 +155,7 @@ struct Pending {
     reason: Reason,
     revision: Option<u64>,
     latency_us: u64,
+    enforced: bool,
 }
 
 impl Pending {
@@ -186,6 +187,7 @@ impl Pending {
             reason: d.reason,
             revision: event.revision,
             latency_us: u64::try_from(event.elapsed.as_micros()).unwrap_or(u64::MAX),
+            enforced: event.enforced,
         };
         for (i, field) in fields.iter().enumerate() {
             if let Some(value) = field {
@@ -228,6 +230,7 @@ impl Pending {
             revision: self.revision,
             latency_us: self.latency_us,
             break_glass_reason: self.owned(Field::BreakGlassReason),
+            enforced: self.enforced,
         }
     }
 }

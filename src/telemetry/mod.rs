@@ -118,6 +118,8 @@ pub struct CheckEvent<'a> {
     pub request_id: Option<&'a str>,
     /// The stated break-glass reason, on break-glass allows only.
     pub break_glass_reason: Option<&'a str>,
+    /// Whether Envoy was told the decision (`false` in audit mode, where every answer is allow).
+    pub enforced: bool,
 }
 
 /// Settings of a [`Telemetry`].

@@ -115,6 +115,7 @@ fn run(
         elapsed: Duration::from_micros(3),
         request_id: Some("req-1"),
         break_glass_reason: headers.get("x-break-glass-reason").map(String::as_str),
+        enforced: true,
     });
     decision.reason.as_str()
 }

@@ -3,7 +3,7 @@
 # promtool (Prometheus' rule and exposition checker), and for the deployment tests umoci and
 # skopeo (the registry-free container image), kubernetes-validate (Kubernetes schemas), grpcio
 # with the Envoy API stubs (the Python client example), and a check that kubectl's built-in
-# kustomize can render deploy/kubernetes.
+# kustomize can render deploy/kubernetes, and grpcio-reflection (the gRPC reflection client).
 #
 # Idempotent: installs only what is missing. Debian packages (prometheus for promtool, umoci,
 # skopeo) are installed with apt-get when running as root; otherwise a warning (the tests then
@@ -72,6 +72,9 @@ pip_install() {  # pip_install IMPORT_CHECK REQUIREMENT...
 }
 pip_install "import kubernetes_validate, yaml" "kubernetes-validate==1.37.0"
 pip_install "import grpc, google.protobuf" "grpcio==1.85.1" "protobuf>=6.31.1,<8"
+# gRPC reflection client (tests/reflection.rs), the same release as grpcio.
+pip_install "import grpc_reflection.v1alpha.proto_reflection_descriptor_database" \
+    "grpcio-reflection==1.85.1" "grpcio==1.85.1" "protobuf>=6.31.1,<8"
 xds_dir="${WARDGATE_PYTHON_XDS:-$HOME/.cache/wardgate/xds-protos-1.85.0}"
 if ! PYTHONPATH="$xds_dir" "$PY" -c "from envoy.service.auth.v3 import external_auth_pb2_grpc" >/dev/null 2>&1; then
     echo "install-test-deps: installing xds-protos==1.85.0 into $xds_dir" >&2

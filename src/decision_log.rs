@@ -61,7 +61,7 @@ fn enforced_by_default() -> bool {
     true
 }
 
-#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
+// serde's `skip_serializing_if` passes a reference.
 fn is_true(b: &bool) -> bool {
     *b
 }
@@ -153,7 +153,10 @@ mod tests {
         assert_eq!(serde_json::to_string(&r).expect("serialize"), line);
         r.enforced = false;
         let audited = serde_json::to_string(&r).expect("serialize");
-        assert!(audited.ends_with(r#""latency_us":1,"enforced":false}"#), "{audited}");
+        assert!(
+            audited.ends_with(r#""latency_us":1,"enforced":false}"#),
+            "{audited}"
+        );
         assert_eq!(
             serde_json::from_str::<DecisionRecord>(&audited).expect("parse"),
             r

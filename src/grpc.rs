@@ -33,7 +33,8 @@ use crate::tls::TlsConnectInfo;
 
 /// The Authorization service's protobuf descriptors with every file they import, compiled by
 /// build.rs from the vendored protos in `proto/envoy-api`.
-const AUTHZ_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/authz_descriptor.bin"));
+const AUTHZ_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/authz_descriptor.bin"));
 
 /// Settings of the gRPC server that do not come from the bundle.
 #[derive(Debug, Clone)]
@@ -113,8 +114,7 @@ pub async fn run(
     match listener {
         Listener::Unix(listener, path) => {
             let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
-            let served =
-                serve_incoming(incoming, policy, config, Reflection::Open, shutdown).await;
+            let served = serve_incoming(incoming, policy, config, Reflection::Open, shutdown).await;
             listen::remove_socket_file(&path);
             served
         }

@@ -97,7 +97,12 @@ async fn audit_mode_lets_denials_through_marked_and_logs_them_as_decided() {
         .send(&RawRequest::new("GET", "/results/2").header("x-wardgate-audit", "all good"))
         .await
         .expect("send");
-    assert_eq!(reply.status, 200, "audit mode never denies: {}", reply.text());
+    assert_eq!(
+        reply.status,
+        200,
+        "audit mode never denies: {}",
+        reply.text()
+    );
     assert_eq!(sidecar.upstream.hits(), hits + 1, "the upstream saw it");
     assert!(reply.header("x-wardgate-reason").is_none());
     let echo = reply.json().expect("the upstream's echo");
@@ -147,14 +152,21 @@ async fn audit_mode_lets_denials_through_marked_and_logs_them_as_decided() {
         .filter(|(l, _)| l.iter().any(|(k, v)| k == "decision" && v == "deny"))
         .map(|(_, v)| v)
         .sum();
-    assert_eq!(denied, 2.0, "checks_total counts the verdicts as decided: {checks:?}");
+    assert_eq!(
+        denied, 2.0,
+        "checks_total counts the verdicts as decided: {checks:?}"
+    );
 
     // /readyz and the start-up log say so.
     let (status, body) = plain_get(admin, "/readyz").await.expect("readyz");
     assert_eq!(status, 200);
     assert!(body.contains("AUDIT MODE"), "{body}");
     assert!(
-        sidecar.wardgate.child.log_tail(20_000).contains("AUDIT MODE"),
+        sidecar
+            .wardgate
+            .child
+            .log_tail(20_000)
+            .contains("AUDIT MODE"),
         "{}",
         sidecar.logs()
     );

@@ -73,9 +73,8 @@ fn require_reflection_client(test: &str) -> bool {
             .to_owned(),
         Err(e) => format!("python3: {e}"),
     };
-    let help = format!(
-        "python3 cannot import grpc_reflection: run scripts/install-test-deps.sh ({why})"
-    );
+    let help =
+        format!("python3 cannot import grpc_reflection: run scripts/install-test-deps.sh ({why})");
     if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
         panic!("{test}: {help}");
     }
@@ -140,8 +139,7 @@ async fn reflection_lists_the_services_over_the_unix_socket() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reflection_on_the_mtls_listener_only_for_allow_listed_callers() {
-    if !require_reflection_client("reflection_on_the_mtls_listener_only_for_allow_listed_callers")
-    {
+    if !require_reflection_client("reflection_on_the_mtls_listener_only_for_allow_listed_callers") {
         return;
     }
     let dir = tempfile::Builder::new()

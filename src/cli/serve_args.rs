@@ -526,16 +526,29 @@ mod tests {
                 "--shadow-bundle cannot be combined with --audit",
             ),
             (
-                vec!["--reflection-allow", "spiffe://hospital.example/ns/ops/sa/debug"],
+                vec![
+                    "--reflection-allow",
+                    "spiffe://hospital.example/ns/ops/sa/debug",
+                ],
                 "--reflection-allow only applies with --tls",
             ),
             (
-                [&TLS[..], &["--reflection-allow", "spiffe://hospital.example/x/"]].concat(),
+                [
+                    &TLS[..],
+                    &["--reflection-allow", "spiffe://hospital.example/x/"],
+                ]
+                .concat(),
                 "--reflection-allow `spiffe://hospital.example/x/`",
             ),
             (
-                [&TLS[..], &["--reflection-allow", "spiffe://partner-lab.example/ns/a/sa/b"]]
-                    .concat(),
+                [
+                    &TLS[..],
+                    &[
+                        "--reflection-allow",
+                        "spiffe://partner-lab.example/ns/a/sa/b",
+                    ],
+                ]
+                .concat(),
                 "--reflection-allow spiffe://partner-lab.example/ns/a/sa/b: no --allow-caller",
             ),
         ] {
@@ -548,7 +561,12 @@ mod tests {
     fn audit_mode_and_reflection_callers_reach_the_plan() {
         assert_eq!(plan(&[]).unwrap().mode, Mode::Enforce);
         // Audit mode alone, and with flags that still make sense without enforcing.
-        let audited = plan(&["--audit", "--verify-chain", "--trust-bundle", "td.example=/ca.pem"]);
+        let audited = plan(&[
+            "--audit",
+            "--verify-chain",
+            "--trust-bundle",
+            "td.example=/ca.pem",
+        ]);
         assert_eq!(audited.unwrap().mode, Mode::Audit);
         // The shadow bundle is refused with a typed error naming it.
         let err = plan(&["--audit", "--shadow-bundle", "/c.yaml"]).expect_err("refused");
@@ -567,7 +585,10 @@ mod tests {
         let own = identity(&[&TLS[..], &["--reflection-allow", id]].concat()).unwrap();
         assert_eq!(own.mtls.unwrap().reflection_allow, vec![id.to_owned()]);
         let own = identity(&TLS).unwrap();
-        assert!(own.mtls.unwrap().reflection_allow.is_empty(), "off by default");
+        assert!(
+            own.mtls.unwrap().reflection_allow.is_empty(),
+            "off by default"
+        );
     }
 
     #[test]

@@ -119,7 +119,9 @@ mod tests {
     fn service(audit: Option<Arc<Audit>>, policy: Option<&str>) -> AuthzService {
         let handle: PolicyHandle = Arc::new(ArcSwapOption::empty());
         if let Some(text) = policy {
-            handle.store(Some(Arc::new(Policy::from_yaml_str("t.yaml", text).unwrap())));
+            handle.store(Some(Arc::new(
+                Policy::from_yaml_str("t.yaml", text).unwrap(),
+            )));
         }
         AuthzService::new(
             handle,
@@ -166,7 +168,8 @@ mod tests {
         {
             http.headers
                 .insert("x-wardgate-audit".into(), "allowed by the client".into());
-            http.headers.insert("x-wardgate-rule".into(), "forged".into());
+            http.headers
+                .insert("x-wardgate-rule".into(), "forged".into());
         }
         let response = svc.respond(&forged);
         let answer = ok(&response);
@@ -178,14 +181,18 @@ mod tests {
         // The client's forged rule header goes; its forged audit header is overwritten.
         assert_eq!(answer.headers_to_remove, vec!["x-wardgate-rule".to_owned()]);
         // The access log sees the verdict as decided, and that it was not enforced.
-        assert_eq!(meta(&response, "decision"), Kind::StringValue("deny".into()));
+        assert_eq!(
+            meta(&response, "decision"),
+            Kind::StringValue("deny".into())
+        );
         assert_eq!(meta(&response, "enforced"), Kind::BoolValue(false));
         assert_eq!(audit.would_deny(Reason::Rule), 1);
 
         // Default deny and no policy at all are marked with their own reasons.
         svc.respond(&check(EHR, LAB, "DELETE", "/results/1"));
         assert_eq!(audit.would_deny(Reason::DefaultDeny), 1);
-        let response = service(Some(Arc::clone(&audit)), None).respond(&check(EHR, LAB, "GET", "/"));
+        let response =
+            service(Some(Arc::clone(&audit)), None).respond(&check(EHR, LAB, "GET", "/"));
         assert_eq!(
             headers(ok(&response)),
             vec![(AUDIT_HEADER.to_owned(), "would-deny no_policy".to_owned())]
@@ -196,8 +203,12 @@ mod tests {
     #[test]
     fn an_allow_is_unchanged_in_audit_mode_and_enforce_mode_still_denies() {
         let audit = Arc::new(Audit::new(None).unwrap());
-        let response =
-            service(Some(Arc::clone(&audit)), Some(POLICY)).respond(&check(EHR, LAB, "GET", "/results/1"));
+        let response = service(Some(Arc::clone(&audit)), Some(POLICY)).respond(&check(
+            EHR,
+            LAB,
+            "GET",
+            "/results/1",
+        ));
         assert_eq!(
             headers(ok(&response)),
             vec![(RULE_HEADER.to_owned(), "ehr-reads-lab-results".to_owned())]
@@ -205,11 +216,9 @@ mod tests {
         assert_eq!(meta(&response, "enforced"), Kind::BoolValue(false));
         assert!(Reason::ALL.iter().all(|&r| audit.would_deny(r) == 0));
 
-        let enforced = service(None, Some(POLICY)).respond(&check(VENDOR, LAB, "GET", "/results/1"));
-        assert_eq!(
-            status_code(&enforced),
-            tonic::Code::PermissionDenied as i32
-        );
+        let enforced =
+            service(None, Some(POLICY)).respond(&check(VENDOR, LAB, "GET", "/results/1"));
+        assert_eq!(status_code(&enforced), tonic::Code::PermissionDenied as i32);
         let Some(HttpResponse::DeniedResponse(denied)) = &enforced.http_response else {
             panic!("{enforced:?}");
         };

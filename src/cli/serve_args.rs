@@ -108,6 +108,9 @@ pub(crate) struct ServeArgs {
     /// federated CA from minting another trust domain's identities.
     #[arg(long)]
     verify_chain: bool,
+    /// The compile budget of every bundle loaded (enforced and shadow, first load and reloads).
+    #[command(flatten)]
+    compile: crate::tooling::budget::CompileArgs,
 }
 
 /// `--log-format`.
@@ -227,6 +230,7 @@ impl ServeArgs {
         cfg.cache_dir = self.cache_dir.clone();
         cfg.max_bytes = self.max_bundle_bytes;
         cfg.http_timeout = self.http_timeout;
+        cfg.compile_limits = self.compile.limits();
         for (path, text) in keys {
             cfg.trusted_keys
                 .add(text)

@@ -21,7 +21,7 @@ use super::index::{IndexBuilder, RuleList, Selector};
 use super::limits::{CompileLimits, Meter, OverBudget, INDEX_ENTRY_BYTES, TRIE_NODE_BYTES};
 use super::model::{Action, Endpoint, Policy, Rule, Segment};
 use super::overlap::MemberTrie;
-use super::pattern::Pattern;
+use super::pattern::{Pattern, PatternError};
 use super::schedule::{self, Schedule};
 
 /// The supported bundle format version.
@@ -244,6 +244,7 @@ fn compile(
                         names.trust_domains.push(td.value.as_str().into());
                     }
                 }
+                Err(e @ PatternError::TrustDomainTooLong(_)) => cx.err(td, e.to_string()),
                 _ => cx.err(td, format!("trust domain `{}` is not valid: use lowercase letters, digits, `.`, `_` and `-`", td.value)),
             }
         }
@@ -322,17 +323,22 @@ fn compile(
                     .and_then(|()| {
                         meter.holds(member_trie.nodes().saturating_mul(TRIE_NODE_BYTES))
                     });
-                match (found, charged) {
-                    (Ok(_), Err(over)) | (Err(_), Err(over)) => {
+                let found = match (found, charged) {
+                    (Ok(found), Ok(())) => found,
+                    (_, Err(over)) => {
                         cx.err(m, format!("segment `{}` {over}", name.value));
                         return None;
                     }
                     (Err(_), Ok(())) => {
-                        let over = OverBudget::Work(meter.spent());
+                        // The query ran out of visits: the budget is spent.
+                        let over = meter.work(u64::MAX).err();
+                        let over = over.map(|o| o.to_string()).unwrap_or_default();
                         cx.err(m, format!("segment `{}` {over}", name.value));
                         return None;
                     }
-                    (Ok(Some(other)), Ok(())) => {
+                };
+                match found {
+                    Some(other) => {
                         let earlier = member_of.get(other as usize).and_then(|&(s, i)| {
                             let seg = segments.get(s as usize)?;
                             Some((&*seg.name, seg.members.get(i)?))
@@ -344,7 +350,7 @@ fn compile(
                             ));
                         }
                     }
-                    (Ok(None), Ok(())) => {}
+                    None => {}
                 }
                 member_trie.insert(&p, id, member_of.len() as u32);
                 member_of.push((id, members.len()));

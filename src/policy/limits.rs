@@ -115,9 +115,4 @@ impl Meter {
         }
         Ok(())
     }
-
-    /// Work spent so far.
-    pub(crate) fn spent(&self) -> u64 {
-        self.work
-    }
 }

@@ -175,6 +175,12 @@ pub fn parse_spiffe_id(s: &str) -> Result<SpiffeId, IdError> {
     if authority.contains(':') {
         return Err(IdError::Port);
     }
+    // The same limit as `spiffe_id_parts` and bundle validation, whatever the crate's is.
+    if authority.len() > MAX_TRUST_DOMAIN_LEN {
+        return Err(IdError::TrustDomainTooLong {
+            max: MAX_TRUST_DOMAIN_LEN,
+        });
+    }
     // Only when upper case is the sole problem: other bad characters are the crate's to report.
     if authority.bytes().any(|b| b.is_ascii_uppercase())
         && authority
@@ -254,8 +260,12 @@ pub fn spiffe_id_parts(s: &str) -> Option<(&str, &str)> {
     Some((trust_domain, path))
 }
 
-/// The longest trust domain accepted, in bytes (SPIFFE ID spec §2.1; the `spiffe` crate's limit).
-const MAX_TRUST_DOMAIN_LEN: usize = 255;
+/// The longest trust domain accepted, in bytes (the SPIFFE ID specification's limit, and the
+/// `spiffe` crate's). The one limit: bundle validation (`policy::Pattern::parse_spiffe`, which
+/// reads `trust_domains` and every SPIFFE ID pattern) and the run-time check
+/// ([`spiffe_id_parts`], [`parse_spiffe_id`]) both use it, so a trust domain `validate`
+/// accepts is one requests can come from.
+pub const MAX_TRUST_DOMAIN_LEN: usize = 255;
 
 /// Why a forwarded certificate could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -51,6 +51,9 @@ enum Command {
     Validate {
         /// Bundle file or directory.
         bundle: PathBuf,
+        /// The compile budget.
+        #[command(flatten)]
+        compile: crate::tooling::budget::CompileArgs,
     },
     /// Decide one request against a bundle and print the decision with its trace; exit 0 when
     /// allowed, 1 when denied.
@@ -85,7 +88,7 @@ pub fn main() -> ExitCode {
     };
     let exit = match cli.command {
         Command::Serve(args) => serve(args),
-        Command::Validate { bundle } => verbs::validate(&bundle),
+        Command::Validate { bundle, compile } => verbs::validate(&bundle, compile.limits()),
         Command::Check(args) => verbs::check(args),
         Command::Test(args) => crate::tooling::testing::run(args),
         Command::Analyze(args) => crate::tooling::run_analyze(args),

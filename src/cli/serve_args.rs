@@ -120,6 +120,9 @@ pub(crate) struct ServeArgs {
     /// mTLS listener (it is always on for a Unix socket or plain TCP).
     #[arg(long = "reflection-allow", value_name = "SPIFFE_ID")]
     reflection_allow: Vec<String>,
+    /// The compile budget of every bundle loaded (enforced and shadow, first load and reloads).
+    #[command(flatten)]
+    compile: crate::tooling::budget::CompileArgs,
 }
 
 /// `--log-format`.
@@ -260,6 +263,7 @@ impl ServeArgs {
         cfg.cache_dir = self.cache_dir.clone();
         cfg.max_bytes = self.max_bundle_bytes;
         cfg.http_timeout = self.http_timeout;
+        cfg.compile_limits = self.compile.limits();
         for (path, text) in keys {
             cfg.trusted_keys
                 .add(text)

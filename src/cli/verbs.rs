@@ -14,7 +14,9 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 
-use crate::policy::{CertificateFacts, PeerCertificate, Policy, Request, Trace, Verdict};
+use crate::policy::{
+    CertificateFacts, CompileLimits, PeerCertificate, Policy, Request, Trace, Verdict,
+};
 use crate::tooling::Exit;
 
 /// `wardgate check` flags.
@@ -50,6 +52,9 @@ pub(crate) struct CheckArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+    /// The compile budget.
+    #[command(flatten)]
+    compile: crate::tooling::budget::CompileArgs,
 }
 
 fn parse_header(s: &str) -> Result<(String, String), String> {
@@ -84,8 +89,8 @@ pub(crate) fn complain(text: &str) {
 
 /// `wardgate validate BUNDLE`: a one-line summary, or every problem as `FILE:LINE:COL: message`
 /// and [`Exit::Input`].
-pub(crate) fn validate(path: &Path) -> Exit {
-    match Policy::from_path(path) {
+pub(crate) fn validate(path: &Path, limits: CompileLimits) -> Exit {
+    match Policy::from_path_within(path, limits) {
         Ok(p) => emit(
             Exit::Ok,
             &format!(
@@ -112,7 +117,7 @@ pub(crate) fn validate(path: &Path) -> Exit {
 /// `wardgate check`: decide one request and print the decision, the bundle, the instant
 /// evaluated and the trace. [`Exit::Ok`] when allowed, [`Exit::No`] when denied.
 pub(crate) fn check(args: CheckArgs) -> Exit {
-    let policy = match Policy::from_path(&args.bundle) {
+    let policy = match Policy::from_path_within(&args.bundle, args.compile.limits()) {
         Ok(p) => p,
         Err(errors) => {
             complain(&format!("{errors}\n"));

@@ -179,10 +179,199 @@ pub(crate) fn parse_with_saphyr(
                 .location()
                 .map(|l| (l.line(), l.column()))
                 .unwrap_or((0, 0));
-            errors.push(name, line, column, plain_message(&e));
+            // serde stops at the first problem; list every unknown key of the file instead, so
+            // one run of `validate` names them all. Other problems keep serde's own message.
+            let unknown = unknown_keys(name, text, errors);
+            let message = plain_message(&e);
+            if unknown == 0 || !message.contains("unknown field") {
+                errors.push(name, line, column, message);
+            }
             None
         }
     }
+}
+
+/// Any YAML value, reduced to what [`unknown_keys`] needs: mapping keys with their positions.
+enum Shape {
+    Map(Vec<(S<KeyText>, Shape)>),
+    Seq(Vec<Shape>),
+    Scalar,
+}
+
+/// A mapping key of any scalar type, as text.
+struct KeyText(String);
+
+impl<'de> Deserialize<'de> for KeyText {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl Visitor<'_> for KeyVisitor {
+            type Value = KeyText;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a scalar key")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<KeyText, E> {
+                Ok(KeyText(v.to_string()))
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<KeyText, E> {
+                Ok(KeyText(v.to_string()))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<KeyText, E> {
+                Ok(KeyText(v.to_string()))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<KeyText, E> {
+                Ok(KeyText(v.to_string()))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<KeyText, E> {
+                Ok(KeyText(v.to_string()))
+            }
+            fn visit_unit<E: serde::de::Error>(self) -> Result<KeyText, E> {
+                Ok(KeyText("~".to_string()))
+            }
+        }
+        deserializer.deserialize_any(KeyVisitor)
+    }
+}
+
+impl<'de> Deserialize<'de> for Shape {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ShapeVisitor;
+        impl<'de> Visitor<'de> for ShapeVisitor {
+            type Value = Shape;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any YAML value")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Shape, A::Error> {
+                let mut out = Vec::new();
+                while let Some(entry) = map.next_entry::<S<KeyText>, Shape>()? {
+                    out.push(entry);
+                }
+                Ok(Shape::Map(out))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Shape, A::Error> {
+                let mut out = Vec::new();
+                while let Some(v) = seq.next_element::<Shape>()? {
+                    out.push(v);
+                }
+                Ok(Shape::Seq(out))
+            }
+            fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<Shape, E> {
+                Ok(Shape::Scalar)
+            }
+            fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Shape, E> {
+                Ok(Shape::Scalar)
+            }
+            fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Shape, E> {
+                Ok(Shape::Scalar)
+            }
+            fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Shape, E> {
+                Ok(Shape::Scalar)
+            }
+            fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Shape, E> {
+                Ok(Shape::Scalar)
+            }
+            fn visit_unit<E: serde::de::Error>(self) -> Result<Shape, E> {
+                Ok(Shape::Scalar)
+            }
+            fn visit_none<E: serde::de::Error>(self) -> Result<Shape, E> {
+                Ok(Shape::Scalar)
+            }
+        }
+        deserializer.deserialize_any(ShapeVisitor)
+    }
+}
+
+/// The keys of each kind of mapping in the bundle format (mirrors the `Raw*` types above).
+const TOP_KEYS: &[&str] = &[
+    "version",
+    "revision",
+    "trust_domains",
+    "segments",
+    "rules",
+    "break_glass",
+];
+const SEGMENT_KEYS: &[&str] = &["members", "max_svid_lifetime"];
+const RULE_KEYS: &[&str] = &[
+    "name", "action", "from", "to", "methods", "paths", "hosts", "when",
+];
+const WHEN_KEYS: &[&str] = &["schedule", "headers"];
+const SCHEDULE_KEYS: &[&str] = &["days", "hours", "timezone"];
+const BREAK_GLASS_KEYS: &[&str] = &["header", "allow"];
+
+fn field<'a>(map: &'a [(S<KeyText>, Shape)], key: &str) -> Option<&'a Shape> {
+    map.iter().find(|(k, _)| k.value.0 == key).map(|(_, v)| v)
+}
+
+fn rules(shape: Option<&Shape>) -> Vec<&Shape> {
+    match shape {
+        Some(Shape::Seq(items)) => items.iter().collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Report every unknown key of `text` (each with its position); returns how many. A text that
+/// is not even well-formed YAML reports nothing here (the caller has serde's message).
+fn unknown_keys(name: &str, text: &str, errors: &mut Diagnostics) -> usize {
+    let Ok(shape) = serde_saphyr::from_str_with_options::<Shape>(text, parse_options()) else {
+        return 0;
+    };
+    let before = errors.0.len();
+    let mut check = |map: &[(S<KeyText>, Shape)], known: &[&str], place: &str| {
+        for (k, _) in map {
+            if !known.contains(&k.value.0.as_str()) {
+                errors.push(
+                    name,
+                    k.referenced.line(),
+                    k.referenced.column(),
+                    format!(
+                        "unknown key `{}` in {place}; expected one of: {}",
+                        k.value.0,
+                        known.join(", ")
+                    ),
+                );
+            }
+        }
+    };
+    let Shape::Map(top) = &shape else {
+        return 0;
+    };
+    check(top, TOP_KEYS, "the bundle");
+    let mut rule_maps: Vec<(&[(S<KeyText>, Shape)], &str)> = Vec::new();
+    if let Some(Shape::Map(segments)) = field(top, "segments") {
+        for (_, seg) in segments {
+            if let Shape::Map(seg) = seg {
+                check(seg, SEGMENT_KEYS, "a segment");
+            }
+        }
+    }
+    for r in rules(field(top, "rules")) {
+        if let Shape::Map(r) = r {
+            rule_maps.push((r, "a rule"));
+        }
+    }
+    if let Some(Shape::Map(bg)) = field(top, "break_glass") {
+        check(bg, BREAK_GLASS_KEYS, "`break_glass`");
+        for r in rules(field(bg, "allow")) {
+            if let Shape::Map(r) = r {
+                rule_maps.push((r, "a break-glass entry"));
+            }
+        }
+    }
+    for (r, place) in rule_maps {
+        check(r, RULE_KEYS, place);
+        if let Some(Shape::Map(when)) = field(r, "when") {
+            check(when, WHEN_KEYS, "`when`");
+            if let Some(Shape::Map(schedule)) = field(when, "schedule") {
+                check(schedule, SCHEDULE_KEYS, "`schedule`");
+            }
+        }
+    }
+    if let Some(found) = errors.0.get_mut(before..) {
+        found.sort_by_key(|d| (d.line, d.column));
+    }
+    errors.0.len() - before
 }
 
 /// Parser limits. serde-saphyr's defaults (250,000 nodes) stop near 20,000 rules; wardgate

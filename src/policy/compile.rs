@@ -18,12 +18,83 @@ use super::bundle::{self, RawBundle, RawRule, SourceFile, S};
 use super::digest::bundle_digest;
 use super::error::Diagnostics;
 use super::index::{IndexBuilder, RuleList, Selector};
+use super::limits::{CompileLimits, Meter, OverBudget, INDEX_ENTRY_BYTES, TRIE_NODE_BYTES};
 use super::model::{Action, Endpoint, Policy, Rule, Segment};
-use super::pattern::Pattern;
+use super::overlap::MemberTrie;
+use super::pattern::{Pattern, PatternError};
 use super::schedule::{self, Schedule};
 
 /// The supported bundle format version.
 pub const FORMAT_VERSION: u64 = 1;
+
+/// Longest rule, break-glass entry or segment name, in bytes. Names travel in headers
+/// (`x-wardgate-rule`), metric labels and log lines.
+pub const MAX_NAME_LEN: usize = 128;
+
+/// Longest header name a condition or `break_glass.header` may use, in bytes.
+pub const MAX_HEADER_NAME_LEN: usize = 128;
+
+/// Header names a break-glass header may not have: Envoy, the mesh or the client's HTTP stack
+/// set them on ordinary requests (or they carry the request itself), so a plain request would
+/// carry a "reason" nobody gave. Exact names; see also [`RESERVED_HEADER_PREFIXES`].
+pub const RESERVED_HEADER_NAMES: &[&str] = &[
+    "x-request-id",
+    "x-client-trace-id",
+    "x-real-ip",
+    "forwarded",
+    "via",
+    "host",
+    "authority",
+    "user-agent",
+    "accept",
+    "accept-encoding",
+    "content-type",
+    "content-length",
+    "connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-connection",
+    "traceparent",
+    "tracestate",
+    "b3",
+    "x-ot-span-context",
+    "x-amzn-trace-id",
+    "x-cloud-trace-context",
+    "grpc-timeout",
+    "grpc-trace-bin",
+    "sw8",
+];
+
+/// Header-name prefixes a break-glass header may not have (see [`RESERVED_HEADER_NAMES`]):
+/// `x-envoy-*` (Envoy's own), `x-forwarded-*` (proxies), `x-b3-*` and `x-datadog-*` (tracing),
+/// `x-istio-*` (the mesh), `x-wardgate-*` (wardgate's own, stripped from client requests).
+pub const RESERVED_HEADER_PREFIXES: &[&str] = &[
+    "x-envoy-",
+    "x-forwarded-",
+    "x-b3-",
+    "x-datadog-",
+    "x-istio-",
+    "x-wardgate-",
+];
+
+/// Why `name` (lower case) may not be the break-glass header, if it may not.
+fn reserved_header(name: &str) -> Option<&'static str> {
+    if name.starts_with(':') {
+        return Some("pseudo-headers (`:path`, `:authority`, ...) are set on every request");
+    }
+    if name.starts_with("x-wardgate-") {
+        return Some("it is in wardgate's own `x-wardgate-*` namespace (those are stripped from client requests)");
+    }
+    if RESERVED_HEADER_NAMES.contains(&name)
+        || RESERVED_HEADER_PREFIXES.iter().any(|p| name.starts_with(p))
+    {
+        return Some("Envoy, the mesh or HTTP clients set it on ordinary requests, so a plain request would be break-glass");
+    }
+    None
+}
 
 fn valid_name(name: &str) -> bool {
     let mut bytes = name.bytes();
@@ -33,6 +104,7 @@ fn valid_name(name: &str) -> bool {
 
 fn valid_header_name(name: &str) -> bool {
     !name.is_empty()
+        && name.len() <= MAX_HEADER_NAME_LEN
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
@@ -48,6 +120,20 @@ fn valid_host(host: &str) -> bool {
 struct Ctx<'a> {
     errors: &'a mut Diagnostics,
     file: &'a str,
+}
+
+/// The problem with a rule, break-glass entry or segment name, if any.
+fn name_problem(what: &str, name: &str) -> Option<String> {
+    if name.len() > MAX_NAME_LEN {
+        Some(format!(
+            "{what} name is {} bytes long, over the limit of {MAX_NAME_LEN}",
+            name.len()
+        ))
+    } else if !valid_name(name) {
+        Some(format!("{what} name `{name}` must match [a-z0-9][a-z0-9-]*"))
+    } else {
+        None
+    }
 }
 
 impl Ctx<'_> {
@@ -68,14 +154,21 @@ struct Names {
 }
 
 impl Policy {
-    /// Load a bundle from a YAML file or a directory of `*.yaml` files.
+    /// Load a bundle from a YAML file or a directory of `*.yaml` files, within the default
+    /// compile budget.
     pub fn from_path(path: &Path) -> Result<Policy, Diagnostics> {
+        Policy::from_path_within(path, CompileLimits::default())
+    }
+
+    /// [`Policy::from_path`] within `limits`: a bundle that would cost more to compile is
+    /// refused with an error naming the rule or segment being compiled and the budget.
+    pub fn from_path_within(path: &Path, limits: CompileLimits) -> Result<Policy, Diagnostics> {
         let mut errors = Diagnostics::default();
         let sources = bundle::read_sources(path, &mut errors);
         if !errors.is_empty() {
             return Err(errors);
         }
-        Policy::from_sources(&sources)
+        Policy::from_sources_within(&sources, limits)
     }
 
     /// Compile one YAML text; `name` is used in error messages.
@@ -83,8 +176,17 @@ impl Policy {
         Policy::from_sources(&[(name.to_string(), text.to_string())])
     }
 
-    /// Compile (name, text) pairs as one bundle, merged in the order given.
+    /// Compile (name, text) pairs as one bundle, merged in the order given, within the default
+    /// compile budget.
     pub fn from_sources(sources: &[(String, String)]) -> Result<Policy, Diagnostics> {
+        Policy::from_sources_within(sources, CompileLimits::default())
+    }
+
+    /// [`Policy::from_sources`] within `limits`.
+    pub fn from_sources_within(
+        sources: &[(String, String)],
+        limits: CompileLimits,
+    ) -> Result<Policy, Diagnostics> {
         let mut errors = Diagnostics::default();
         let files: Vec<SourceFile> = sources
             .iter()
@@ -93,7 +195,8 @@ impl Policy {
         if files.len() != sources.len() {
             return Err(errors);
         }
-        let policy = compile(&files, bundle_digest(sources), &mut errors);
+        let mut meter = Meter::new(limits);
+        let policy = compile(&files, bundle_digest(sources), &mut errors, &mut meter);
         match policy {
             Some(p) if errors.is_empty() => Ok(p),
             _ => Err(errors),
@@ -101,7 +204,12 @@ impl Policy {
     }
 }
 
-fn compile(files: &[SourceFile], digest: String, errors: &mut Diagnostics) -> Option<Policy> {
+fn compile(
+    files: &[SourceFile],
+    digest: String,
+    errors: &mut Diagnostics,
+    meter: &mut Meter,
+) -> Option<Policy> {
     // Pass 1: header fields, trust domains and segment names across all files.
     let mut version: Option<u64> = None;
     let mut revision: Option<u64> = None;
@@ -136,18 +244,13 @@ fn compile(files: &[SourceFile], digest: String, errors: &mut Diagnostics) -> Op
                         names.trust_domains.push(td.value.as_str().into());
                     }
                 }
+                Err(e @ PatternError::TrustDomainTooLong(_)) => cx.err(td, e.to_string()),
                 _ => cx.err(td, format!("trust domain `{}` is not valid: use lowercase letters, digits, `.`, `_` and `-`", td.value)),
             }
         }
         for (name, _) in &b.segments.0 {
-            if !valid_name(&name.value) {
-                cx.err(
-                    name,
-                    format!(
-                        "segment name `{}` must match [a-z0-9][a-z0-9-]*",
-                        name.value
-                    ),
-                );
+            if let Some(problem) = name_problem("segment", &name.value) {
+                cx.err(name, problem);
             } else if names.segments.contains_key(&name.value) {
                 cx.err(
                     name,
@@ -187,7 +290,9 @@ fn compile(files: &[SourceFile], digest: String, errors: &mut Diagnostics) -> Op
 
     // Pass 2: segments with their members.
     let mut segments: Vec<Segment> = Vec::new();
-    let mut member_sites: Vec<(Pattern, u32, String, u64, u64)> = Vec::new();
+    // Every member so far, by member number: (segment, position in the segment's members).
+    let mut member_of: Vec<(u32, usize)> = Vec::new();
+    let mut member_trie = MemberTrie::default();
     for f in files {
         let mut cx = Ctx {
             errors,
@@ -205,16 +310,51 @@ fn compile(files: &[SourceFile], digest: String, errors: &mut Diagnostics) -> Op
                 cx.err(name, format!("segment `{}` has no `members`", name.value));
             }
             for m in &raw.members {
-                if let Some(p) = spiffe_pattern(&mut cx, m, &names.trust_domains) {
-                    member_sites.push((
-                        p.clone(),
-                        id,
-                        f.name.clone(),
-                        m.referenced.line(),
-                        m.referenced.column(),
-                    ));
-                    members.push(p);
+                let Some(p) = spiffe_pattern(&mut cx, m, &names.trust_domains) else {
+                    continue;
+                };
+                // Overlap with an earlier member of another segment, through the member trie;
+                // its node visits come out of the work budget.
+                let mut visits = meter.left();
+                let before = visits;
+                let found = member_trie.overlapping(&p, id, &mut visits);
+                let charged = meter
+                    .work(before - visits + 1 + p.segments().len() as u64)
+                    .and_then(|()| {
+                        meter.holds(member_trie.nodes().saturating_mul(TRIE_NODE_BYTES))
+                    });
+                let found = match (found, charged) {
+                    (Ok(found), Ok(())) => found,
+                    (_, Err(over)) => {
+                        cx.err(m, format!("segment `{}` {over}", name.value));
+                        return None;
+                    }
+                    (Err(_), Ok(())) => {
+                        // The query ran out of visits: the budget is spent.
+                        let over = meter.work(u64::MAX).err();
+                        let over = over.map(|o| o.to_string()).unwrap_or_default();
+                        cx.err(m, format!("segment `{}` {over}", name.value));
+                        return None;
+                    }
+                };
+                match found {
+                    Some(other) => {
+                        let earlier = member_of.get(other as usize).and_then(|&(s, i)| {
+                            let seg = segments.get(s as usize)?;
+                            Some((&*seg.name, seg.members.get(i)?))
+                        });
+                        if let Some((other_segment, other_member)) = earlier {
+                            cx.err(m, format!(
+                                "member `{p}` of segment `{}` overlaps member `{other_member}` of segment `{other_segment}`: an identity may belong to at most one segment",
+                                name.value
+                            ));
+                        }
+                    }
+                    None => {}
                 }
+                member_trie.insert(&p, id, member_of.len() as u32);
+                member_of.push((id, members.len()));
+                members.push(p);
             }
             let max_svid_lifetime = raw.max_svid_lifetime.as_ref().and_then(|d| {
                 match d.value.trim().parse::<jiff::SignedDuration>() {
@@ -237,22 +377,7 @@ fn compile(files: &[SourceFile], digest: String, errors: &mut Diagnostics) -> Op
             });
         }
     }
-    for (i, (a, sa, _, _, _)) in member_sites.iter().enumerate() {
-        for (b, sb, file, line, col) in &member_sites[i + 1..] {
-            if sa != sb && a.overlaps(b) {
-                errors.push(
-                    file,
-                    *line,
-                    *col,
-                    format!(
-                        "member `{b}` of segment `{}` overlaps member `{a}` of segment `{}`: an identity may belong to at most one segment",
-                        segments.get(*sb as usize).map(|s| &*s.name).unwrap_or("?"),
-                        segments.get(*sa as usize).map(|s| &*s.name).unwrap_or("?"),
-                    ),
-                );
-            }
-        }
-    }
+    drop(member_trie);
 
     // Pass 3: rules and break-glass entries.
     let mut rule_names: HashSet<String> = HashSet::new();
@@ -280,10 +405,13 @@ fn compile(files: &[SourceFile], digest: String, errors: &mut Diagnostics) -> Op
                 None => cx.err(bg, "`break_glass` needs a `header` naming the request header that carries the reason"),
                 Some(h) => {
                     let lower = h.value.to_ascii_lowercase();
-                    if !valid_header_name(&lower) {
-                        cx.err(h, format!("`{}` is not a valid header name", h.value));
-                    } else if lower.starts_with("x-wardgate-") {
-                        cx.err(h, "the break-glass header may not be in wardgate's own `x-wardgate-*` namespace (those are stripped from client requests)");
+                    if let Some(why) = reserved_header(&lower) {
+                        cx.err(
+                            h,
+                            format!("`{}` cannot be the break-glass header: {why}", h.value),
+                        );
+                    } else if let Some(problem) = header_name_problem(&h.value) {
+                        cx.err(h, problem);
                     } else {
                         break_glass_header = Some(lower.into());
                     }
@@ -303,22 +431,50 @@ fn compile(files: &[SourceFile], digest: String, errors: &mut Diagnostics) -> Op
         return None;
     }
 
-    // Index: segment members first, then rules and break-glass entries by position.
+    // Index: segment members first, then rules and break-glass entries by position, each
+    // charged to the budget as it is filed (filing one is linear in its size).
     let mut index = IndexBuilder::new(segments.len() as u32);
     for (i, s) in segments.iter().enumerate() {
         for m in &s.members {
             index.segment_member(i as u32, m);
+            if let Err(over) = charge(meter, &index, 1 + m.segments().len() as u64) {
+                let (file, line, column) = &s.site;
+                errors.push(file, *line, *column, format!("segment `{}` {over}", s.name));
+                return None;
+            }
         }
     }
-    for (i, rule) in rules.iter().enumerate() {
-        let list = match rule.action {
+    let lists = rules
+        .iter()
+        .map(|r| match r.action {
             Action::Deny => RuleList::Deny,
             Action::Allow => RuleList::Allow,
-        };
+        })
+        .zip(rules.iter().enumerate())
+        .chain(
+            break_glass
+                .iter()
+                .enumerate()
+                .map(|r| (RuleList::BreakGlass, r)),
+        );
+    for (list, (i, rule)) in lists {
+        let before = index.entries();
         file_rule(&mut index, list, i, rule);
-    }
-    for (i, rule) in break_glass.iter().enumerate() {
-        file_rule(&mut index, RuleList::BreakGlass, i, rule);
+        let entries = index.entries() - before;
+        let named = (rule.from.len() + rule.to.as_ref().map_or(0, Vec::len)) as u64;
+        if let Err(over) = charge(meter, &index, entries.saturating_add(named)) {
+            let what = match list {
+                RuleList::BreakGlass => "break-glass entry",
+                _ => "rule",
+            };
+            errors.push(
+                &rule.file,
+                rule.line,
+                rule.column,
+                format!("{what} `{}` {over}", rule.name),
+            );
+            return None;
+        }
     }
 
     Some(Policy {
@@ -331,6 +487,31 @@ fn compile(files: &[SourceFile], digest: String, errors: &mut Diagnostics) -> Op
         break_glass_header,
         index: index.finish(),
     })
+}
+
+/// Charge `units` of work for what was just filed, and check the index's estimated size.
+fn charge(meter: &mut Meter, index: &IndexBuilder, units: u64) -> Result<(), OverBudget> {
+    meter.work(units)?;
+    meter.holds(
+        index
+            .entries()
+            .saturating_mul(INDEX_ENTRY_BYTES)
+            .saturating_add(index.trie_nodes().saturating_mul(TRIE_NODE_BYTES)),
+    )
+}
+
+/// The problem with a header name (as written), if any.
+fn header_name_problem(name: &str) -> Option<String> {
+    if name.len() > MAX_HEADER_NAME_LEN {
+        Some(format!(
+            "header name is {} bytes long, over the limit of {MAX_HEADER_NAME_LEN}",
+            name.len()
+        ))
+    } else if !valid_header_name(&name.to_ascii_lowercase()) {
+        Some(format!("`{name}` is not a valid header name"))
+    } else {
+        None
+    }
 }
 
 fn selector(e: &Endpoint) -> Selector<'_> {
@@ -439,11 +620,8 @@ fn compile_rule(
             String::new()
         }
         Some(n) => {
-            if !valid_name(&n.value) {
-                cx.err(
-                    n,
-                    format!("{what} name `{}` must match [a-z0-9][a-z0-9-]*", n.value),
-                );
+            if let Some(problem) = name_problem(what, &n.value) {
+                cx.err(n, problem);
             } else if !seen.insert(n.value.clone()) {
                 cx.err(n, format!("duplicate rule name `{}`: names must be unique across the bundle, break-glass entries included", n.value));
             }
@@ -573,10 +751,22 @@ fn compile_rule(
         if let Some(h) = &when.value.headers {
             for (hname, values) in &h.0 {
                 let lower = hname.value.to_ascii_lowercase();
-                if !valid_header_name(&lower) {
+                if let Some(problem) = header_name_problem(&hname.value) {
+                    cx.err(hname, problem);
+                } else if let Some((earlier, _)) = h
+                    .0
+                    .iter()
+                    .take(headers.len())
+                    .find(|(raw, _)| raw.value.eq_ignore_ascii_case(&hname.value))
+                {
                     cx.err(
                         hname,
-                        format!("`{}` is not a valid header name", hname.value),
+                        format!(
+                            "header condition `{}` repeats `{}` (line {}): header names are case-insensitive, so list the allowed values under one name",
+                            hname.value,
+                            earlier.value,
+                            earlier.referenced.line()
+                        ),
                     );
                 }
                 if values.is_empty() {

@@ -8,10 +8,19 @@
 //! ([`RuleIndex::first_match`]) or for every rule that could ([`RuleIndex::candidates`]).
 //!
 //! Inside, one trie over SPIFFE IDs holds segment members and `from` / `to` patterns alike, each
-//! interned as a small integer key, and every rule is filed under each (source key, destination
-//! key) pair it names. A request walks the trie once per identity and looks up only the buckets
-//! its own keys select, so decision cost depends on the rules that can apply to the pair, not on
-//! the bundle's size. That layout is private to this module and may change freely.
+//! interned as a small integer key. A rule is filed in one of two ways, so that the index grows
+//! with the sum of the rules' `from` and `to` entries, never with their product:
+//!
+//! * a *narrow* rule (the usual kind: one side names a handful of keys) under each (source key,
+//!   destination key) pair it names, as long as that makes at most [`PAIR_FACTOR`] entries per
+//!   key it names;
+//! * a *wide* rule (many sources and many destinations) under each key of its smaller side only,
+//!   beside the sorted keys of its other side, which a lookup tests against the request's keys.
+//!
+//! A request walks the trie once per identity and looks up only the buckets its own keys
+//! select, so decision cost depends on the rules that can apply to the pair (plus the wide rules
+//! naming one of its identities), not on the bundle's size. That layout is private to this
+//! module and may change freely.
 //!
 //! This module never validates (it trusts what `compile` hands it), never knows what a rule
 //! says beyond its `from` and `to` (callers pass the test of a rule's other conditions in), and
@@ -27,6 +36,17 @@ use super::pattern::{split_segments, Pattern, Seg};
 
 /// Key meaning "any destination" (a rule without `to`).
 const ANY: u32 = u32::MAX;
+
+/// A rule is filed under its (from, to) pairs while their number is at most this many times the
+/// number of keys it names; beyond, it is a wide rule (see the module documentation). Rules
+/// naming one source or one destination, or up to 16 of each, are always narrow.
+#[cfg(not(test))]
+const PAIR_FACTOR: usize = 8;
+/// Unit tests file every rule with more than two keys on both sides as wide, so that the
+/// agreement tests against the reference evaluator (whose generated rules are small) exercise
+/// both ways of filing.
+#[cfg(test)]
+const PAIR_FACTOR: usize = 1;
 
 /// A list of rules, each numbered by its position in bundle order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,9 +88,81 @@ impl Placement {
 pub(crate) struct RuleIndex {
     /// Segment members, `from` and `to` patterns, each payload tagged with its [`Slot`].
     trie: IdTrie,
-    deny: PairIndex,
-    allow: PairIndex,
-    break_glass: PairIndex,
+    deny: ListIndex,
+    allow: ListIndex,
+    break_glass: ListIndex,
+}
+
+/// The rules of one list: narrow ones by pair, wide ones by the keys of one side.
+#[derive(Debug, Default)]
+struct ListIndex {
+    pairs: PairIndex,
+    /// Wide rules filed by source key, each with the set of its destination keys.
+    by_from: KeyIndex,
+    /// Wide rules filed by destination key, each with the set of its source keys.
+    by_to: KeyIndex,
+    /// The other side's keys of each wide rule, sorted, one set after the other.
+    sets: Vec<u32>,
+}
+
+impl ListIndex {
+    /// Whether wide rule set `set` (a range of `sets`) shares a key with `keys`.
+    #[inline]
+    fn meets(&self, set: (u32, u32), keys: &[u32]) -> bool {
+        let Some(set) = self.sets.get(set.0 as usize..set.1 as usize) else {
+            return false;
+        };
+        keys.iter().any(|k| set.binary_search(k).is_ok())
+    }
+
+    /// The wide rules of `by` under `keys` whose other side meets `other`, lowest first within
+    /// each bucket, as for [`RuleIndex::first_match`].
+    #[inline]
+    fn wide_first(
+        &self,
+        by: &KeyIndex,
+        keys: &[u32],
+        other: &[u32],
+        best: &mut u32,
+        matches: &mut impl FnMut(u32) -> bool,
+    ) {
+        if by.is_empty() {
+            return;
+        }
+        for k in keys {
+            if let Some(bucket) = by.get(k) {
+                for w in bucket.iter() {
+                    if w.position >= *best {
+                        break;
+                    }
+                    if self.meets(w.set, other) && matches(w.position) {
+                        *best = w.position;
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    fn wide_all(&self, by: &KeyIndex, keys: &[u32], other: &[u32], out: &mut Vec<u32>) {
+        for k in keys {
+            if let Some(bucket) = by.get(k) {
+                out.extend(
+                    bucket
+                        .iter()
+                        .filter(|w| self.meets(w.set, other))
+                        .map(|w| w.position),
+                );
+            }
+        }
+    }
+}
+
+/// One wide rule in a bucket: its position, and the range of `sets` holding its other side.
+#[derive(Debug, Clone, Copy)]
+struct Wide {
+    position: u32,
+    set: (u32, u32),
 }
 
 impl RuleIndex {
@@ -110,11 +202,11 @@ impl RuleIndex {
         dst: &Placement,
         mut matches: impl FnMut(u32) -> bool,
     ) -> Option<u32> {
-        let index = self.pairs(list);
+        let index = self.list(list);
         let mut best = u32::MAX;
         for &s in &src.keys {
             for &d in &dst.keys {
-                if let Some(bucket) = index.get(&(s, d)) {
+                if let Some(bucket) = index.pairs.get(&(s, d)) {
                     for &i in bucket.iter() {
                         if i >= best {
                             break;
@@ -127,6 +219,8 @@ impl RuleIndex {
                 }
             }
         }
+        index.wide_first(&index.by_from, &src.keys, &dst.keys, &mut best, &mut matches);
+        index.wide_first(&index.by_to, &dst.keys, &src.keys, &mut best, &mut matches);
         (best != u32::MAX).then_some(best)
     }
 
@@ -140,21 +234,23 @@ impl RuleIndex {
     ) -> Vec<u32> {
         let mut out = Vec::new();
         for &list in lists {
-            let index = self.pairs(list);
+            let index = self.list(list);
             for &s in &src.keys {
                 for &d in &dst.keys {
-                    if let Some(bucket) = index.get(&(s, d)) {
+                    if let Some(bucket) = index.pairs.get(&(s, d)) {
                         out.extend_from_slice(bucket);
                     }
                 }
             }
+            index.wide_all(&index.by_from, &src.keys, &dst.keys, &mut out);
+            index.wide_all(&index.by_to, &dst.keys, &src.keys, &mut out);
         }
         out.sort_unstable();
         out.dedup();
         out
     }
 
-    fn pairs(&self, list: RuleList) -> &PairIndex {
+    fn list(&self, list: RuleList) -> &ListIndex {
         match list {
             RuleList::Deny => &self.deny,
             RuleList::Allow => &self.allow,
@@ -186,11 +282,22 @@ pub(crate) struct IndexBuilder {
     /// Interned pattern keys, by where the pattern ends in the trie (no pattern hashing or
     /// cloning): (leaf node, ends in `**`) -> key.
     patterns: FnvHashMap<(u32, bool), u32>,
-    deny: FnvHashMap<(u32, u32), Vec<u32>>,
-    allow: FnvHashMap<(u32, u32), Vec<u32>>,
-    break_glass: FnvHashMap<(u32, u32), Vec<u32>>,
+    deny: ListBuilder,
+    allow: ListBuilder,
+    break_glass: ListBuilder,
     froms: Vec<u32>,
     tos: Vec<u32>,
+    /// Entries filed so far (pair entries, wide entries and wide sets' keys).
+    entries: u64,
+}
+
+/// One list's rules while they are being added.
+#[derive(Debug, Default)]
+struct ListBuilder {
+    pairs: FnvHashMap<(u32, u32), Vec<u32>>,
+    by_from: FnvHashMap<u32, Vec<Wide>>,
+    by_to: FnvHashMap<u32, Vec<Wide>>,
+    sets: Vec<u32>,
 }
 
 impl IndexBuilder {
@@ -201,11 +308,12 @@ impl IndexBuilder {
             trie: IdTrie::default(),
             segment_count,
             patterns: FnvHashMap::default(),
-            deny: FnvHashMap::default(),
-            allow: FnvHashMap::default(),
-            break_glass: FnvHashMap::default(),
+            deny: ListBuilder::default(),
+            allow: ListBuilder::default(),
+            break_glass: ListBuilder::default(),
             froms: Vec::new(),
             tos: Vec::new(),
+            entries: 0,
         }
     }
 
@@ -214,9 +322,9 @@ impl IndexBuilder {
         self.trie.insert(member, Slot::Segment, segment);
     }
 
-    /// File rule number `position` of `list` under every (`from`, `to`) pair it names; `to` of
+    /// File rule number `position` of `list` under the `from` and `to` entries it names; `to` of
     /// `None` means any destination, including an unknown one. Add a list's rules in ascending
-    /// order.
+    /// order. The entries this files number at most [`PAIR_FACTOR`] times the rule's entries.
     pub(crate) fn rule<'a>(
         &mut self,
         list: RuleList,
@@ -239,18 +347,45 @@ impl IndexBuilder {
                 }
             }
         }
+        froms.sort_unstable();
+        froms.dedup();
+        tos.sort_unstable();
+        tos.dedup();
         let index = match list {
             RuleList::Deny => &mut self.deny,
             RuleList::Allow => &mut self.allow,
             RuleList::BreakGlass => &mut self.break_glass,
         };
-        for &f in &froms {
-            for &t in &tos {
-                let bucket = index.entry((f, t)).or_default();
-                if bucket.last() != Some(&position) {
-                    bucket.push(position);
+        let product = froms.len().saturating_mul(tos.len());
+        if product <= PAIR_FACTOR.saturating_mul(froms.len() + tos.len()) {
+            for &f in &froms {
+                for &t in &tos {
+                    let bucket = index.pairs.entry((f, t)).or_default();
+                    if bucket.last() != Some(&position) {
+                        bucket.push(position);
+                    }
                 }
             }
+            self.entries = self.entries.saturating_add(product as u64);
+        } else {
+            // Wide: file under the smaller side, test the other side at lookup.
+            let (keys, other, by) = if froms.len() <= tos.len() {
+                (&froms, &tos, &mut index.by_from)
+            } else {
+                (&tos, &froms, &mut index.by_to)
+            };
+            let start = index.sets.len() as u32;
+            index.sets.extend_from_slice(other);
+            let wide = Wide {
+                position,
+                set: (start, index.sets.len() as u32),
+            };
+            for &k in keys.iter() {
+                by.entry(k).or_default().push(wide);
+            }
+            self.entries = self
+                .entries
+                .saturating_add((keys.len() + other.len()) as u64);
         }
         self.froms = froms;
         self.tos = tos;
@@ -274,28 +409,62 @@ impl IndexBuilder {
         }
     }
 
+    /// Entries filed so far: (from, to) pairs of narrow rules, plus the keys of wide rules.
+    /// Grows linearly with the rules' `from` and `to` entries (at most [`PAIR_FACTOR`] per
+    /// entry), so callers can bound it by the bundle's size.
+    pub(crate) fn entries(&self) -> u64 {
+        self.entries
+    }
+
+    /// Nodes of the identity trie so far (one per distinct trust domain and pattern prefix).
+    pub(crate) fn trie_nodes(&self) -> u64 {
+        self.trie.nodes.len() as u64
+    }
+
     /// The finished, compacted index.
     pub(crate) fn finish(mut self) -> RuleIndex {
         self.trie.shrink();
         RuleIndex {
             trie: self.trie,
-            deny: freeze(self.deny),
-            allow: freeze(self.allow),
-            break_glass: freeze(self.break_glass),
+            deny: self.deny.freeze(),
+            allow: self.allow.freeze(),
+            break_glass: self.break_glass.freeze(),
         }
     }
 }
 
-fn freeze(pairs: FnvHashMap<(u32, u32), Vec<u32>>) -> PairIndex {
-    let mut index = PairIndex::with_capacity_and_hasher(pairs.len(), Default::default());
-    index.extend(pairs.into_iter().map(|(k, v)| (k, v.into_boxed_slice())));
-    index
+impl ListBuilder {
+    fn freeze(self) -> ListIndex {
+        let mut pairs =
+            PairIndex::with_capacity_and_hasher(self.pairs.len(), Default::default());
+        pairs.extend(
+            self.pairs
+                .into_iter()
+                .map(|(k, v)| (k, v.into_boxed_slice())),
+        );
+        let keyed = |m: FnvHashMap<u32, Vec<Wide>>| {
+            let mut out = KeyIndex::with_capacity_and_hasher(m.len(), Default::default());
+            out.extend(m.into_iter().map(|(k, v)| (k, v.into_boxed_slice())));
+            out
+        };
+        let mut sets = self.sets;
+        sets.shrink_to_fit();
+        ListIndex {
+            pairs,
+            by_from: keyed(self.by_from),
+            by_to: keyed(self.by_to),
+            sets,
+        }
+    }
 }
 
-/// Rule positions (ascending, i.e. bundle order) per (source key, destination key).
+/// Narrow rules' positions (ascending, i.e. bundle order) per (source key, destination key).
 type PairIndex = HashMap<(u32, u32), Box<[u32]>, BuildHasherDefault<PairHasher>>;
 
-/// A multiplicative hasher for the pair index's `(u32, u32)` keys: two integer writes, one
+/// Wide rules (ascending positions) per key of the side they are filed by.
+type KeyIndex = HashMap<u32, Box<[Wide]>, BuildHasherDefault<PairHasher>>;
+
+/// A multiplicative hasher for the index's `u32` and `(u32, u32)` keys: integer writes, one
 /// multiply and a fold, instead of FNV's byte loop. Keys are small dense integers chosen by the
 /// compiler, not by requests, so no keyed hash is needed.
 #[derive(Debug, Default, Clone, Copy)]

@@ -46,8 +46,10 @@ mod error;
 mod eval;
 mod handle;
 mod index;
+mod limits;
 mod model;
 pub mod normalize;
+mod overlap;
 mod pattern;
 #[cfg(test)]
 mod reference;
@@ -62,10 +64,14 @@ use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 pub use crate::identity::CertificateFacts;
-pub use compile::FORMAT_VERSION;
+pub use compile::{
+    FORMAT_VERSION, MAX_HEADER_NAME_LEN, MAX_NAME_LEN, RESERVED_HEADER_NAMES,
+    RESERVED_HEADER_PREFIXES,
+};
 pub use error::{Diagnostic, Diagnostics};
 pub use eval::{valid_break_glass_reason, MAX_BREAK_GLASS_REASON};
 pub use handle::PolicyHandle;
+pub use limits::{CompileLimits, DEFAULT_MAX_COMPILE_MEMORY_MIB, DEFAULT_MAX_COMPILE_WORK};
 pub use model::{Action, Policy, RuleInfo};
 pub use pattern::{Pattern, PatternError};
 pub use trace::{RuleOutcome, Trace, TraceStep};

@@ -10,6 +10,7 @@
 use std::fmt;
 
 use super::normalize;
+use crate::identity::MAX_TRUST_DOMAIN_LEN;
 
 /// One segment of a pattern.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -40,6 +41,9 @@ pub enum PatternError {
     /// Trust domain empty or with characters outside `[a-z0-9._-]`.
     #[error("trust domain `{0}` is not valid: it must be non-empty and use only lowercase letters, digits, `.`, `_` and `-` (wildcards are not allowed in the trust domain)")]
     TrustDomain(String),
+    /// A trust domain longer than [`MAX_TRUST_DOMAIN_LEN`] bytes, which no SPIFFE ID can have.
+    #[error("trust domain is {0} bytes long, over the SPIFFE limit of {MAX_TRUST_DOMAIN_LEN}")]
+    TrustDomainTooLong(usize),
     /// A path pattern not starting with `/`.
     #[error("a path pattern must start with `/`")]
     NoLeadingSlash,
@@ -77,6 +81,9 @@ impl Pattern {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, ""),
         };
+        if td.len() > MAX_TRUST_DOMAIN_LEN {
+            return Err(PatternError::TrustDomainTooLong(td.len()));
+        }
         if td.is_empty()
             || !td
                 .bytes()

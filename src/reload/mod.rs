@@ -139,6 +139,9 @@ pub struct ReloadConfig {
     /// bundle with the same revision and other content replaces it, as the rest of a write that
     /// was caught midway. Later, it is refused like any other equal revision.
     pub rewrite_grace: Duration,
+    /// The compile budget a bundle from this source must fit (`--max-compile-work`,
+    /// `--max-compile-memory`); one over it is refused like any invalid bundle.
+    pub compile_limits: crate::policy::CompileLimits,
 }
 
 impl ReloadConfig {
@@ -156,6 +159,7 @@ impl ReloadConfig {
             max_backoff: Duration::from_secs(300),
             settle: Duration::from_secs(1),
             rewrite_grace: Duration::from_secs(60),
+            compile_limits: crate::policy::CompileLimits::default(),
         }
     }
 }
@@ -421,7 +425,9 @@ impl Reloader {
             _ => None,
         };
         let started = Instant::now();
-        let compiled = tokio::task::spawn_blocking(move || Policy::from_sources(&files)).await;
+        let limits = self.config.compile_limits;
+        let compiled =
+            tokio::task::spawn_blocking(move || Policy::from_sources_within(&files, limits)).await;
         let compile_time = started.elapsed();
         drop(mark);
         let policy = match compiled {

@@ -107,6 +107,34 @@ impl fmt::Display for Refused {
     }
 }
 
+/// The compile budget flags, shared by every verb that compiles a bundle (`serve`, `validate`,
+/// `check`, `test`, `analyze`, `diff`, `learn`): `--max-compile-work` and
+/// `--max-compile-memory`, named like the analysis budget's flags. The budget itself, and what a
+/// unit is, belong to `policy` (`CompileLimits`).
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub(crate) struct CompileArgs {
+    /// Refuse a bundle once compiling it has done this many units of work (a unit is about one
+    /// index entry, pattern segment or trie node visited). The default takes a few seconds.
+    #[arg(long, value_name = "UNITS", default_value_t = crate::policy::DEFAULT_MAX_COMPILE_WORK,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) max_compile_work: u64,
+    /// Refuse a bundle whose identity tries and rule index are estimated to need more than
+    /// this many MiB.
+    #[arg(long, value_name = "MIB", default_value_t = crate::policy::DEFAULT_MAX_COMPILE_MEMORY_MIB,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) max_compile_memory: u64,
+}
+
+impl CompileArgs {
+    /// The limits these flags set.
+    pub(crate) fn limits(&self) -> crate::policy::CompileLimits {
+        crate::policy::CompileLimits {
+            max_work: self.max_compile_work,
+            max_memory_mib: self.max_compile_memory,
+        }
+    }
+}
+
 /// Work done and memory kept so far, against their limits. Shared by every step of one run of
 /// `analyze` or `diff` (single-threaded, hence `Cell`).
 #[derive(Debug)]

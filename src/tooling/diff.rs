@@ -18,7 +18,7 @@ use super::budget::{self, Budget, Refused};
 use super::model::{example, Example, Model, Owner};
 use super::space::{residual, Cube, Pat};
 use super::timeline::TimeUniverse;
-use super::{load, refused, BudgetArgs, Exit};
+use super::{load_within, refused, BudgetArgs, Exit};
 use crate::policy::Verdict;
 
 /// Residual pieces computed per changed set to describe it (beyond this, the rule's set is shown).
@@ -321,11 +321,11 @@ fn change_text(out: &mut String, sign: char, c: &Change, grant: bool) {
 
 /// Run `wardgate diff`.
 pub(crate) fn run(args: DiffArgs) -> Exit {
-    let old = match load(&args.old) {
+    let old = match load_within(&args.old, args.budget.compile.limits()) {
         Ok(p) => p,
         Err(code) => return code,
     };
-    let new = match load(&args.new) {
+    let new = match load_within(&args.new, args.budget.compile.limits()) {
         Ok(p) => p,
         Err(code) => return code,
     };

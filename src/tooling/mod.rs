@@ -67,9 +67,15 @@ pub(crate) use exit::Exit;
 pub(crate) use replay::ReplayArgs;
 pub(crate) use testing::TestArgs;
 
-/// Load and compile a bundle, printing every problem as `FILE:LINE:COL: message`.
+/// Load and compile a bundle within the default compile budget, printing every problem as
+/// `FILE:LINE:COL: message`.
 pub(crate) fn load(path: &Path) -> Result<Policy, Exit> {
-    Policy::from_path(path).map_err(|errors| {
+    load_within(path, crate::policy::CompileLimits::default())
+}
+
+/// [`load`] within the compile budget of `--max-compile-work` / `--max-compile-memory`.
+pub(crate) fn load_within(path: &Path, limits: crate::policy::CompileLimits) -> Result<Policy, Exit> {
+    Policy::from_path_within(path, limits).map_err(|errors| {
         for d in errors.iter() {
             tell!("{d}");
         }
@@ -92,6 +98,9 @@ pub(crate) struct BudgetArgs {
     /// Refuse the analysis once the sets it keeps are estimated to need more than this many MiB.
     #[arg(long, value_name = "MIB", default_value_t = budget::DEFAULT_MAX_MEMORY_MIB)]
     max_analysis_memory: u64,
+    /// The compile budget of the bundles analysed.
+    #[command(flatten)]
+    pub(crate) compile: budget::CompileArgs,
 }
 
 impl BudgetArgs {
@@ -152,7 +161,7 @@ pub(crate) struct AnalyzeArgs {
 
 /// Run `wardgate analyze`.
 pub(crate) fn run_analyze(args: AnalyzeArgs) -> Exit {
-    let policy = match load(&args.bundle) {
+    let policy = match load_within(&args.bundle, args.budget.compile.limits()) {
         Ok(p) => p,
         Err(code) => return code,
     };

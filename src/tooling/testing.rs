@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_saphyr::Spanned;
 
-use super::{load, Exit};
+use super::Exit;
 use crate::policy::{CertificateFacts, PeerCertificate, Policy, Reason, Request, Trace};
 
 /// `wardgate test` flags.
@@ -29,6 +29,9 @@ pub(crate) struct TestArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+    /// The compile budget.
+    #[command(flatten)]
+    compile: super::budget::CompileArgs,
 }
 
 #[derive(Debug, Deserialize)]
@@ -287,7 +290,7 @@ fn outcome(decision: &str, reason: Option<&str>, rule: Option<&str>) -> String {
 
 /// Run `wardgate test`.
 pub(crate) fn run(args: TestArgs) -> Exit {
-    let policy = match load(&args.bundle) {
+    let policy = match super::load_within(&args.bundle, args.compile.limits()) {
         Ok(p) => p,
         Err(code) => return code,
     };

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwapOption;
 use envoy_types::ext_authz::v3::pb::CheckRequest;
 use support::metrics::scrape;
-use support::process::{free_port, ChildGuard, Wardgate, WaitFor};
+use support::process::{free_port, ChildGuard, WaitFor, Wardgate};
 use wardgate::policy::PolicyHandle;
 use wardgate::reload::oci::push;
 use wardgate::reload::{BundleSource, NoObserver, Outcome, ReloadConfig, Reloader, TrustedKeys};
@@ -94,8 +94,17 @@ impl Registry {
         self.logs.push(child.stdout_path.clone());
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
-        while support::client::plain_get(self.addr, "/v2/").await.map(|r| r.0).ok() != Some(200) {
-            assert!(Instant::now() < deadline, "registry did not start\n{}", self.tail());
+        while support::client::plain_get(self.addr, "/v2/")
+            .await
+            .map(|r| r.0)
+            .ok()
+            != Some(200)
+        {
+            assert!(
+                Instant::now() < deadline,
+                "registry did not start\n{}",
+                self.tail()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -294,7 +303,9 @@ async fn serve_follows_a_signed_tag_and_refuses_rollback_bad_signatures_and_keep
     .unwrap();
     let admin = w.admin.unwrap();
     assert_eq!(decided_by(&socket).await, [1], "the pulled bundle decides");
-    let (status, body) = support::client::plain_get(admin, "/v1/bundle").await.unwrap();
+    let (status, body) = support::client::plain_get(admin, "/v1/bundle")
+        .await
+        .unwrap();
     assert_eq!(status, 200, "{body}");
     let info: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(info["revision"], 1);
@@ -353,10 +364,19 @@ async fn serve_follows_a_signed_tag_and_refuses_rollback_bad_signatures_and_keep
     wait_for_revision(&w, 4, &registry).await;
 
     let (_, metrics) = scrape(admin).await.unwrap();
-    let (_, bundle_info) = support::client::plain_get(admin, "/v1/bundle").await.unwrap();
+    let (_, bundle_info) = support::client::plain_get(admin, "/v1/bundle")
+        .await
+        .unwrap();
     let log = w.child.log_tail(usize::MAX);
-    for (what, text) in [("metrics", &metrics), ("/v1/bundle", &bundle_info), ("log", &log)] {
-        assert!(!text.contains("hunter2"), "{what} shows the password:\n{text}");
+    for (what, text) in [
+        ("metrics", &metrics),
+        ("/v1/bundle", &bundle_info),
+        ("log", &log),
+    ] {
+        assert!(
+            !text.contains("hunter2"),
+            "{what} shows the password:\n{text}"
+        );
     }
     assert!(
         log.contains("is lower than 2") && log.contains("not a trusted key"),
@@ -364,7 +384,12 @@ async fn serve_follows_a_signed_tag_and_refuses_rollback_bad_signatures_and_keep
     );
 }
 
-fn oci_reloader(source: &str, h: &PolicyHandle, keys: TrustedKeys, cache: Option<&Path>) -> Reloader {
+fn oci_reloader(
+    source: &str,
+    h: &PolicyHandle,
+    keys: TrustedKeys,
+    cache: Option<&Path>,
+) -> Reloader {
     let mut cfg = ReloadConfig::new(source.parse::<BundleSource>().unwrap());
     cfg.trusted_keys = keys;
     cfg.cache_dir = cache.map(Path::to_path_buf);
@@ -406,7 +431,12 @@ async fn an_unchanged_tag_costs_one_head_per_poll_and_a_digest_none() {
         polls.len(),
         polls.join("\n")
     );
-    assert_eq!(polls.len(), 20, "one request per poll:\n{}", polls.join("\n"));
+    assert_eq!(
+        polls.len(),
+        20,
+        "one request per poll:\n{}",
+        polls.join("\n")
+    );
     let head = format!("\"HEAD /v2/{REPO}/manifests/prod HTTP/1.1\" 200 ");
     assert!(
         polls.iter().all(|l| l.contains(&head)),
@@ -436,13 +466,16 @@ async fn an_unchanged_tag_costs_one_head_per_poll_and_a_digest_none() {
         assert_eq!(r2.reload(false).await, Outcome::Unchanged);
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(registry.access_log().len(), before, "a digest reference is not polled");
+    assert_eq!(
+        registry.access_log().len(),
+        before,
+        "a digest reference is not polled"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rollback_protection_and_the_cache_hold_across_restarts() {
-    let Some(binary) = require_registry("oci_registry::rollback_protection_and_the_cache")
-    else {
+    let Some(binary) = require_registry("oci_registry::rollback_protection_and_the_cache") else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -466,7 +499,11 @@ async fn rollback_protection_and_the_cache_hold_across_restarts() {
     let h: PolicyHandle = Arc::new(ArcSwapOption::empty());
     let mut r = oci_reloader(&source, &h, keys(), Some(&cache));
     assert_eq!(r.initial_load().await, Outcome::Rollback);
-    assert_eq!(revision(&h), Some(2), "the cached bundle, not the lower revision");
+    assert_eq!(
+        revision(&h),
+        Some(2),
+        "the cached bundle, not the lower revision"
+    );
     assert_eq!(r.reload(false).await, Outcome::Rollback, "still refused");
     drop(r);
 
@@ -532,7 +569,10 @@ fn push_says_what_went_wrong_with_the_exit_code_of_the_table() {
             .arg(reference)
             .output()
             .unwrap();
-        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
     let target = format!("oci+http://u:hunter2@127.0.0.1:{closed}/{REPO}:prod");
     let (code, err) = run(&bad, &target);
@@ -544,7 +584,10 @@ fn push_says_what_went_wrong_with_the_exit_code_of_the_table() {
     assert_eq!(code, Some(2), "no tag: {err}");
     let (code, err) = run(&good, &target);
     assert_eq!(code, Some(1), "registry unreachable: {err}");
-    assert!(err.contains(&format!("127.0.0.1:{closed}")) && !err.contains("hunter2"), "{err}");
+    assert!(
+        err.contains(&format!("127.0.0.1:{closed}")) && !err.contains("hunter2"),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -322,7 +322,10 @@ impl OciFetcher {
                 "HEAD {}: HTTP 404 (no such repository or tag)",
                 self.shown
             ))),
-            (code, _) => Err(FetchError::Failed(format!("HEAD {}: HTTP {code}", self.shown))),
+            (code, _) => Err(FetchError::Failed(format!(
+                "HEAD {}: HTTP {code}",
+                self.shown
+            ))),
         }
     }
 
@@ -362,12 +365,16 @@ impl OciFetcher {
             ))
         })?;
         let (bundle, signature) = self.layers(&manifest, digest)?;
-        let yaml = self.pull_layer(client, &pinned, bundle, self.max_bytes).await?;
+        let yaml = self
+            .pull_layer(client, &pinned, bundle, self.max_bytes)
+            .await?;
         let mut out = Fetched::default();
         out.files.push((self.shown.clone(), yaml));
         out.base_names.push(self.cache_name.clone());
         if let Some(sig) = signature {
-            let text = self.pull_layer(client, &pinned, sig, SIGNATURE_LIMIT).await?;
+            let text = self
+                .pull_layer(client, &pinned, sig, SIGNATURE_LIMIT)
+                .await?;
             out.signature = Some((
                 format!("{} (signature layer)", self.shown),
                 String::from_utf8_lossy(&text).into_owned(),
@@ -576,8 +583,8 @@ mod tests {
 
     #[test]
     fn references_name_registry_and_version_and_keep_credentials_apart() {
-        let s = OciSource::parse("oci://deploy:p%40ss@registry.example:5000/team/bundle:prod")
-            .unwrap();
+        let s =
+            OciSource::parse("oci://deploy:p%40ss@registry.example:5000/team/bundle:prod").unwrap();
         assert_eq!(s.reference.registry(), "registry.example:5000");
         assert_eq!(s.reference.repository(), "team/bundle");
         assert_eq!(s.reference.tag(), Some("prod"));
@@ -595,12 +602,17 @@ mod tests {
         let s = OciSource::parse(&d).unwrap();
         assert!(s.plain_http);
         assert!(matches!(s.auth, RegistryAuth::Anonymous));
-        assert!(s.manifest_url().starts_with("http://127.0.0.1:5000/v2/b/manifests/sha256:abab"));
+        assert!(s
+            .manifest_url()
+            .starts_with("http://127.0.0.1:5000/v2/b/manifests/sha256:abab"));
 
         for (bad, why) in [
             ("oci://bundle:prod", "name the registry"),
             ("oci://registry.example/team/bundle", "name a tag"),
-            ("oci://registry.example/Team/Bundle:prod", "not a valid OCI reference"),
+            (
+                "oci://registry.example/Team/Bundle:prod",
+                "not a valid OCI reference",
+            ),
             ("oci://u:hunter2@registry.example/b:prod?x=1", "no query"),
         ] {
             let err = OciSource::parse(bad).unwrap_err();

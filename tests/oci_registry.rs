@@ -413,13 +413,20 @@ async fn an_unchanged_tag_costs_one_head_per_poll_and_a_digest_none() {
     keys.add(&public).unwrap();
     registry.push("prod", &bundle(1), Some(&kp)).await;
 
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pushed = registry.access_log().len();
     let h: PolicyHandle = Arc::new(ArcSwapOption::empty());
     let mut r = oci_reloader(&registry.reference("", "prod"), &h, keys, None);
     assert_eq!(r.initial_load().await, Outcome::Swapped);
     assert_eq!(revision(&h), Some(1));
 
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let before = registry.access_log().len();
+    let first = registry.access_log();
+    eprintln!(
+        "the first load (HEAD, then the pull through oci-client):\n{}",
+        first.get(pushed..).unwrap_or_default().join("\n")
+    );
+    let before = first.len();
     for poll in 0..20 {
         assert_eq!(r.reload(false).await, Outcome::Unchanged, "poll {poll}");
     }

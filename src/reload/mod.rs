@@ -53,7 +53,7 @@ pub enum Outcome {
     Swapped,
     /// Nothing changed (same bytes, HTTP 304, or same revision and digest).
     Unchanged,
-    /// YAML or validation errors.
+    /// YAML or validation errors, or an OCI artifact that is not a wardgate bundle.
     Invalid,
     /// Missing, malformed or wrong signature, or a manifest mismatch.
     Signature,

@@ -108,7 +108,9 @@ impl OciSource {
                 "`{shown}`: an OCI reference has no query or fragment"
             ));
         }
-        if !(registry.contains('.') || registry.contains(':') || registry == "localhost") {
+        if path.len() < 2
+            || !(registry.contains('.') || registry.contains(':') || registry == "localhost")
+        {
             return Err(format!(
                 "`{shown}`: name the registry first (`oci://registry.example/repository:tag`)"
             ));
@@ -205,11 +207,17 @@ impl OciFetcher {
     pub(crate) fn new(text: &str, timeout: Duration, max_bytes: u64) -> Result<Self, String> {
         let source = OciSource::parse(text)?;
         let client = source.client(timeout);
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_webpki_roots()
-            .https_or_http()
-            .enable_http1()
-            .build();
+        // The system's trust store, as the crate's pulls use: a registry with a private CA
+        // installed there is reached by both.
+        let roots = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_native_roots()
+            .unwrap_or_else(|e| {
+                tracing::warn!(
+                    "no system trust store ({e}); the OCI poll trusts the Mozilla roots"
+                );
+                hyper_rustls::HttpsConnectorBuilder::new().with_webpki_roots()
+            });
+        let https = roots.https_or_http().enable_http1().build();
         Ok(OciFetcher {
             client,
             http: HyperClient::builder(hyper_util::rt::TokioExecutor::new()).build(https),

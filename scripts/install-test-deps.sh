@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Install what wardgate's integration tests need beyond the Rust toolchain: a real Envoy,
-# promtool (Prometheus' rule and exposition checker), and for the deployment tests umoci and
-# skopeo (the registry-free container image), kubernetes-validate (Kubernetes schemas), grpcio
+# promtool (Prometheus' rule and exposition checker), for the deployment tests umoci and
+# skopeo (the registry-free container image), for tests/oci_registry.rs docker-registry (the
+# CNCF distribution server, started by the tests on a loopback port) and ORAS's Python client, kubernetes-validate (Kubernetes schemas), grpcio
 # with the Envoy API stubs (the Python client example), and a check that kubectl's built-in
 # kustomize can render deploy/kubernetes, and grpcio-reflection (the gRPC reflection client).
 #
 # Idempotent: installs only what is missing. Debian packages (prometheus for promtool, umoci,
-# skopeo) are installed with apt-get when running as root; otherwise a warning (the tests then
+# skopeo, docker-registry) are installed with apt-get when running as root; otherwise a warning (the tests then
 # skip loudly, or fail under CI=true). Python packages come from PyPI with pip; the Envoy API
 # stubs (xds-protos) go into their own directory, $WARDGATE_PYTHON_XDS (default
 # ~/.cache/wardgate/xds-protos-1.85.0), because their top-level `envoy` package would replace
@@ -47,7 +48,7 @@ fi
 
 # --- deployment tests: Debian packages ----------------------------------------------------
 apt_updated=0
-apt_install() {  # apt_install COMMAND PACKAGE
+apt_install() {  # apt_install COMMAND PACKAGE [WHAT SKIPS WITHOUT IT]
     command -v "$1" >/dev/null 2>&1 && return 0
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
         echo "install-test-deps: installing $1 (Debian package $2)" >&2
@@ -56,11 +57,14 @@ apt_install() {  # apt_install COMMAND PACKAGE
         apt-get install -y -qq --no-install-recommends "$2" >&2
     else
         echo "install-test-deps: warning: $1 not found and cannot apt-get install $2;" \
-            "the container image test will skip (and fail under CI=true)" >&2
+            "${3:-the container image test} will skip (and fail under CI=true)" >&2
     fi
 }
 apt_install umoci umoci
 apt_install skopeo skopeo
+# The Debian package enables a systemd unit on port 5000; the tests never use it (they start
+# their own registry on a free loopback port with storage in a temporary directory).
+apt_install docker-registry docker-registry "tests/oci_registry.rs"
 
 # --- deployment tests: Python packages -----------------------------------------------------
 PY="${PYTHON:-python3}"
@@ -75,6 +79,8 @@ pip_install "import grpc, google.protobuf" "grpcio==1.85.1" "protobuf>=6.31.1,<8
 # gRPC reflection client (tests/reflection.rs), the same release as grpcio.
 pip_install "import grpc_reflection.v1alpha.proto_reflection_descriptor_database" \
     "grpcio-reflection==1.85.1" "grpcio==1.85.1" "protobuf>=6.31.1,<8"
+# ORAS's Python client: tests/oci_registry.rs publishes a bundle with it, as the README shows.
+pip_install "import oras.provider" "oras==0.2.43"
 xds_dir="${WARDGATE_PYTHON_XDS:-$HOME/.cache/wardgate/xds-protos-1.85.0}"
 if ! PYTHONPATH="$xds_dir" "$PY" -c "from envoy.service.auth.v3 import external_auth_pb2_grpc" >/dev/null 2>&1; then
     echo "install-test-deps: installing xds-protos==1.85.0 into $xds_dir" >&2

@@ -69,6 +69,14 @@ enum Command {
     Replay(crate::tooling::ReplayArgs),
     /// Propose a least-privilege bundle (and its tests) from logged decisions.
     Learn(crate::tooling::learn::LearnArgs),
+    /// Validate a bundle file and push it (with BUNDLE.minisig if present) to an OCI registry
+    /// tag, oci://registry/repository:tag; exit 1 when the registry refuses or is unreachable.
+    Push {
+        /// Bundle file.
+        bundle: PathBuf,
+        /// Target, e.g. oci://registry.example/platform/bundle:prod.
+        reference: String,
+    },
 }
 
 /// Entry point of the binary.
@@ -95,6 +103,7 @@ pub fn main() -> ExitCode {
         Command::Diff(args) => crate::tooling::diff::run(args),
         Command::Replay(args) => crate::tooling::replay::run(args),
         Command::Learn(args) => crate::tooling::learn::run(args),
+        Command::Push { bundle, reference } => verbs::push(&bundle, &reference),
     };
     exit.into()
 }

@@ -183,3 +183,73 @@ pub(crate) fn check(args: CheckArgs) -> Exit {
     }
     emit(exit, &text)
 }
+
+/// `wardgate push BUNDLE REFERENCE`: validate a one-file bundle, then push it, with
+/// `BUNDLE.minisig` when that file exists, as a wardgate bundle artifact to the `oci://` tag
+/// (see [`crate::reload::oci`]). Exit 3 for a bundle that is unreadable or invalid, 2 for a
+/// reference that is not a tag, 1 when the registry cannot be reached or refuses the push.
+pub(crate) fn push(bundle: &Path, reference: &str) -> Exit {
+    if !reference.starts_with("oci://") && !reference.starts_with("oci+http://") {
+        complain("error: push needs an oci:// (or oci+http://) reference\n");
+        return Exit::Usage;
+    }
+    if bundle.is_dir() {
+        complain(&format!(
+            "error: {}: push takes one bundle file, not a directory\n",
+            bundle.display()
+        ));
+        return Exit::Input;
+    }
+    if validate(bundle) != Exit::Ok {
+        return Exit::Input;
+    }
+    let read = |p: &Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+    let mut sig_path = bundle.as_os_str().to_owned();
+    sig_path.push(crate::reload::SIG_SUFFIX);
+    let sig_path = PathBuf::from(sig_path);
+    let (yaml, signature) = match (read(bundle), sig_path.is_file().then(|| read(&sig_path))) {
+        (Ok(y), None) => (y, None),
+        (Ok(y), Some(Ok(s))) => (y, Some(s)),
+        (Err(e), _) | (_, Some(Err(e))) => {
+            complain(&format!("error: {e}\n"));
+            return Exit::Input;
+        }
+    };
+    let name = bundle
+        .file_name()
+        .map_or("bundle.yaml".into(), |n| n.to_string_lossy().into_owned());
+    let signed = signature.is_some();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            complain(&format!("error: cannot start the async runtime: {e}\n"));
+            return Exit::No;
+        }
+    };
+    let pushed = runtime.block_on(crate::reload::oci::push(
+        reference,
+        &name,
+        yaml,
+        signature,
+        std::time::Duration::from_secs(30),
+    ));
+    match pushed {
+        Ok(url) => emit(
+            Exit::Ok,
+            &format!(
+                "pushed {name}{} to {url}\n",
+                if signed { " with its signature" } else { "" }
+            ),
+        ),
+        Err(e) => {
+            complain(&format!("error: {e}\n"));
+            match e {
+                crate::reload::oci::PushError::Reference(_) => Exit::Usage,
+                _ => Exit::No,
+            }
+        }
+    }
+}

@@ -1,7 +1,7 @@
 //! Hot reload: fetch, verify, compile and swap in new bundles without a restart.
 //!
 //! A [`Reloader`] watches one [`BundleSource`]. Every attempt runs the same pipeline: fetch the
-//! bytes (file, directory or HTTP with ETag), check signatures when trusted keys are configured,
+//! bytes (file, directory, HTTP with ETag, or an OCI registry polled by manifest digest), check signatures when trusted keys are configured,
 //! parse and compile on a blocking thread (never on the request path), refuse a lower revision,
 //! then swap the compiled [`Policy`] into the shared handle with one `arc-swap` store. A check in
 //! flight keeps the policy it loaded; the next check sees the new one.
@@ -28,6 +28,7 @@
 
 mod base64;
 mod cache;
+pub mod oci;
 mod settle;
 mod signature;
 mod source;
@@ -52,7 +53,7 @@ pub enum Outcome {
     Swapped,
     /// Nothing changed (same bytes, HTTP 304, or same revision and digest).
     Unchanged,
-    /// YAML or validation errors.
+    /// YAML or validation errors, or an OCI artifact that is not a wardgate bundle.
     Invalid,
     /// Missing, malformed or wrong signature, or a manifest mismatch.
     Signature,
@@ -202,6 +203,8 @@ pub struct Reloader {
     handle: PolicyHandle,
     observer: Arc<dyn ReloadObserver>,
     http: Option<HttpFetcher>,
+    oci: Option<Result<oci::OciFetcher, String>>,
+    /// HTTP: the ETag of the bundle in force; OCI: its manifest digest.
     etag: Option<String>,
     /// The last bytes judged and what they came to: identical bytes are not judged (nor logged)
     /// again, but a refusal is reported again, until they change or a reload is forced.
@@ -247,13 +250,22 @@ impl Reloader {
             BundleSource::Http(url) => {
                 Some(HttpFetcher::new(url, config.http_timeout, config.max_bytes))
             }
-            BundleSource::Path(_) => None,
+            _ => None,
+        };
+        let oci = match &config.source {
+            BundleSource::Oci(text) => Some(oci::OciFetcher::new(
+                text,
+                config.http_timeout,
+                config.max_bytes,
+            )),
+            _ => None,
         };
         Reloader {
             config,
             handle,
             observer,
             http,
+            oci,
             etag: None,
             last: None,
             last_why: String::new(),
@@ -292,6 +304,14 @@ impl Reloader {
                     h.fetch(etag, self.config.trusted_keys.required()).await
                 }
                 None => Err(FetchError::Failed("no HTTP client".into())),
+            },
+            BundleSource::Oci(_) => match &mut self.oci {
+                Some(Ok(o)) => {
+                    let accepted = if force { None } else { self.etag.as_deref() };
+                    o.fetch(accepted, force).await
+                }
+                Some(Err(e)) => Err(FetchError::Failed(e.clone())),
+                None => Err(FetchError::Failed("no OCI client".into())),
             },
         };
         let mut f = match fetched {
@@ -645,7 +665,7 @@ impl Reloader {
         let (tx, mut fs_events) = tokio::sync::mpsc::channel::<()>(1);
         let _watcher = match &self.config.source {
             BundleSource::Path(p) => source::watch(p, tx),
-            BundleSource::Http(_) => None,
+            BundleSource::Http(_) | BundleSource::Oci(_) => None,
         };
         let mut hangup = self.hangup.take();
         let mut failures = 0u32;
@@ -677,17 +697,17 @@ impl Reloader {
         }
     }
 
-    /// Whether this outcome lengthens the next wait: fetch errors always; for HTTP, every
-    /// refusal (a server that keeps offering a bad bundle is not downloaded at every poll).
+    /// Whether this outcome lengthens the next wait: fetch errors always; for HTTP and OCI,
+    /// every refusal (a server that keeps offering a bad bundle is not asked at every poll).
     fn backs_off(&self, outcome: Outcome) -> bool {
         match self.config.source {
-            BundleSource::Http(_) => outcome.is_refusal(),
+            BundleSource::Http(_) | BundleSource::Oci(_) => outcome.is_refusal(),
             BundleSource::Path(_) => outcome == Outcome::FetchError,
         }
     }
 
-    /// Poll interval, doubled per consecutive failure up to the max backoff; HTTP polls are
-    /// jittered by ±20% so a fleet does not hit the bundle server in lockstep.
+    /// Poll interval, doubled per consecutive failure up to the max backoff; HTTP and OCI polls
+    /// are jittered by ±20% so a fleet does not hit the bundle server in lockstep.
     fn next_delay(&self, failures: u32) -> Duration {
         let base = self.config.poll_interval;
         let backed = base
@@ -695,7 +715,9 @@ impl Reloader {
             .unwrap_or(self.config.max_backoff)
             .min(self.config.max_backoff.max(base));
         match self.config.source {
-            BundleSource::Http(_) => backed.mul_f64(0.8 + 0.4 * fastrand::f64()),
+            BundleSource::Http(_) | BundleSource::Oci(_) => {
+                backed.mul_f64(0.8 + 0.4 * fastrand::f64())
+            }
             BundleSource::Path(_) => backed,
         }
     }

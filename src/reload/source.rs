@@ -1,5 +1,5 @@
-//! Where bundles come from: a file, a directory, or an HTTP(S) URL, fetched as raw bytes with
-//! whatever signature material sits beside them.
+//! Where bundles come from: a file, a directory, an HTTP(S) URL, or an OCI registry (fetched in
+//! [`super::oci`]), as raw bytes with whatever signature material sits beside them.
 //!
 //! This module reads and downloads, with size limits and timeouts, and it is the one place that
 //! knows how a source is shown: [`BundleSource`]'s `Display` (and every name it hands on, in
@@ -32,6 +32,9 @@ pub enum BundleSource {
     /// An `http://` or `https://` URL of one YAML file (signature at the URL's path +
     /// `.minisig`, same query).
     Http(String),
+    /// An `oci://registry/repository:tag` (or `@sha256:…`) reference to a bundle artifact;
+    /// `oci+http://` for a registry without TLS (tests). See [`super::oci`].
+    Oci(String),
 }
 
 /// `url` as it may be shown or stored: scheme, host, port and path; user-info (`user:password@`),
@@ -56,6 +59,7 @@ impl fmt::Debug for BundleSource {
         match self {
             BundleSource::Path(p) => f.debug_tuple("Path").field(p).finish(),
             BundleSource::Http(u) => f.debug_tuple("Http").field(&redact_url(u)).finish(),
+            BundleSource::Oci(u) => f.debug_tuple("Oci").field(&redact_url(u)).finish(),
         }
     }
 }
@@ -67,6 +71,9 @@ impl FromStr for BundleSource {
             s.parse::<hyper::Uri>()
                 .map_err(|e| format!("`{}` is not a valid URL: {e}", redact_url(s)))?;
             Ok(BundleSource::Http(s.to_string()))
+        } else if super::oci::is_oci(s) {
+            super::oci::OciSource::parse(s)?;
+            Ok(BundleSource::Oci(s.to_string()))
         } else if s.is_empty() {
             Err("empty bundle source".to_string())
         } else {
@@ -79,7 +86,7 @@ impl fmt::Display for BundleSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             BundleSource::Path(p) => write!(f, "{}", p.display()),
-            BundleSource::Http(u) => f.write_str(&redact_url(u)),
+            BundleSource::Http(u) | BundleSource::Oci(u) => f.write_str(&redact_url(u)),
         }
     }
 }
@@ -97,7 +104,8 @@ pub(crate) struct Fetched {
     pub(crate) manifest: Option<(Vec<u8>, Option<String>)>,
     /// Whether the bundle is a directory.
     pub(crate) is_dir: bool,
-    /// HTTP entity tag, for the next conditional request.
+    /// HTTP entity tag, for the next conditional request; for an OCI source, the manifest
+    /// digest.
     pub(crate) etag: Option<String>,
     /// Files and directories: the newest change time (ctime) of everything read, or the time of
     /// reading if something changed while it was read. `None` for HTTP.
@@ -113,6 +121,10 @@ pub(crate) enum FetchError {
     /// Over the size limit.
     #[error("{0}")]
     TooLarge(String),
+    /// What the source served is not a bundle of the kind it should hold (an OCI artifact
+    /// with unknown layers, say).
+    #[error("{0}")]
+    Invalid(String),
     /// Anything else: I/O, connection, HTTP status, timeout.
     #[error("{0}")]
     Failed(String),
@@ -124,6 +136,7 @@ impl FetchError {
         match self {
             FetchError::NotModified => super::Outcome::Unchanged,
             FetchError::TooLarge(_) => super::Outcome::TooLarge,
+            FetchError::Invalid(_) => super::Outcome::Invalid,
             FetchError::Failed(_) => super::Outcome::FetchError,
         }
     }
@@ -383,17 +396,22 @@ fn signature_url(url: &str) -> String {
 /// of the full URL (credentials and query included, so two sources never share a name, and
 /// nothing of the URL can be read back from it).
 pub(crate) fn cache_name(url: &str) -> String {
+    cache_name_with("http", url)
+}
+
+/// `<kind>-` and the first 16 hex digits of the SHA-256 of `source` (in full), `.yaml`.
+pub(crate) fn cache_name_with(kind: &str, source: &str) -> String {
     use sha2::{Digest, Sha256};
-    let hex: String = Sha256::digest(url.as_bytes())
+    let hex: String = Sha256::digest(source.as_bytes())
         .iter()
         .take(8)
         .map(|b| format!("{b:02x}"))
         .collect();
-    format!("http-{hex}.yaml")
+    format!("{kind}-{hex}.yaml")
 }
 
 /// `%XX` escapes decoded (anything malformed kept as it is).
-fn percent_decode(text: &str) -> Vec<u8> {
+pub(crate) fn percent_decode(text: &str) -> Vec<u8> {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -419,7 +437,7 @@ fn percent_decode(text: &str) -> Vec<u8> {
 /// The URL to request, without user-info, and the `Authorization: Basic` value the user-info
 /// stands for (`user:password`, percent-decoded, as curl reads it). Credentials travel in a
 /// header marked sensitive, never in the request URI, which the HTTP client logs at debug level.
-fn split_credentials(url: &str) -> (String, Option<String>) {
+pub(crate) fn split_credentials(url: &str) -> (String, Option<String>) {
     let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
         return (url.to_string(), None);
     };

@@ -43,6 +43,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per process: the size of the largest variant (serve's flags) costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve Envoy's ext_authz Check calls.

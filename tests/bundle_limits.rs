@@ -97,7 +97,9 @@ fn a_bundle_over_the_work_budget_is_refused_naming_the_rule_and_the_flag() {
     let text = e.to_string();
     assert_eq!(e.0.len(), 1, "{text}");
     assert!(
-        text.starts_with("b.yaml:5:5: rule `everyone` exceeds the compile work budget of 1000 units"),
+        text.starts_with(
+            "b.yaml:5:5: rule `everyone` exceeds the compile work budget of 1000 units"
+        ),
         "{text}"
     );
     assert!(text.contains("--max-compile-work"), "{text}");
@@ -120,7 +122,10 @@ fn a_bundle_over_the_memory_budget_is_refused_naming_the_flag() {
     let text = Policy::from_sources_within(&sources, limits)
         .expect_err("over budget")
         .to_string();
-    assert!(text.contains("exceeds the compile memory budget of 0 MiB"), "{text}");
+    assert!(
+        text.contains("exceeds the compile memory budget of 0 MiB"),
+        "{text}"
+    );
     assert!(text.contains("--max-compile-memory"), "{text}");
 }
 
@@ -199,7 +204,9 @@ fn break_glass_headers_that_proxies_set_are_refused() {
         );
         let text = errors(&yaml).to_string();
         assert!(
-            text.starts_with(&format!("b.yaml:5:11: `{header}` cannot be the break-glass header")),
+            text.starts_with(&format!(
+                "b.yaml:5:11: `{header}` cannot be the break-glass header"
+            )),
             "{header}: {text}"
         );
     }

@@ -130,7 +130,9 @@ fn name_problem(what: &str, name: &str) -> Option<String> {
             name.len()
         ))
     } else if !valid_name(name) {
-        Some(format!("{what} name `{name}` must match [a-z0-9][a-z0-9-]*"))
+        Some(format!(
+            "{what} name `{name}` must match [a-z0-9][a-z0-9-]*"
+        ))
     } else {
         None
     }
@@ -753,11 +755,10 @@ fn compile_rule(
                 let lower = hname.value.to_ascii_lowercase();
                 if let Some(problem) = header_name_problem(&hname.value) {
                     cx.err(hname, problem);
-                } else if let Some((earlier, _)) = h
-                    .0
-                    .iter()
-                    .take(headers.len())
-                    .find(|(raw, _)| raw.value.eq_ignore_ascii_case(&hname.value))
+                } else if let Some((earlier, _)) =
+                    h.0.iter()
+                        .take(headers.len())
+                        .find(|(raw, _)| raw.value.eq_ignore_ascii_case(&hname.value))
                 {
                     cx.err(
                         hname,

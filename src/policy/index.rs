@@ -219,7 +219,13 @@ impl RuleIndex {
                 }
             }
         }
-        index.wide_first(&index.by_from, &src.keys, &dst.keys, &mut best, &mut matches);
+        index.wide_first(
+            &index.by_from,
+            &src.keys,
+            &dst.keys,
+            &mut best,
+            &mut matches,
+        );
         index.wide_first(&index.by_to, &dst.keys, &src.keys, &mut best, &mut matches);
         (best != u32::MAX).then_some(best)
     }
@@ -435,8 +441,7 @@ impl IndexBuilder {
 
 impl ListBuilder {
     fn freeze(self) -> ListIndex {
-        let mut pairs =
-            PairIndex::with_capacity_and_hasher(self.pairs.len(), Default::default());
+        let mut pairs = PairIndex::with_capacity_and_hasher(self.pairs.len(), Default::default());
         pairs.extend(
             self.pairs
                 .into_iter()

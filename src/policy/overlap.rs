@@ -112,10 +112,7 @@ impl MemberTrie {
         for seg in pattern.segments() {
             let next = match seg {
                 Seg::Literal(l) => self.node(node).and_then(|n| n.literal.get(&**l).copied()),
-                Seg::Any => self
-                    .node(node)
-                    .map(|n| n.star)
-                    .filter(|&s| s != NO_NODE),
+                Seg::Any => self.node(node).map(|n| n.star).filter(|&s| s != NO_NODE),
             };
             node = match next {
                 Some(n) => n,

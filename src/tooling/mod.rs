@@ -74,7 +74,10 @@ pub(crate) fn load(path: &Path) -> Result<Policy, Exit> {
 }
 
 /// [`load`] within the compile budget of `--max-compile-work` / `--max-compile-memory`.
-pub(crate) fn load_within(path: &Path, limits: crate::policy::CompileLimits) -> Result<Policy, Exit> {
+pub(crate) fn load_within(
+    path: &Path,
+    limits: crate::policy::CompileLimits,
+) -> Result<Policy, Exit> {
     Policy::from_path_within(path, limits).map_err(|errors| {
         for d in errors.iter() {
             tell!("{d}");

@@ -137,7 +137,9 @@ fn wide_trie_levels_still_find_every_child() {
 #[test]
 fn a_rule_naming_thousands_of_sources_and_destinations_stays_linear() {
     let n = 4_000;
-    let patterns: Vec<Pattern> = (0..n).map(|i| id(&format!("spiffe://td/sa/w{i}"))).collect();
+    let patterns: Vec<Pattern> = (0..n)
+        .map(|i| id(&format!("spiffe://td/sa/w{i}")))
+        .collect();
     let mut b = IndexBuilder::new(0);
     b.rule(
         RuleList::Allow,
@@ -191,7 +193,9 @@ fn a_rule_naming_thousands_of_sources_and_destinations_stays_linear() {
 fn wide_and_narrow_rules_agree_with_brute_force() {
     let ids: Vec<String> = (0..12).map(|i| format!("/ns/n{}/sa/s{i}", i % 3)).collect();
     let exact: Vec<Pattern> = ids.iter().map(|p| id(&format!("spiffe://td{p}"))).collect();
-    let ns: Vec<Pattern> = (0..3).map(|n| id(&format!("spiffe://td/ns/n{n}/**"))).collect();
+    let ns: Vec<Pattern> = (0..3)
+        .map(|n| id(&format!("spiffe://td/ns/n{n}/**")))
+        .collect();
     let star = id("spiffe://td/ns/*/sa/s4");
     // Segment 0 holds namespace n0.
     let in_segment = |i: usize| i % 3 == 0;
@@ -240,7 +244,12 @@ fn wide_and_narrow_rules_agree_with_brute_force() {
         } else {
             RuleList::Deny
         };
-        b.rule(list, r as u32, from.iter().map(sel), to.as_ref().map(|t| t.iter().map(sel)));
+        b.rule(
+            list,
+            r as u32,
+            from.iter().map(sel),
+            to.as_ref().map(|t| t.iter().map(sel)),
+        );
     }
     let index = b.finish();
     for s in 0..12 {

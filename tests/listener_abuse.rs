@@ -153,7 +153,7 @@ async fn idle_connections_neither_delay_a_real_handshake_nor_flood_the_log() {
     let log_start = served.log().len();
 
     // 300 TCP connections that never send a byte, each reopened when wardgate closes it.
-    let stop = Instant::now() + Duration::from_secs(14);
+    let stop = Instant::now() + Duration::from_millis(16_500);
     let mut idlers = Vec::new();
     for _ in 0..300 {
         let addr = served.listen;
@@ -197,7 +197,7 @@ async fn idle_connections_neither_delay_a_real_handshake_nor_flood_the_log() {
     let log = served.log();
     let warnings = lines_with(&log, log_start, "WARN");
     eprintln!(
-        "FIGURE idle connections closed by wardgate in 14 s: {}, longest held {:?}; warning lines: {warnings}",
+        "FIGURE idle connections closed by wardgate in 16.5 s: {}, longest held {:?}; warning lines: {warnings}",
         closes.len(),
         closes.iter().max()
     );
@@ -210,10 +210,14 @@ async fn idle_connections_neither_delay_a_real_handshake_nor_flood_the_log() {
     );
     // ... and the hundreds of timeouts make a handful of lines that count the rest.
     assert!(warnings <= 6, "{warnings} warning lines:\n{log}");
-    assert!(
-        lines_with(&log, log_start, "more not shown") >= 1,
-        "no line counts the suppressed ones:\n{log}"
-    );
+    let counted: u64 = log
+        .get(log_start..)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split("suppressed=").nth(1)?.split(' ').next()?.parse::<u64>().ok())
+        .sum();
+    eprintln!("FIGURE warnings left out and counted in those lines: {counted}");
+    assert!(counted >= 300, "the lines count what they leave out:\n{log}");
 }
 
 /// Open `n` connections to `addr`, each sending `head` and then nothing.

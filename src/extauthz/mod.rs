@@ -6,7 +6,9 @@
 //! ([`Policy::decide_stated`] under one `arc-swap` guard of the policy), shadow (the candidate
 //! bundle's view, compared and counted, never answered), record (debug line, the audited
 //! break-glass warning, metrics and the decision log through [`Telemetry`]), render
-//! (`response`: the `CheckResponse`). The forwarded-certificate decoding cache is `certs`.
+//! (`response`: the `CheckResponse`). The forwarded-certificate decoding cache is `certs`;
+//! the gRPC method itself, whose codec turns an undecodable CheckRequest into a denial rather
+//! than an error, is `wire` ([`CheckServer`]).
 //! [`AuthzConfig`] holds what a Check needs beyond the policy; the listener, health and drain
 //! settings belong to the gRPC server ([`crate::grpc::ServerConfig`]).
 //!
@@ -21,6 +23,7 @@ mod request;
 mod response;
 #[cfg(test)]
 pub(crate) mod tests;
+mod wire;
 
 use std::fmt;
 use std::sync::Arc;
@@ -34,7 +37,9 @@ use crate::shadow::Shadow;
 use crate::telemetry::{CheckEvent, Telemetry};
 use crate::trust::TrustHandle;
 
+pub use certs::MAX_FORWARDED_CERTIFICATE;
 pub use response::{BREAK_GLASS_HEADER, HEADER_PREFIX, REASON_HEADER, RULE_HEADER};
+pub use wire::{CheckServer, MAX_CHECK_REQUEST_BYTES};
 
 /// What the adapter needs for a Check beyond the policy: the settings that do not come from
 /// the bundle.

@@ -208,10 +208,7 @@ async fn set_health(reporter: &HealthReporter, serving: bool) {
     };
     reporter.set_service_status("", status).await;
     reporter
-        .set_service_status(
-            <CheckServer as NamedService>::NAME,
-            status,
-        )
+        .set_service_status(<CheckServer as NamedService>::NAME, status)
         .await;
 }
 

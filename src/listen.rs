@@ -324,7 +324,11 @@ mod tests {
     }
 
     /// A task that holds `slot` (or gives it back at once) and never ends by itself.
-    fn idle(slot: Slot, give_back: bool, joins: &mut Vec<tokio::task::JoinHandle<()>>) -> AbortHandle {
+    fn idle(
+        slot: Slot,
+        give_back: bool,
+        joins: &mut Vec<tokio::task::JoinHandle<()>>,
+    ) -> AbortHandle {
         let task = tokio::spawn(async move {
             let held = (!give_back).then_some(slot);
             std::future::pending::<()>().await;

@@ -24,8 +24,9 @@
 //! handshake instead of waiting ([`ConnectionSlots`]), so idle connections only recycle slots
 //! among themselves while Envoy's handshake, which takes milliseconds, goes through at once.
 //! When `accept` fails (out of file descriptors), the oldest handshake is dropped to free one.
-//! Refusals, timeouts and drops are debug lines each and warnings at most once per kind per
-//! 10 s ([`Throttle`]), each warning counting the ones left out (`suppressed=N`).
+//! Refusals, timeouts and drops are debug lines each, and warnings at most once per kind per
+//! 10 s (refusals of callers: five) ([`Throttle`]), each counting the ones left out
+//! (`suppressed=N`).
 //!
 //! Session resumption is off (no session cache, no tickets): every connection is a full
 //! handshake, so every caller is verified against the bundles and allowlist in force and every
@@ -64,7 +65,7 @@ use crate::identity;
 use crate::listen::ConnectionSlots;
 use crate::policy::Pattern;
 use crate::svid::Identity;
-use crate::telemetry::throttle::Throttle;
+use crate::telemetry::throttle::{Throttle, WARNING_INTERVAL};
 use crate::trust::TrustBundles;
 
 /// How long a TLS handshake may take, from `accept` to a verified caller, before the
@@ -469,14 +470,30 @@ impl Default for HandshakeLimits {
     }
 }
 
+/// Refusals of callers written per [`WARNING_INTERVAL`]: a few, since distinct misconfigured
+/// callers are what an operator looks for; the other kinds get one line.
+const REFUSALS_PER_INTERVAL: u32 = 5;
+
 /// The listener's warnings a caller can repeat at will, one [`Throttle`] per kind.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Warnings {
     refused: Throttle,
     abandoned: Throttle,
     timed_out: Throttle,
     dropped: Throttle,
     accept_failed: Throttle,
+}
+
+impl Default for Warnings {
+    fn default() -> Self {
+        Warnings {
+            refused: Throttle::new(WARNING_INTERVAL, REFUSALS_PER_INTERVAL),
+            abandoned: Throttle::default(),
+            timed_out: Throttle::default(),
+            dropped: Throttle::default(),
+            accept_failed: Throttle::default(),
+        }
+    }
 }
 
 /// Accept connections on `listener`, handshake each with `config` on its own task within

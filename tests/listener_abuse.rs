@@ -49,7 +49,9 @@ struct Served {
 
 impl Served {
     async fn start() -> Result<Served, BoxError> {
-        let dir = tempfile::Builder::new().prefix("wardgate-abuse-").tempdir()?;
+        let dir = tempfile::Builder::new()
+            .prefix("wardgate-abuse-")
+            .tempdir()?;
         let mut pki = Pki::generate(&dir.path().join("pki"))?;
         let own = issue_wardgate_svid(&mut pki, "wardgate")?;
         let bundle = dir.path().join("hospital-ca.pem");
@@ -214,10 +216,20 @@ async fn idle_connections_neither_delay_a_real_handshake_nor_flood_the_log() {
         .get(log_start..)
         .unwrap_or_default()
         .lines()
-        .filter_map(|l| l.split("suppressed=").nth(1)?.split(' ').next()?.parse::<u64>().ok())
+        .filter_map(|l| {
+            l.split("suppressed=")
+                .nth(1)?
+                .split(' ')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
         .sum();
     eprintln!("FIGURE warnings left out and counted in those lines: {counted}");
-    assert!(counted >= 300, "the lines count what they leave out:\n{log}");
+    assert!(
+        counted >= 300,
+        "the lines count what they leave out:\n{log}"
+    );
 }
 
 /// Open `n` connections to `addr`, each sending `head` and then nothing.
@@ -249,6 +261,17 @@ async fn slow_admin_requests_neither_starve_grpc_nor_hold_memory() {
     );
     drop(slow);
 
+    // A request head over the limit is answered 431, not buffered.
+    let mut big = TcpStream::connect(served.admin).await.expect("connect");
+    let mut head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nx-filler: ".to_vec();
+    head.resize(12 * 1024, b'a');
+    head.extend_from_slice(b"\r\n\r\n");
+    let _ = big.write_all(&head).await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), big.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+
     // 2,000 header blocks of 320 KB that never end.
     let before = served.memory_kib("VmRSS");
     let mut line = b"GET /metrics HTTP/1.1\r\nx-filler: ".to_vec();
@@ -261,8 +284,8 @@ async fn slow_admin_requests_neither_starve_grpc_nor_hold_memory() {
             let mut held = Vec::new();
             for _ in 0..200 {
                 if let Ok(mut tcp) = TcpStream::connect(addr).await {
-                    let _ = tokio::time::timeout(Duration::from_secs(2), tcp.write_all(&line))
-                        .await;
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(2), tcp.write_all(&line)).await;
                     held.push(tcp);
                 }
             }
@@ -294,11 +317,7 @@ async fn slow_admin_requests_neither_starve_grpc_nor_hold_memory() {
 /// `check_request()` with the forwarded certificate `text`.
 fn with_certificate(text: String) -> CheckRequest {
     let mut request = check_request();
-    if let Some(source) = request
-        .attributes
-        .as_mut()
-        .and_then(|a| a.source.as_mut())
-    {
+    if let Some(source) = request.attributes.as_mut().and_then(|a| a.source.as_mut()) {
         source.certificate = text;
     }
     request
@@ -444,7 +463,9 @@ fn corrupt(mut bytes: Vec<u8>, what: &[u8]) -> Vec<u8> {
 async fn undecodable_check_requests_are_denied_with_a_reason() {
     let served = Served::start().await.expect("start");
     let valid = check_request().encode_to_vec();
-    let allowed = send_raw(&served, valid.clone()).await.expect("the valid one");
+    let allowed = send_raw(&served, valid.clone())
+        .await
+        .expect("the valid one");
     assert!(is_allow(&allowed));
 
     // Invalid UTF-8 in the source principal, in the path, in the method: each a denial.
@@ -471,9 +492,15 @@ async fn undecodable_check_requests_are_denied_with_a_reason() {
     // Over the 4 MiB message limit: refused before it is read, as a gRPC error.
     let huge = with_certificate("A".repeat(5 * 1024 * 1024)).encode_to_vec();
     let status = send_raw(&served, huge).await.expect_err("over the limit");
-    eprintln!("FIGURE over-limit CheckRequest: {:?} {}", status.code(), status.message());
+    eprintln!(
+        "FIGURE over-limit CheckRequest: {:?} {}",
+        status.code(),
+        status.message()
+    );
     assert_eq!(status.code(), tonic::Code::OutOfRange, "{status:?}");
 
     // And the listener goes on answering.
-    assert!(is_allow(&send_raw(&served, valid).await.expect("valid again")));
+    assert!(is_allow(
+        &send_raw(&served, valid).await.expect("valid again")
+    ));
 }

@@ -219,7 +219,10 @@ mod tests {
         assert_eq!(cache_usage(), before, "nothing remembered");
         // At the limit it is read (and, being garbage, remembered as unreadable).
         let at_limit = "A".repeat(MAX_FORWARDED_CERTIFICATE);
-        assert!(matches!(cached_certificate(&at_limit).as_deref(), Ok(Err(_))));
+        assert!(matches!(
+            cached_certificate(&at_limit).as_deref(),
+            Ok(Err(_))
+        ));
         assert_eq!(cache_usage().0, before.0 + 1);
         assert!(cache_usage().1 >= before.1 + MAX_FORWARDED_CERTIFICATE);
     }
@@ -239,7 +242,10 @@ mod tests {
             most = most.max(bytes);
         }
         // The accounting counts the texts: the cache filled up to the bound before starting over.
-        assert!(most > CERT_CACHE_BYTES - 2 * MAX_FORWARDED_CERTIFICATE, "{most}");
+        assert!(
+            most > CERT_CACHE_BYTES - 2 * MAX_FORWARDED_CERTIFICATE,
+            "{most}"
+        );
         // Many small ones: bounded in entries.
         for i in 0..2 * CERT_CACHE_ENTRIES {
             assert!(cached_certificate(&format!("x{i}")).is_ok());

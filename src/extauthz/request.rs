@@ -4,8 +4,8 @@
 //! copies on the way in), fills in the pinned destination principal when Envoy sends none,
 //! takes the request time once, decodes the forwarded peer certificate through the per-thread
 //! cache ([`super::certs`], which refuses one over its size limit unread) and, with
-//! `--verify-chain`, checks it against its trust domain's
-//! bundle, and picks the request id the decision log may carry. It must never decide anything
+//! `--verify-chain`, checks it against its trust domain's bundle, and picks the request id the
+//! decision log may carry. It must never decide anything
 //! (a field it cannot read becomes an absent or unreadable value that `decide` judges), never
 //! read the policy, and never panic or unwrap on anything that came over the network.
 

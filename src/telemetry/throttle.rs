@@ -1,5 +1,6 @@
-//! Rate-limited warnings: one log line per kind of event per interval, however often the event
-//! happens, with the number of lines left out since the previous one.
+//! Rate-limited warnings: a few log lines per kind of event per interval (one, unless a burst is
+//! asked for), however often the event happens, with the number of lines left out since the
+//! previous one.
 //!
 //! Anyone who can open a TCP connection can make a listener fail a handshake or a request
 //! thousands of times a second; a warning per event would flood the log and its disk. Each
@@ -18,24 +19,29 @@ pub const WARNING_INTERVAL: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub struct Throttle {
     interval: Duration,
+    burst: u32,
     state: Mutex<State>,
 }
 
 #[derive(Debug, Default)]
 struct State {
-    /// When the last line was admitted.
-    last: Option<Instant>,
-    /// Events since then that were not admitted.
+    /// When the current interval began (its first line).
+    window: Option<Instant>,
+    /// Lines admitted in the current interval.
+    written: u32,
+    /// Events not admitted since the last line.
     suppressed: u64,
 }
 
 impl Throttle {
-    /// At most one line per `interval`.
-    pub const fn new(interval: Duration) -> Throttle {
+    /// At most `burst` lines (at least one) per `interval`.
+    pub const fn new(interval: Duration, burst: u32) -> Throttle {
         Throttle {
             interval,
+            burst: if burst == 0 { 1 } else { burst },
             state: Mutex::new(State {
-                last: None,
+                window: None,
+                written: 0,
                 suppressed: 0,
             }),
         }
@@ -53,11 +59,15 @@ impl Throttle {
             .state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let due = state
-            .last
-            .is_none_or(|last| now.saturating_duration_since(last) >= self.interval);
-        if due {
-            state.last = Some(now);
+        let new_window = state
+            .window
+            .is_none_or(|start| now.saturating_duration_since(start) >= self.interval);
+        if new_window {
+            state.window = Some(now);
+            state.written = 0;
+        }
+        if state.written < self.burst {
+            state.written += 1;
             Some(std::mem::take(&mut state.suppressed))
         } else {
             state.suppressed = state.suppressed.saturating_add(1);
@@ -67,8 +77,9 @@ impl Throttle {
 }
 
 impl Default for Throttle {
+    /// One line per [`WARNING_INTERVAL`].
     fn default() -> Self {
-        Throttle::new(WARNING_INTERVAL)
+        Throttle::new(WARNING_INTERVAL, 1)
     }
 }
 
@@ -78,7 +89,7 @@ mod tests {
 
     #[test]
     fn one_line_per_interval_counting_the_rest() {
-        let throttle = Throttle::new(Duration::from_secs(10));
+        let throttle = Throttle::new(Duration::from_secs(10), 1);
         let start = Instant::now();
         assert_eq!(throttle.admit_at(start), Some(0));
         let mut admitted = Vec::new();
@@ -91,12 +102,30 @@ mod tests {
         }
         // Five lines in 50 s (the first and one per 10 s), each counting ~255 left out.
         assert_eq!(admitted.len(), 4, "{admitted:?}");
-        assert!(admitted.iter().all(|n| (200..300).contains(n)), "{admitted:?}");
+        assert!(
+            admitted.iter().all(|n| (200..300).contains(n)),
+            "{admitted:?}"
+        );
         // After a quiet interval, the next line comes at once and counts the rest: every
         // event is either a line or counted in one.
         let later = start + Duration::from_secs(120);
         let rest = throttle.admit_at(later).expect("due");
         assert_eq!(admitted.iter().sum::<u64>() + rest + 5, 1_279);
         assert_eq!(throttle.admit_at(later + Duration::from_secs(11)), Some(0));
+    }
+
+    #[test]
+    fn a_burst_lets_a_few_distinct_events_through() {
+        let throttle = Throttle::new(Duration::from_secs(10), 3);
+        let start = Instant::now();
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        assert_eq!(throttle.admit_at(at(0)), Some(0));
+        assert_eq!(throttle.admit_at(at(100)), Some(0));
+        assert_eq!(throttle.admit_at(at(200)), Some(0));
+        assert_eq!(throttle.admit_at(at(300)), None);
+        assert_eq!(throttle.admit_at(at(9_000)), None);
+        // The next interval: its first line counts the two left out.
+        assert_eq!(throttle.admit_at(at(10_000)), Some(2));
+        assert_eq!(throttle.admit_at(at(10_100)), Some(0));
     }
 }

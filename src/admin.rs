@@ -8,7 +8,11 @@
 //! | `/v1/bundle` | the bundle in force as JSON: revision, digest, source, loaded at, counts |
 //! | `/v1/rules`  | every rule with its file, line, hit count and last-hit time, as JSON |
 //!
-//! Plain HTTP/1.1 (hyper), GET and HEAD only, loopback by default. Nothing here decides a
+//! Plain HTTP/1.1 (hyper), GET and HEAD only, loopback by default. Every cost a client can
+//! impose is bounded: at most [`MAX_CONNECTIONS`] open connections (a newcomer beyond them
+//! drops the oldest, see [`ConnectionSlots`]), request headers of at most
+//! [`MAX_HEADER_BYTES`] (`431` beyond) read within [`HEADER_READ_TIMEOUT`], and repeated
+//! warnings throttled ([`Throttle`]). Nothing here decides a
 //! request or changes state; it reads the [`Telemetry`] and the [`PolicyHandle`], and binds
 //! through [`crate::listen`] like the gRPC server. It must never serve on an address the
 //! operator did not give, never hold up shutdown for longer than [`SHUTDOWN_GRACE`], and never
@@ -34,8 +38,9 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::extauthz::Mode;
-use crate::listen::{ListenAddr, ListenAddrError, ListenError, Listener};
+use crate::listen::{ConnectionSlots, ListenAddr, ListenAddrError, ListenError, Listener};
 use crate::policy::PolicyHandle;
+use crate::telemetry::throttle::Throttle;
 use crate::telemetry::{BundleInfo, RuleUsage, Telemetry};
 
 /// Default admin address: loopback, next to Envoy's customary admin port 9901.
@@ -44,8 +49,18 @@ pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:9902";
 /// How long open admin connections may take to finish after shutdown.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// Longest wait for a request's headers on an admin connection.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait for a request's headers on an admin connection (also how long an idle
+/// keep-alive connection stays open): 5 s.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Open admin connections at once: 64. Probes and a Prometheus scrape need a handful.
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// Largest request head (request line and headers) read: 8 KiB; beyond it the answer is `431`.
+pub const MAX_HEADER_BYTES: usize = 8 * 1024;
+
+/// Largest read buffer of a connection (hyper's minimum, twice the head limit): 16 KiB.
+const MAX_READ_BUFFER: usize = 16 * 1024;
 
 /// `--admin`: where the admin listener serves, or `off`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -139,31 +154,58 @@ impl AdminListener {
     }
 
     /// Serve until `shutdown` completes; then stop accepting, give open connections
-    /// [`SHUTDOWN_GRACE`] to finish their current request, and return.
+    /// [`SHUTDOWN_GRACE`] to finish their current request, and return. At most
+    /// [`MAX_CONNECTIONS`] connections are open at once: a newcomer beyond them drops the
+    /// oldest (see [`ConnectionSlots`]).
     pub async fn serve(self, state: AdminState, shutdown: impl Future<Output = ()>) {
         let state = Arc::new(state);
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut connections = JoinSet::new();
+        let mut slots = ConnectionSlots::new(MAX_CONNECTIONS);
+        let (dropped_warning, accept_warning) = (Throttle::default(), Throttle::default());
         let mut shutdown = std::pin::pin!(shutdown);
         tracing::info!(admin = %self.addr, "serving admin endpoints (/metrics /healthz /readyz /v1/bundle /v1/rules)");
         loop {
-            tokio::select! {
+            let stream = tokio::select! {
                 () = &mut shutdown => break,
-                Some(_) = connections.join_next(), if !connections.is_empty() => {}
-                accepted = accept(&self.inner) => match accepted {
-                    Ok(Accepted::Tcp(stream)) => {
-                        let _ = stream.set_nodelay(true);
-                        connections.spawn(connection(stream, Arc::clone(&state), stop_rx.clone()));
+                Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+                accepted = accept(&self.inner) => accepted,
+            };
+            let stream = match stream {
+                Ok(stream) => stream,
+                Err(error) => {
+                    // Out of file descriptors and the like: the oldest connection gives its
+                    // back; with none to drop, back off instead of spinning.
+                    let freed = slots.drop_oldest();
+                    if let Some(suppressed) = accept_warning.admit() {
+                        tracing::warn!(%error, dropped_a_connection = freed, suppressed, "admin listener cannot accept");
                     }
-                    Ok(Accepted::Unix(stream)) => {
-                        connections.spawn(connection(stream, Arc::clone(&state), stop_rx.clone()));
+                    let pause = if freed { 5 } else { 50 };
+                    tokio::time::sleep(Duration::from_millis(pause)).await;
+                    continue;
+                }
+            };
+            let (state, stop) = (Arc::clone(&state), stop_rx.clone());
+            let dropped = slots.admit(|slot| {
+                connections.spawn(async move {
+                    let _slot = slot;
+                    match stream {
+                        Accepted::Tcp(stream) => {
+                            let _ = stream.set_nodelay(true);
+                            connection(stream, state, stop).await;
+                        }
+                        Accepted::Unix(stream) => connection(stream, state, stop).await,
                     }
-                    Err(error) => {
-                        // Out of file descriptors and the like: back off instead of spinning.
-                        tracing::warn!(%error, "admin listener cannot accept");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                },
+                })
+            });
+            if dropped {
+                if let Some(suppressed) = dropped_warning.admit() {
+                    tracing::warn!(
+                        max_connections = MAX_CONNECTIONS,
+                        suppressed,
+                        "too many admin connections: dropped the oldest"
+                    );
+                }
             }
         }
         self.inner.remove_socket_file();
@@ -203,6 +245,8 @@ where
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_header_size(MAX_HEADER_BYTES)
+        .max_buf_size(MAX_READ_BUFFER)
         .serve_connection(TokioIo::new(io), service);
     let mut conn = std::pin::pin!(conn);
     tokio::select! {

@@ -20,13 +20,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 use tonic::server::NamedService;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 
-use crate::extauthz::{AuthzConfig, AuthzService};
+use crate::extauthz::{AuthzConfig, AuthzService, CheckServer};
 use crate::listen::{self, ListenAddr, ListenError, Listener};
 use crate::policy::PolicyHandle;
 use crate::tls::TlsConnectInfo;
@@ -127,8 +126,9 @@ pub async fn run(
 
 /// Like [`run`], on TCP with mutual TLS: every connection is handshaken with `tls` (see
 /// [`crate::tls::server_config`]: wardgate's current SVID, callers verified against their
-/// trust domain's bundle and an allow-list) before gRPC sees it. A refused caller gets a TLS
-/// alert and a warning line in the log, never a Check answer.
+/// trust domain's bundle and an allow-list) before gRPC sees it, within the default
+/// [`crate::tls::HandshakeLimits`]. A refused caller gets a TLS alert and a (throttled) warning
+/// line in the log, never a Check answer.
 pub async fn run_tls(
     addr: SocketAddr,
     tls: Arc<rustls::ServerConfig>,
@@ -146,7 +146,7 @@ pub async fn run_tls(
         Reflection::Only(config.reflection_allow.iter().cloned().collect())
     };
     serve_incoming(
-        crate::tls::incoming(listener, tls),
+        crate::tls::incoming(listener, tls, crate::tls::HandshakeLimits::default()),
         policy,
         config,
         reflection,
@@ -186,7 +186,8 @@ where
         config.health_poll_interval,
         serving,
     ));
-    let authz = AuthorizationServer::new(AuthzService::new(policy, config.authz));
+    // Not the generated server: this one answers an undecodable CheckRequest with a denial.
+    let authz = CheckServer::new(AuthzService::new(policy, config.authz));
     let mut router = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         // Envoy keeps a few long-lived HTTP/2 connections and multiplexes Checks over them;
@@ -302,10 +303,7 @@ async fn set_health(reporter: &HealthReporter, serving: bool) {
     };
     reporter.set_service_status("", status).await;
     reporter
-        .set_service_status(
-            <AuthorizationServer<AuthzService> as NamedService>::NAME,
-            status,
-        )
+        .set_service_status(<CheckServer as NamedService>::NAME, status)
         .await;
 }
 

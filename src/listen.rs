@@ -1,19 +1,27 @@
 //! Where wardgate listens: the `unix:/path` / `host:port` address syntax ([`ListenAddr`]) and the
 //! binding of such an address ([`Listener`]), shared by the gRPC server ([`crate::grpc`]) and
-//! the admin listener ([`crate::admin`]).
+//! the admin listener ([`crate::admin`]), and the cap on the connections a listener works on at
+//! once ([`ConnectionSlots`], shared by the mTLS handshakes and the admin listener).
 //!
 //! This module owns the rules for a Unix socket file: never steal a socket another live server
 //! accepts on, replace a stale one left by a crashed process, never remove anything that is not
 //! a socket, set the permission bits right after `bind`, and remove the file again on the way
-//! out. It must never serve, accept or read a connection (that is the job of the server that
-//! owns the listener), and never bind an address the operator did not give.
+//! out; and the rule that a full listener makes room by dropping its oldest connection rather
+//! than by refusing newcomers. It must never serve, accept or read a connection (that is the
+//! job of the server that owns the listener), and never bind an address the operator did not
+//! give.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use tokio::task::AbortHandle;
 
 /// Where a listener listens: `unix:/path/to.sock` or `host:port`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -206,6 +214,93 @@ pub fn remove_socket_file(path: &Path) {
     }
 }
 
+/// The connections one listener works on at once (handshakes in progress, open admin
+/// connections), oldest first, with a fixed capacity.
+///
+/// A listener that stopped accepting at its cap would let anybody who opens that many idle
+/// connections lock everybody else out until they time out. Instead, a newcomer always gets a
+/// slot: when all are taken, the oldest connection is dropped (its task aborted, its socket
+/// closed). An idle flood then only recycles slots among its own connections, and a real
+/// caller, whose handshake or request takes milliseconds, is only dropped if `capacity` newer
+/// connections arrive within those milliseconds. Dropping the oldest also frees a file
+/// descriptor when `accept` fails for lack of them ([`ConnectionSlots::drop_oldest`]).
+#[derive(Debug)]
+pub struct ConnectionSlots {
+    capacity: usize,
+    held: VecDeque<(AbortHandle, Arc<AtomicBool>)>,
+}
+
+/// Held by a connection's task while it counts against its listener's cap; dropping it (or the
+/// task ending) gives the slot back.
+#[derive(Debug)]
+pub struct Slot(Arc<AtomicBool>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
+impl ConnectionSlots {
+    /// Room for `capacity` connections (at least one).
+    pub fn new(capacity: usize) -> ConnectionSlots {
+        ConnectionSlots {
+            capacity: capacity.max(1),
+            held: VecDeque::new(),
+        }
+    }
+
+    /// Start a connection's task with `spawn`, which receives the [`Slot`] to hold and returns
+    /// the task's abort handle. Returns whether the oldest connection was dropped for it.
+    pub fn admit(&mut self, spawn: impl FnOnce(Slot) -> AbortHandle) -> bool {
+        self.forget_finished();
+        let dropped = self.held.len() >= self.capacity && self.drop_oldest();
+        let released = Arc::new(AtomicBool::new(false));
+        let handle = spawn(Slot(Arc::clone(&released)));
+        self.held.push_back((handle, released));
+        dropped
+    }
+
+    /// Drop the oldest connection still held; `false` when there is none.
+    pub fn drop_oldest(&mut self) -> bool {
+        self.forget_finished();
+        match self.held.pop_front() {
+            Some((handle, _)) => {
+                handle.abort();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// How many connections hold a slot.
+    pub fn len(&mut self) -> usize {
+        self.held.retain(|entry| !gone(entry));
+        self.held.len()
+    }
+
+    /// Whether no connection holds a slot.
+    pub fn is_empty(&mut self) -> bool {
+        self.len() == 0
+    }
+
+    /// Forget connections that ended or gave their slot back: from the front always (cheap),
+    /// everywhere when the slots look full.
+    fn forget_finished(&mut self) {
+        while self.held.front().is_some_and(gone) {
+            self.held.pop_front();
+        }
+        if self.held.len() >= self.capacity {
+            self.held.retain(|entry| !gone(entry));
+        }
+    }
+}
+
+/// Whether a held connection no longer counts.
+fn gone((handle, released): &(AbortHandle, Arc<AtomicBool>)) -> bool {
+    handle.is_finished() || released.load(Ordering::Acquire)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -226,5 +321,50 @@ mod tests {
         assert!("unix:".parse::<ListenAddr>().is_err());
         assert!("nonsense".parse::<ListenAddr>().is_err());
         assert!("example.com:80".parse::<ListenAddr>().is_err());
+    }
+
+    /// A task that holds `slot` (or gives it back at once) and never ends by itself.
+    fn idle(
+        slot: Slot,
+        give_back: bool,
+        joins: &mut Vec<tokio::task::JoinHandle<()>>,
+    ) -> AbortHandle {
+        let task = tokio::spawn(async move {
+            let held = (!give_back).then_some(slot);
+            std::future::pending::<()>().await;
+            drop(held);
+        });
+        let handle = task.abort_handle();
+        joins.push(task);
+        handle
+    }
+
+    #[tokio::test]
+    async fn a_full_listener_drops_its_oldest_connection() {
+        let mut joins = Vec::new();
+        let mut slots = ConnectionSlots::new(2);
+        assert!(!slots.drop_oldest(), "nothing to drop");
+        assert!(!slots.admit(|s| idle(s, false, &mut joins)));
+        assert!(!slots.admit(|s| idle(s, false, &mut joins)));
+        assert_eq!(slots.len(), 2);
+        // The third newcomer gets a slot: the first connection is dropped for it.
+        assert!(slots.admit(|s| idle(s, false, &mut joins)));
+        assert_eq!(slots.len(), 2);
+        let first = joins.remove(0);
+        assert!(first.await.unwrap_err().is_cancelled());
+        assert!(joins.iter().all(|j| !j.is_finished()));
+
+        // A connection that gave its slot back no longer counts and is never dropped.
+        let mut slots = ConnectionSlots::new(1);
+        let mut released = Vec::new();
+        assert!(!slots.admit(|s| idle(s, true, &mut released)));
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(slots.is_empty());
+        assert!(!slots.admit(|s| idle(s, false, &mut released)));
+        tokio::task::yield_now().await;
+        assert!(released.iter().all(|j| !j.is_finished()));
+        for join in joins.iter().chain(&released) {
+            join.abort();
+        }
     }
 }

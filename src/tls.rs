@@ -13,11 +13,20 @@
 //!   hospital ID), from the same bundles as forwarded-chain verification; then matches the ID
 //!   against the [`AllowList`] (bundle pattern syntax: `spiffe://td/ns/*/sa/envoy`,
 //!   `spiffe://td/**`);
-//! * [`incoming`]: accepts TCP connections, runs each handshake on its own task with a time
-//!   limit, and hands only completed handshakes to tonic, as [`TlsConn`] with the caller's
-//!   SPIFFE ID in its connect info. A refused handshake is one warning line naming the peer
-//!   address and the reason; the caller gets a TLS alert, never a gRPC answer, let alone a
-//!   decision.
+//! * [`incoming`]: accepts TCP connections, runs each handshake on its own task within
+//!   [`HandshakeLimits`], and hands only completed handshakes to tonic, as [`TlsConn`] with the
+//!   caller's SPIFFE ID in its connect info. A refused handshake gets a TLS alert, never a gRPC
+//!   answer, let alone a decision.
+//!
+//! Handshakes are bounded so that nobody who can open TCP connections can hold a real caller
+//! back: each has [`HANDSHAKE_TIMEOUT`] (3 s) from `accept` to a verified caller, and at most
+//! [`MAX_PENDING_HANDSHAKES`] (512) are in progress; a connection beyond them drops the oldest
+//! handshake instead of waiting ([`ConnectionSlots`]), so idle connections only recycle slots
+//! among themselves while Envoy's handshake, which takes milliseconds, goes through at once.
+//! When `accept` fails (out of file descriptors), the oldest handshake is dropped to free one.
+//! Refusals, timeouts and drops are debug lines each, and warnings at most once per kind per
+//! 10 s (refusals of callers: five) ([`Throttle`]), each counting the ones left out
+//! (`suppressed=N`).
 //!
 //! Session resumption is off (no session cache, no tickets): every connection is a full
 //! handshake, so every caller is verified against the bundles and allowlist in force and every
@@ -53,15 +62,20 @@ use tokio_stream::Stream;
 use x509_parser::prelude::{FromDer, GeneralName, ParsedExtension, X509Certificate};
 
 use crate::identity;
+use crate::listen::ConnectionSlots;
 use crate::policy::Pattern;
 use crate::svid::Identity;
+use crate::telemetry::throttle::{Throttle, WARNING_INTERVAL};
 use crate::trust::TrustBundles;
 
-/// How long a TLS handshake may take before the connection is dropped.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a TLS handshake may take, from `accept` to a verified caller, before the
+/// connection is closed: 3 s. Envoy completes its handshake in milliseconds (and gives up on a
+/// Check after 0.5 s by default); the slack covers a loaded node, not an idle connection.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Handshakes in progress at once; further connections wait to be accepted.
-const MAX_PENDING_HANDSHAKES: usize = 256;
+/// Handshakes in progress at once: 512. A connection beyond them drops the oldest handshake.
+/// A pending handshake holds a file descriptor and a few KiB of buffers.
+pub const MAX_PENDING_HANDSHAKES: usize = 512;
 
 /// The SPIFFE IDs allowed to call, as patterns in the bundle syntax.
 #[derive(Debug, Clone)]
@@ -110,12 +124,16 @@ impl fmt::Display for AllowList {
 #[derive(Debug)]
 pub struct SvidResolver {
     identity: Arc<Identity>,
+    no_svid: Throttle,
 }
 
 impl SvidResolver {
     /// A resolver reading `identity`.
     pub fn new(identity: Arc<Identity>) -> SvidResolver {
-        SvidResolver { identity }
+        SvidResolver {
+            identity,
+            no_svid: Throttle::default(),
+        }
     }
 }
 
@@ -124,7 +142,12 @@ impl ResolvesServerCert for SvidResolver {
         // `None` aborts the handshake: no SVID yet, or withdrawn.
         let svid = self.identity.svid();
         if svid.is_none() {
-            tracing::warn!("no SVID of wardgate's own in force (yet): refusing the handshake");
+            if let Some(suppressed) = self.no_svid.admit() {
+                tracing::warn!(
+                    suppressed,
+                    "no SVID of wardgate's own in force (yet): refusing the handshake"
+                );
+            }
         }
         svid.map(|svid| Arc::clone(svid.certified_key()))
     }
@@ -428,21 +451,65 @@ fn caller_gave_up(error: &io::Error) -> bool {
         )
 }
 
-/// Accept connections on `listener`, handshake each with `config` (on its own task, at most
-/// [`HANDSHAKE_TIMEOUT`]), and yield the verified ones. Refusals are logged, never yielded.
+/// The bounds on the mTLS listener's handshakes; see [`HANDSHAKE_TIMEOUT`] and
+/// [`MAX_PENDING_HANDSHAKES`] for the defaults and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HandshakeLimits {
+    /// How long one handshake may take, from `accept` to a verified caller.
+    pub timeout: Duration,
+    /// Handshakes in progress at once; a newcomer beyond them drops the oldest.
+    pub max_pending: usize,
+}
+
+impl Default for HandshakeLimits {
+    fn default() -> Self {
+        HandshakeLimits {
+            timeout: HANDSHAKE_TIMEOUT,
+            max_pending: MAX_PENDING_HANDSHAKES,
+        }
+    }
+}
+
+/// Refusals of callers written per [`WARNING_INTERVAL`]: a few, since distinct misconfigured
+/// callers are what an operator looks for; the other kinds get one line.
+const REFUSALS_PER_INTERVAL: u32 = 5;
+
+/// The listener's warnings a caller can repeat at will, one [`Throttle`] per kind.
+#[derive(Debug)]
+struct Warnings {
+    refused: Throttle,
+    abandoned: Throttle,
+    timed_out: Throttle,
+    dropped: Throttle,
+    accept_failed: Throttle,
+}
+
+impl Default for Warnings {
+    fn default() -> Self {
+        Warnings {
+            refused: Throttle::new(WARNING_INTERVAL, REFUSALS_PER_INTERVAL),
+            abandoned: Throttle::default(),
+            timed_out: Throttle::default(),
+            dropped: Throttle::default(),
+            accept_failed: Throttle::default(),
+        }
+    }
+}
+
+/// Accept connections on `listener`, handshake each with `config` on its own task within
+/// `limits`, and yield the verified ones. Refusals are logged (throttled), never yielded.
 /// Dropping the stream stops accepting and closes the listener.
 pub fn incoming(
     listener: TcpListener,
     config: Arc<rustls::ServerConfig>,
+    limits: HandshakeLimits,
 ) -> impl Stream<Item = Result<TlsConn, io::Error>> + Send + 'static {
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<TlsConn, io::Error>>(64);
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
-    let pending = Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_HANDSHAKES));
+    let warnings = Arc::new(Warnings::default());
     tokio::spawn(async move {
+        let mut pending = ConnectionSlots::new(limits.max_pending);
         loop {
-            let Ok(permit) = Arc::clone(&pending).acquire_owned().await else {
-                return;
-            };
             let accepted = tokio::select! {
                 () = tx.closed() => return,
                 accepted = listener.accept() => accepted,
@@ -450,52 +517,97 @@ pub fn incoming(
             let (tcp, peer) = match accepted {
                 Ok(pair) => pair,
                 Err(error) => {
-                    // Out of file descriptors and the like: do not spin.
-                    tracing::warn!(%error, "cannot accept a connection");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    // Out of file descriptors and the like: the oldest handshake gives its
+                    // back; with none to drop, back off instead of spinning.
+                    let freed = pending.drop_oldest();
+                    if let Some(suppressed) = warnings.accept_failed.admit() {
+                        tracing::warn!(%error, dropped_a_handshake = freed, suppressed, "mTLS listener cannot accept a connection");
+                    }
+                    let pause = if freed { 5 } else { 50 };
+                    tokio::time::sleep(Duration::from_millis(pause)).await;
                     continue;
                 }
             };
             let _ = tcp.set_nodelay(true);
-            let acceptor = acceptor.clone();
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let _permit = permit;
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                    Ok(Ok(stream)) => {
-                        let peer_id = stream
-                            .get_ref()
-                            .1
-                            .peer_certificates()
-                            .and_then(|certs| certs.first())
-                            .and_then(|leaf| caller_id(leaf).ok())
-                            .map(|(id, _, _)| id);
-                        tracing::debug!(peer = %peer, caller = peer_id.as_deref(), "mTLS caller admitted");
-                        let conn = TlsConn {
-                            stream,
-                            info: TlsConnectInfo {
-                                remote_addr: Some(peer),
-                                peer_id,
-                            },
-                        };
+            let (acceptor, tx, task_warnings) =
+                (acceptor.clone(), tx.clone(), Arc::clone(&warnings));
+            let dropped = pending.admit(|slot| {
+                let task = handshake(acceptor, tcp, peer, limits.timeout, task_warnings);
+                tokio::spawn(async move {
+                    let admitted = task.await;
+                    // The handshake is over: the connection is tonic's, no longer pending.
+                    drop(slot);
+                    if let Some(conn) = admitted {
                         let _ = tx.send(Ok(conn)).await;
                     }
-                    Ok(Err(error)) if caller_gave_up(&error) => {
-                        // The caller refused us (bad or unexpected server certificate, no
-                        // common protocol) or went away: worth knowing, but no refusal of ours.
-                        tracing::warn!(peer = %peer, %error, "mTLS handshake abandoned by the caller");
-                    }
-                    Ok(Err(error)) => {
-                        tracing::warn!(peer = %peer, %error, "mTLS caller refused");
-                    }
-                    Err(_) => {
-                        tracing::warn!(peer = %peer, timeout = ?HANDSHAKE_TIMEOUT, "mTLS handshake timed out");
-                    }
-                }
+                })
+                .abort_handle()
             });
+            if dropped {
+                if let Some(suppressed) = warnings.dropped.admit() {
+                    tracing::warn!(
+                        max_pending = limits.max_pending,
+                        suppressed,
+                        "too many mTLS handshakes in progress: dropped the oldest"
+                    );
+                }
+            }
         }
     });
     tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+/// One handshake within `timeout`: the verified connection, or `None` after a (throttled)
+/// warning.
+async fn handshake(
+    acceptor: tokio_rustls::TlsAcceptor,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    timeout: Duration,
+    warnings: Arc<Warnings>,
+) -> Option<TlsConn> {
+    match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
+        Ok(Ok(stream)) => {
+            let peer_id = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|certs| certs.first())
+                .and_then(|leaf| caller_id(leaf).ok())
+                .map(|(id, _, _)| id);
+            tracing::debug!(peer = %peer, caller = peer_id.as_deref(), "mTLS caller admitted");
+            Some(TlsConn {
+                stream,
+                info: TlsConnectInfo {
+                    remote_addr: Some(peer),
+                    peer_id,
+                },
+            })
+        }
+        Ok(Err(error)) if caller_gave_up(&error) => {
+            // The caller refused us (bad or unexpected server certificate, no common
+            // protocol) or went away: worth knowing, but no refusal of ours.
+            tracing::debug!(peer = %peer, %error, "mTLS handshake abandoned by the caller");
+            if let Some(suppressed) = warnings.abandoned.admit() {
+                tracing::warn!(peer = %peer, %error, suppressed, "mTLS handshake abandoned by the caller");
+            }
+            None
+        }
+        Ok(Err(error)) => {
+            tracing::debug!(peer = %peer, %error, "mTLS caller refused");
+            if let Some(suppressed) = warnings.refused.admit() {
+                tracing::warn!(peer = %peer, %error, suppressed, "mTLS caller refused");
+            }
+            None
+        }
+        Err(_) => {
+            tracing::debug!(peer = %peer, ?timeout, "mTLS handshake timed out");
+            if let Some(suppressed) = warnings.timed_out.admit() {
+                tracing::warn!(peer = %peer, ?timeout, suppressed, "mTLS handshake timed out");
+            }
+            None
+        }
+    }
 }
 
 #[cfg(test)]
@@ -613,5 +725,123 @@ mod tests {
         }
         let _ = resolver;
         assert!(server_config(identity, AllowList::parse(&[LAB]).unwrap()).is_ok());
+    }
+
+    /// The client side of a test handshake accepts wardgate's certificate unchecked (a test
+    /// double: the SVID has no DNS name to verify); wardgate's side is the real one.
+    #[derive(Debug)]
+    struct AnyServer(Arc<CryptoProvider>);
+
+    impl rustls::client::danger::ServerCertVerifier for AnyServer {
+        fn verify_server_cert(
+            &self,
+            _end_entity: &CertificateDer<'_>,
+            _intermediates: &[CertificateDer<'_>],
+            _server_name: &rustls::pki_types::ServerName<'_>,
+            _ocsp_response: &[u8],
+            _now: UnixTime,
+        ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        }
+
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(
+                message,
+                cert,
+                dss,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(
+                message,
+                cert,
+                dss,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.0.signature_verification_algorithms.supported_schemes()
+        }
+    }
+
+    fn svid_of(leaf: &crate::svid::test_pki::TestLeaf) -> Svid {
+        Svid::new(
+            vec![CertificateDer::from(leaf.cert_der.clone())],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf.key_der.clone())),
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn idle_connections_beyond_the_cap_cannot_hold_a_real_handshake_back() {
+        use tokio::io::AsyncReadExt;
+        use tokio_stream::StreamExt;
+
+        let ca = TestCa::new("hospital CA");
+        let identity = identity_with(&[("hospital.example", &ca)]);
+        identity.publish_svid(svid_of(
+            &ca.leaf(&["spiffe://hospital.example/wardgate"], 3600),
+        ));
+        let config = server_config(identity, AllowList::parse(&[LAB]).unwrap()).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        // Four slots, and a time limit that alone would hold each idle connection for a minute.
+        let limits = HandshakeLimits {
+            timeout: Duration::from_secs(60),
+            max_pending: 4,
+        };
+        let mut verified = Box::pin(incoming(listener, config, limits));
+
+        let mut idle = Vec::new();
+        for _ in 0..10 {
+            idle.push(TcpStream::connect(addr).await.unwrap());
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // The six oldest were dropped for the newer ones: closed at once, not after a minute.
+        for tcp in idle.iter_mut().take(6) {
+            let mut buf = [0u8; 8];
+            let read = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf)).await;
+            assert!(matches!(read, Ok(Ok(0) | Err(_))), "{read:?}");
+        }
+
+        // A real caller, with all four slots taken by idle connections, is through at once.
+        let lab = ca.leaf(&[LAB], 3600);
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let client = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyServer(provider)))
+            .with_client_auth_cert(
+                vec![CertificateDer::from(lab.cert_der.clone())],
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(lab.key_der.clone())),
+            )
+            .unwrap();
+        let started = std::time::Instant::now();
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+        let name = rustls::pki_types::ServerName::try_from("wardgate.test").unwrap();
+        let _tls = connector.connect(name, tcp).await.unwrap();
+        let conn = tokio::time::timeout(Duration::from_secs(5), verified.next())
+            .await
+            .expect("a verified connection")
+            .expect("stream open")
+            .expect("no error");
+        let took = started.elapsed();
+        assert_eq!(conn.info().peer_id.as_deref(), Some(LAB));
+        assert!(took < Duration::from_millis(500), "{took:?}");
     }
 }

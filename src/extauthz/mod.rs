@@ -6,9 +6,11 @@
 //! ([`Policy::decide_stated`] under one `arc-swap` guard of the policy), shadow (the candidate
 //! bundle's view, compared and counted, never answered), record (debug line, the audited
 //! break-glass warning, metrics and the decision log through [`Telemetry`]), render
-//! (`response`: the `CheckResponse`). The forwarded-certificate decoding cache is `certs`. In
-//! audit mode (`audit`) the same five steps run; only the render step answers a denial with an
-//! allow that says `would-deny` upstream, and the record step marks the decision not enforced.
+//! (`response`: the `CheckResponse`). The forwarded-certificate decoding cache is `certs`;
+//! the gRPC method itself, whose codec turns an undecodable CheckRequest into a denial rather
+//! than an error, is `wire` ([`CheckServer`]). In audit mode (`audit`) the same five steps run;
+//! only the render step answers a denial with an allow that says `would-deny` upstream, and the
+//! record step marks the decision not enforced.
 //! [`AuthzConfig`] holds what a Check needs beyond the policy; the listener, health and drain
 //! settings belong to the gRPC server ([`crate::grpc::ServerConfig`]).
 //!
@@ -24,6 +26,7 @@ mod request;
 mod response;
 #[cfg(test)]
 pub(crate) mod tests;
+mod wire;
 
 use std::fmt;
 use std::sync::Arc;
@@ -38,7 +41,9 @@ use crate::telemetry::{CheckEvent, Telemetry};
 use crate::trust::TrustHandle;
 
 pub use audit::{export_mode, Audit, Mode};
+pub use certs::MAX_FORWARDED_CERTIFICATE;
 pub use response::{AUDIT_HEADER, BREAK_GLASS_HEADER, HEADER_PREFIX, REASON_HEADER, RULE_HEADER};
+pub use wire::{CheckServer, MAX_CHECK_REQUEST_BYTES};
 
 /// What the adapter needs for a Check beyond the policy: the settings that do not come from
 /// the bundle.

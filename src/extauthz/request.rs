@@ -3,8 +3,9 @@
 //! This module owns reading a Check: it borrows every field from the `CheckRequest` (no string
 //! copies on the way in), fills in the pinned destination principal when Envoy sends none,
 //! takes the request time once, decodes the forwarded peer certificate through the per-thread
-//! cache ([`super::certs`]) and, with `--verify-chain`, checks it against its trust domain's
-//! bundle, and picks the request id the decision log may carry. It must never decide anything
+//! cache ([`super::certs`], which refuses one over its size limit unread) and, with
+//! `--verify-chain`, checks it against its trust domain's bundle, and picks the request id the
+//! decision log may carry. It must never decide anything
 //! (a field it cannot read becomes an absent or unreadable value that `decide` judges), never
 //! read the policy, and never panic or unwrap on anything that came over the network.
 
@@ -133,7 +134,12 @@ fn peer_certificate<'a>(
         return PeerCertificate::NotForwarded;
     }
     let CertificateSlot { decoded, problem } = slot;
-    match &**decoded.insert(certs::cached_certificate(text)) {
+    let fresh = match certs::cached_certificate(text) {
+        Ok(fresh) => fresh,
+        // Over the size limit: refused unread, and not remembered.
+        Err(oversize) => return PeerCertificate::Unreadable(problem.insert(oversize.to_string())),
+    };
+    match &**decoded.insert(fresh) {
         Ok(cert) => match chain_problem(verify_chain, principal, &cert.der) {
             None => PeerCertificate::Parsed(&cert.facts),
             Some(why) => PeerCertificate::Unreadable(problem.insert(why)),

@@ -37,6 +37,7 @@
 mod log_writer;
 pub mod metrics;
 mod rules;
+pub mod throttle;
 
 use std::fmt;
 use std::sync::{Arc, Mutex, OnceLock};

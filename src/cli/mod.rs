@@ -78,6 +78,9 @@ enum Command {
         bundle: PathBuf,
         /// Target, e.g. oci://registry.example/platform/bundle:prod.
         reference: String,
+        /// The compile budget of the validation before the push.
+        #[command(flatten)]
+        compile: crate::tooling::budget::CompileArgs,
     },
 }
 
@@ -105,7 +108,11 @@ pub fn main() -> ExitCode {
         Command::Diff(args) => crate::tooling::diff::run(args),
         Command::Replay(args) => crate::tooling::replay::run(args),
         Command::Learn(args) => crate::tooling::learn::run(args),
-        Command::Push { bundle, reference } => verbs::push(&bundle, &reference),
+        Command::Push {
+            bundle,
+            reference,
+            compile,
+        } => verbs::push(&bundle, &reference, compile.limits()),
     };
     exit.into()
 }

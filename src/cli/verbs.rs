@@ -188,7 +188,7 @@ pub(crate) fn check(args: CheckArgs) -> Exit {
 /// `BUNDLE.minisig` when that file exists, as a wardgate bundle artifact to the `oci://` tag
 /// (see [`crate::reload::oci`]). Exit 3 for a bundle that is unreadable or invalid, 2 for a
 /// reference that is not a tag, 1 when the registry cannot be reached or refuses the push.
-pub(crate) fn push(bundle: &Path, reference: &str) -> Exit {
+pub(crate) fn push(bundle: &Path, reference: &str, limits: CompileLimits) -> Exit {
     if !reference.starts_with("oci://") && !reference.starts_with("oci+http://") {
         complain("error: push needs an oci:// (or oci+http://) reference\n");
         return Exit::Usage;
@@ -200,7 +200,7 @@ pub(crate) fn push(bundle: &Path, reference: &str) -> Exit {
         ));
         return Exit::Input;
     }
-    if validate(bundle) != Exit::Ok {
+    if validate(bundle, limits) != Exit::Ok {
         return Exit::Input;
     }
     let read = |p: &Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));

@@ -138,7 +138,7 @@ pub async fn serve(
     let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     let d = &plan.decision_log;
     let telemetry =
-        Telemetry::from_flags(&d.target, d.queue, d.sample_allows).map_err(|e| match e {
+        Telemetry::from_flags(&d.target, d.queue, d.sample_allows, d.redaction.clone()).map_err(|e| match e {
             TelemetryError::DecisionLog(source) => AppError::DecisionLog {
                 target: d.target.clone(),
                 source,

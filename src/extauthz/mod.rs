@@ -107,7 +107,7 @@ impl AuthzService {
         let revision = policy.map(Policy::revision);
 
         // Record, then render.
-        self.record(&check, &decided, revision, elapsed);
+        self.record(&check, &decided, guard.as_ref(), revision, elapsed);
         response::render(&decided.decision, revision, elapsed, check.client_headers())
     }
 
@@ -117,6 +117,7 @@ impl AuthzService {
         &self,
         check: &request::Translated<'_>,
         decided: &Decided<'_, '_>,
+        policy: Option<&Arc<Policy>>,
         revision: Option<u64>,
         elapsed: Duration,
     ) {
@@ -136,6 +137,7 @@ impl AuthzService {
             telemetry.record_check(&CheckEvent {
                 request,
                 decision,
+                policy,
                 revision,
                 elapsed,
                 // Only the decision log reads it: no header lookup when it is off.

@@ -299,6 +299,7 @@ fn compile(files: &[SourceFile], digest: String, errors: &mut Diagnostics) -> Op
             }
         }
     }
+    let logging = super::logging::compile(files, errors);
     if !errors.is_empty() {
         return None;
     }
@@ -330,6 +331,7 @@ fn compile(files: &[SourceFile], digest: String, errors: &mut Diagnostics) -> Op
         break_glass,
         break_glass_header,
         index: index.finish(),
+        logging,
     })
 }
 

@@ -39,6 +39,8 @@ break_glass:
 const EHR: &str = "spiffe://hospital.example/ns/clinical/sa/ehr";
 const LAB: &str = "spiffe://hospital.example/ns/clinical/sa/lab";
 const IMAGING: &str = "spiffe://hospital.example/ns/clinical/sa/imaging";
+/// An Envoy-generated request id (a UUID): logged as it is.
+const REQUEST_ID: &str = "0f8e7d6c-5b4a-4392-8170-6f5e4d3c2b1a";
 const VENDOR: &str = "spiffe://partner-lab.example/ns/vendor/sa/reflab";
 
 /// A sink the test can read, optionally blocked until the test opens a gate per write.
@@ -79,19 +81,20 @@ fn telemetry_with(sink: Box<dyn Write + Send>, queue: usize, sample: f64) -> Arc
             description: "test".into(),
             queue,
             sample_allows: sample,
+            redaction: Redaction::default(),
         }),
     })
     .expect("telemetry")
 }
 
-fn policy() -> Policy {
-    Policy::from_yaml_str("test.yaml", BUNDLE).unwrap()
+fn policy() -> Arc<Policy> {
+    Arc::new(Policy::from_yaml_str("test.yaml", BUNDLE).unwrap())
 }
 
 /// Decide and record one request; returns the decision's reason.
 fn run(
     telemetry: &Telemetry,
-    policy: Option<&Policy>,
+    policy: Option<&Arc<Policy>>,
     source: &str,
     destination: &str,
     path: &str,
@@ -111,9 +114,10 @@ fn run(
     telemetry.record_check(&CheckEvent {
         request: &request,
         decision: &decision,
-        revision: policy.map(Policy::revision),
+        policy,
+        revision: policy.map(|p| p.revision()),
         elapsed: Duration::from_micros(3),
-        request_id: Some("req-1"),
+        request_id: Some(REQUEST_ID),
         break_glass_reason: headers.get("x-break-glass-reason").map(String::as_str),
     });
     decision.reason.as_str()
@@ -254,7 +258,7 @@ async fn counts_checks_rules_and_latency_by_label() {
         Some("cardiac arrest, bed 4")
     );
     assert_eq!(bg_record.revision, Some(3));
-    assert_eq!(bg_record.request_id.as_deref(), Some("req-1"));
+    assert_eq!(bg_record.request_id.as_deref(), Some(REQUEST_ID));
     assert_eq!(bg_record.latency_us, 3);
     assert!(records[..7].iter().all(|r| r.break_glass_reason.is_none()));
     assert_eq!(records[0].reason, Reason::NoPolicy);

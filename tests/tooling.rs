@@ -1003,6 +1003,8 @@ fn log_with(policy: &Policy, traffic: &[Logged<'_>]) -> String {
             break_glass_reason: (d.reason == wardgate::policy::Reason::BreakGlass)
                 .then(|| headers.get("x-break-glass-reason").cloned())
                 .flatten(),
+            path_form: None,
+            break_glass_header: None,
         };
         out.push_str(&serde_json::to_string(&rec).expect("record"));
         out.push('\n');

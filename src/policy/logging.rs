@@ -150,15 +150,26 @@ pub(crate) struct LogView {
     methods: Vec<Box<str>>,
 }
 
-/// The service name a SPIFFE ID pattern ends in, if it ends in a literal segment.
-fn service_name(p: &Pattern) -> Option<&str> {
-    if p.more() {
-        return None;
+/// The host names of the service a SPIFFE ID pattern names, if it ends in a literal segment:
+/// that segment, and for Kubernetes-shaped IDs (`…/ns/NS/sa/NAME`) the names a cluster gives a
+/// service of that name (`NAME.NS`, `NAME.NS.svc`, `NAME.NS.svc.cluster.local`).
+fn service_names(p: &Pattern) -> Vec<String> {
+    let segs = p.segments();
+    let (false, Some(Seg::Literal(name))) = (p.more(), segs.last()) else {
+        return Vec::new();
+    };
+    let name = name.to_ascii_lowercase();
+    let mut out = Vec::new();
+    if let [.., Seg::Literal(ns_key), Seg::Literal(ns), Seg::Literal(sa_key), _] = segs {
+        if &**ns_key == "ns" && &**sa_key == "sa" {
+            let ns = ns.to_ascii_lowercase();
+            out.push(format!("{name}.{ns}"));
+            out.push(format!("{name}.{ns}.svc"));
+            out.push(format!("{name}.{ns}.svc.cluster.local"));
+        }
     }
-    match p.segments().last() {
-        Some(Seg::Literal(l)) => Some(l),
-        _ => None,
-    }
+    out.push(name);
+    out
 }
 
 impl LogView {
@@ -186,16 +197,14 @@ impl LogView {
                 }
                 for e in r.from.iter().chain(r.to.iter().flatten()) {
                     if let Endpoint::Pattern(p) = e {
-                        if let Some(name) = service_name(p) {
-                            view.hosts.insert(name.to_ascii_lowercase().into());
-                        }
+                        view.hosts.extend(service_names(p).into_iter().map(Box::from));
                     }
                 }
             }
         }
         for s in &policy.segments {
-            for name in s.members.iter().filter_map(service_name) {
-                view.hosts.insert(name.to_ascii_lowercase().into());
+            for p in &s.members {
+                view.hosts.extend(service_names(p).into_iter().map(Box::from));
             }
         }
         view
@@ -445,6 +454,9 @@ logging:
         assert_eq!(v.host("Records.Hospital.Example:8443"), Some("records.hospital.example"));
         assert_eq!(v.host("lab:8080"), Some("lab"));
         assert_eq!(v.host("ehr"), Some("ehr"));
+        assert_eq!(v.host("lab.clinical.svc:8443"), Some("lab.clinical.svc"));
+        assert_eq!(v.host("lab.clinical.svc.cluster.local"), Some("lab.clinical.svc.cluster.local"));
+        assert_eq!(v.host("lab.admin.svc"), None);
         assert_eq!(v.host("MRN-123-DOB-19700101-JaneDoe"), None);
         assert_eq!(v.host("lab.MRN123"), None);
         assert_eq!(v.method("get"), Some("GET"));

@@ -375,7 +375,8 @@ mod tests {
 
     #[test]
     fn caps_cut_at_boundaries() {
-        assert_eq!(cap_at_segment("/a/bb/ccc", 6), ("/a", false));
+        assert_eq!(cap_at_segment("/a/bb/ccc", 6), ("/a/bb", false));
+        assert_eq!(cap_at_segment("/a/bb/ccc", 5), ("/a", false));
         assert_eq!(cap_at_segment("/a/bb", 6), ("/a/bb", true));
         assert_eq!(cap("héllo", 2), "h");
     }

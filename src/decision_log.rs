@@ -281,10 +281,16 @@ mod tests {
         assert_eq!(r.path_form(), PathForm::Full, "older logs hold full paths");
         for form in PathForm::ALL {
             let text = serde_json::to_string(&form).expect("serialize");
-            assert_eq!(serde_json::from_str::<PathForm>(&text).expect("parse"), form);
+            assert_eq!(
+                serde_json::from_str::<PathForm>(&text).expect("parse"),
+                form
+            );
         }
         let err = serde_json::from_str::<PathForm>(r#""partial""#).expect_err("unknown form");
-        assert!(err.to_string().contains("`partial` is not a path form"), "{err}");
+        assert!(
+            err.to_string().contains("`partial` is not a path form"),
+            "{err}"
+        );
     }
 
     #[test]

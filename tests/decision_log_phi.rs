@@ -60,8 +60,14 @@ fn hmac_hex(key: &[u8], message: &[u8]) -> String {
     block[..key.len()].copy_from_slice(key);
     let ipad: Vec<u8> = block.iter().map(|b| b ^ 0x36).collect();
     let opad: Vec<u8> = block.iter().map(|b| b ^ 0x5c).collect();
-    let inner = Sha256::new().chain_update(&ipad).chain_update(message).finalize();
-    let outer = Sha256::new().chain_update(&opad).chain_update(inner).finalize();
+    let inner = Sha256::new()
+        .chain_update(&ipad)
+        .chain_update(message)
+        .finalize();
+    let outer = Sha256::new()
+        .chain_update(&opad)
+        .chain_update(inner)
+        .finalize();
     outer.iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -153,26 +159,61 @@ async fn the_default_log_holds_no_identifier_a_client_sent() {
     let plain = RawRequest::new("GET", "/patients/67890/notes");
     assert_eq!(client.send(&plain).await.unwrap().status, 200);
     // 3. Everything a client controls made huge: no rule, an over-long break-glass reason.
-    let huge_path = format!("/patients/{}", "MRN12345/".repeat(600));
+    let huge_path = format!("/patients/{}", "MRN12345/".repeat(1000));
     let hostile = RawRequest::new("GET", huge_path.trim_end_matches('/'))
         .header("x-request-id", &REQUEST_ID.repeat(300))
         .header("host", &format!("{}.example", "janedoe".repeat(30)))
-        .header("x-break-glass-reason", &format!("{REQUEST_ID} ").repeat(300));
+        .header(
+            "x-break-glass-reason",
+            &format!("{REQUEST_ID} ").repeat(300),
+        );
     assert_eq!(client.send(&hostile).await.unwrap().status, 403);
     // 4. A break-glass allow: its reason is audited, capped.
     let bg = RawRequest::new("GET", &format!("/patients/{MRN}/orders"))
         .header("x-break-glass-reason", "cardiac arrest, bed 4");
     assert_eq!(client.send(&bg).await.unwrap().status, 200);
+    // 5. The shipped Envoy config replaces a caller's x-request-id with its own UUID, so the
+    // identifying id above never reached wardgate. A deployment that preserves it (or an
+    // internal caller) sends it on: the same Check, straight to wardgate's socket.
+    let mut check = support::mtls::check_request();
+    if let Some(http) = check
+        .attributes
+        .as_mut()
+        .and_then(|a| a.request.as_mut())
+        .and_then(|r| r.http.as_mut())
+    {
+        http.path = format!("/patients/{MRN}/notes?ssn={QUERY_SECRET}");
+        http.host = HOSTILE_HOST.into();
+        http.headers
+            .insert("x-request-id".into(), REQUEST_ID.into());
+    }
+    let socket = sidecar.dir.path().join("wardgate.sock");
+    let mut grpc = support::grpc::authorization(&socket).await.unwrap();
+    let answer = grpc.check(check).await.unwrap().into_inner();
+    assert!(support::mtls::is_allow(&answer), "{answer:?}");
 
-    let lines = read_log(dir.path(), 4).await;
+    let lines = read_log(dir.path(), 5).await;
     for (line, _) in &lines {
         println!("redacted: {line}");
-        for secret in [MRN, REQUEST_ID, "JaneDoe", HOSTILE_HOST, QUERY_SECRET, "janedoe"] {
+        for secret in [
+            MRN,
+            REQUEST_ID,
+            "JaneDoe",
+            HOSTILE_HOST,
+            QUERY_SECRET,
+            "janedoe",
+        ] {
             assert!(!line.contains(secret), "`{secret}` logged: {line}");
         }
         assert!(line.len() <= 4096, "{} bytes: {line}", line.len());
     }
-    let (r1, r2, r3, r4) = (&lines[0].1, &lines[1].1, &lines[2].1, &lines[3].1);
+    let (r1, r2, r3, r4, r5) = (
+        &lines[0].1,
+        &lines[1].1,
+        &lines[2].1,
+        &lines[3].1,
+        &lines[4].1,
+    );
     assert_eq!(r1.path, "/patients/{}/notes");
     assert_eq!(r1.path_form, Some(PathForm::Redacted));
     assert_eq!(r1.rule.as_deref(), Some("ehr-reads-notes"));
@@ -183,10 +224,27 @@ async fn the_default_log_holds_no_identifier_a_client_sent() {
     assert_eq!(r3.reason.as_str(), "default_deny");
     assert_eq!(r3.path_form, Some(PathForm::Truncated));
     assert_eq!(r3.break_glass_header, Some(true), "the header was sent");
-    assert_eq!(r3.break_glass_reason, None, "only accepted reasons are logged");
+    assert_eq!(
+        r3.break_glass_reason, None,
+        "only accepted reasons are logged"
+    );
     assert_eq!(r4.reason.as_str(), "break_glass");
     assert_eq!(r4.path, "/{}/{}/{}", "the break-glass entry names no path");
-    assert_eq!(r4.break_glass_reason.as_deref(), Some("cardiac arrest, bed 4"));
+    assert_eq!(
+        r4.break_glass_reason.as_deref(),
+        Some("cardiac arrest, bed 4")
+    );
+    assert_eq!(r5.path, "/patients/{}/notes");
+    assert_eq!(r5.host, "{}");
+    let hashed = format!(
+        "hmac-{}",
+        &hmac_hex(KEY.as_bytes(), REQUEST_ID.as_bytes())[..32]
+    );
+    assert_eq!(
+        r5.request_id.as_deref(),
+        Some(hashed.as_str()),
+        "keyed hash of the id sent"
+    );
 
     // Request ids: Envoy's UUIDs as they are, anything else as the keyed hash of the value in
     // Envoy's access log, so that whoever holds the key can join the two logs.
@@ -218,8 +276,17 @@ async fn the_default_log_holds_no_identifier_a_client_sent() {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     println!("replay: {text}");
-    assert_eq!(out.status.code(), Some(0), "{text}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(!text.contains("undetermined"), "{text}");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let undetermined = text
+        .lines()
+        .filter(|l| l.trim_start().starts_with("undetermined"))
+        .all(|l| l.split_whitespace().nth(1) == Some("0"));
+    assert!(undetermined, "every redacted record is decided: {text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -252,4 +319,37 @@ async fn full_paths_are_shown_only_when_asked_for_and_said_loudly() {
         metrics.get("wardgate_decision_log_paths", &[("mode", "full")]),
         Some(1.0)
     );
+}
+
+#[test]
+fn bad_decision_log_flags_stop_serve_at_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let short = dir.path().join("short.key");
+    std::fs::write(&short, "too short\n").unwrap();
+    let missing = dir.path().join("missing.key");
+    let socket = format!("unix:{}", dir.path().join("wardgate.sock").display());
+    for (args, needle) in [
+        (
+            vec!["--decision-log-paths", "partial"],
+            "--decision-log-paths",
+        ),
+        (
+            vec!["--decision-log-key", short.to_str().unwrap()],
+            "holds 9 bytes",
+        ),
+        (
+            vec!["--decision-log-key", missing.to_str().unwrap()],
+            "--decision-log-key",
+        ),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_wardgate"))
+            .args(["serve", "--listen", &socket])
+            .args(&args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+    }
 }

@@ -59,7 +59,9 @@ pub(crate) fn compile(files: &[SourceFile], errors: &mut Diagnostics) -> LogRule
                 &f.name,
                 section.referenced.line,
                 section.referenced.column,
-                format!("`logging` is defined in more than one file of this bundle (first in {first})"),
+                format!(
+                    "`logging` is defined in more than one file of this bundle (first in {first})"
+                ),
             );
         }
         seen_in = Some(f.name.as_str());
@@ -91,7 +93,10 @@ pub(crate) fn compile(files: &[SourceFile], errors: &mut Diagnostics) -> LogRule
                     Err(e) => at(
                         errors,
                         p,
-                        format!("`logging.{key}` entry `{}` is not a path pattern: {e}", p.value),
+                        format!(
+                            "`logging.{key}` entry `{}` is not a path pattern: {e}",
+                            p.value
+                        ),
                     ),
                 }
             }
@@ -112,7 +117,11 @@ pub(crate) fn compile(files: &[SourceFile], errors: &mut Diagnostics) -> LogRule
                 None
             };
             match problem {
-                Some(p) => at(errors, h, format!("`logging.hide_segments` entry `{v}` {p}")),
+                Some(p) => at(
+                    errors,
+                    h,
+                    format!("`logging.hide_segments` entry `{v}` {p}"),
+                ),
                 None => {
                     out.hide_segments.insert(v.into());
                 }
@@ -197,14 +206,16 @@ impl LogView {
                 }
                 for e in r.from.iter().chain(r.to.iter().flatten()) {
                     if let Endpoint::Pattern(p) = e {
-                        view.hosts.extend(service_names(p).into_iter().map(Box::from));
+                        view.hosts
+                            .extend(service_names(p).into_iter().map(Box::from));
                     }
                 }
             }
         }
         for s in &policy.segments {
             for p in &s.members {
-                view.hosts.extend(service_names(p).into_iter().map(Box::from));
+                view.hosts
+                    .extend(service_names(p).into_iter().map(Box::from));
             }
         }
         view
@@ -223,7 +234,13 @@ impl LogView {
     pub(crate) fn path_without_policy(&self, raw: &str, out: &mut String, max: usize) -> Shown {
         out.clear();
         match normalize::path(raw) {
-            Ok(normal) => render(&split_segments(&normal), |_| false, out, max, Shown::Redacted),
+            Ok(normal) => render(
+                &split_segments(&normal),
+                |_| false,
+                out,
+                max,
+                Shown::Redacted,
+            ),
             Err(_) => bad_path(raw, out, max),
         }
     }
@@ -354,7 +371,13 @@ fn bad_path(raw: &str, out: &mut String, max: usize) -> Shown {
         matches!(lower.as_str(), "" | "." | "..")
     };
     let segs: smallvec::SmallVec<[&str; 16]> = rest.split('/').collect();
-    render(&segs, |i| segs.get(i).is_some_and(|s| revealing(s)), out, max, Shown::Redacted)
+    render(
+        &segs,
+        |i| segs.get(i).is_some_and(|s| revealing(s)),
+        out,
+        max,
+        Shown::Redacted,
+    )
 }
 
 #[cfg(test)]
@@ -406,7 +429,10 @@ logging:
             "/patients/{}/notes/{}/{}"
         );
         // No rule decided: only the bundle's templates say what may be shown.
-        assert_eq!(shown(&p, None, "/patients/12345/notes", 2048).0, "/{}/{}/{}");
+        assert_eq!(
+            shown(&p, None, "/patients/12345/notes", 2048).0,
+            "/{}/{}/{}"
+        );
         assert_eq!(
             shown(&p, None, "/patients/12345/billing", 2048).0,
             "/patients/{}/billing"
@@ -443,7 +469,10 @@ logging:
         let raw = format!("/patients/1/notes{}", "/x".repeat(5000));
         let (text, form) = shown(&p, Some("ehr-reads-notes"), &raw, 64);
         assert_eq!(form, Shown::Truncated);
-        assert!(text.len() <= 64 && text.starts_with("/patients/{}/notes/{}"), "{text}");
+        assert!(
+            text.len() <= 64 && text.starts_with("/patients/{}/notes/{}"),
+            "{text}"
+        );
         assert!(text.ends_with("{}"), "{text}");
     }
 
@@ -451,11 +480,17 @@ logging:
     fn hosts_and_methods_only_when_the_bundle_names_them() {
         let p = Policy::from_yaml_str("b.yaml", BUNDLE).unwrap();
         let v = LogView::new(&p);
-        assert_eq!(v.host("Records.Hospital.Example:8443"), Some("records.hospital.example"));
+        assert_eq!(
+            v.host("Records.Hospital.Example:8443"),
+            Some("records.hospital.example")
+        );
         assert_eq!(v.host("lab:8080"), Some("lab"));
         assert_eq!(v.host("ehr"), Some("ehr"));
         assert_eq!(v.host("lab.clinical.svc:8443"), Some("lab.clinical.svc"));
-        assert_eq!(v.host("lab.clinical.svc.cluster.local"), Some("lab.clinical.svc.cluster.local"));
+        assert_eq!(
+            v.host("lab.clinical.svc.cluster.local"),
+            Some("lab.clinical.svc.cluster.local")
+        );
         assert_eq!(v.host("lab.admin.svc"), None);
         assert_eq!(v.host("MRN-123-DOB-19700101-JaneDoe"), None);
         assert_eq!(v.host("lab.MRN123"), None);
@@ -474,7 +509,9 @@ logging:
   path_templates: ["/a/**/b"]
   hide_segments: ["a/b", "*", ""]
 "#;
-        let err = Policy::from_yaml_str("bad.yaml", bad).unwrap_err().to_string();
+        let err = Policy::from_yaml_str("bad.yaml", bad)
+            .unwrap_err()
+            .to_string();
         for want in [
             "bad.yaml:5:16: `logging.full_paths` entry `status` is not a path pattern",
             "bad.yaml:6:20: `logging.path_templates` entry `/a/**/b`",
@@ -485,14 +522,22 @@ logging:
             assert!(err.contains(want), "missing {want:?} in:\n{err}");
         }
         let unknown = "version: 1\nrevision: 1\ntrust_domains: [td]\nlogging:\n  paths: []\n";
-        let err = Policy::from_yaml_str("u.yaml", unknown).unwrap_err().to_string();
+        let err = Policy::from_yaml_str("u.yaml", unknown)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("u.yaml:5:3") && err.contains("paths"), "{err}");
         let twice = Policy::from_sources(&[
-            ("a.yaml".into(), "version: 1\nrevision: 1\ntrust_domains: [td]\nlogging: {}\n".into()),
+            (
+                "a.yaml".into(),
+                "version: 1\nrevision: 1\ntrust_domains: [td]\nlogging: {}\n".into(),
+            ),
             ("b.yaml".into(), "logging: {}\n".into()),
         ])
         .unwrap_err()
         .to_string();
-        assert!(twice.contains("b.yaml:1:10: `logging` is defined in more than one file"), "{twice}");
+        assert!(
+            twice.contains("b.yaml:1:10: `logging` is defined in more than one file"),
+            "{twice}"
+        );
     }
 }

@@ -199,8 +199,16 @@ impl Pending {
         let copied_path = cap(path, MAX_PATH_COPY);
         // A host with a port can be six bytes longer than a name; beyond that it is no name
         // the bundle can hold, and a method longer than the cap is no method it names.
-        let host = if r.host.len() > MAX_HOST + 6 { REDACTED } else { r.host };
-        let method = if r.method.len() > MAX_METHOD { REDACTED } else { r.method };
+        let host = if r.host.len() > MAX_HOST + 6 {
+            REDACTED
+        } else {
+            r.host
+        };
+        let method = if r.method.len() > MAX_METHOD {
+            REDACTED
+        } else {
+            r.method
+        };
         let fields: [Option<&str>; FIELDS] = [
             event.request_id.map(|id| cap(id, MAX_REQUEST_ID_COPY)),
             principal(r.source),
@@ -541,12 +549,13 @@ impl Writer {
                 match msg {
                     Msg::Record(pending) => {
                         line.clear();
-                        let result = serde_json::to_writer(&mut line, &pending.record(&mut self.redactor))
-                            .map_err(io::Error::from)
-                            .and_then(|()| {
-                                line.push(b'\n');
-                                out.write_all(&line)
-                            });
+                        let result =
+                            serde_json::to_writer(&mut line, &pending.record(&mut self.redactor))
+                                .map_err(io::Error::from)
+                                .and_then(|()| {
+                                    line.push(b'\n');
+                                    out.write_all(&line)
+                                });
                         match result {
                             Ok(()) => batch += 1,
                             Err(error) => self.failed(&error, 1),

@@ -243,9 +243,7 @@ impl Redactor {
             PathLogging::Redacted => {
                 let shown = match self.view_of(policy) {
                     // A cut copy may end inside a segment: no rule can be trusted with it.
-                    Some((p, view)) => {
-                        view.path(p, rule.filter(|_| !cut), raw, &mut out, MAX_PATH)
-                    }
+                    Some((p, view)) => view.path(p, rule.filter(|_| !cut), raw, &mut out, MAX_PATH),
                     None => self.bare.path_without_policy(raw, &mut out, MAX_PATH),
                 };
                 match shown {

@@ -525,7 +525,10 @@ async fn hostile_line(paths: PathLogging) -> String {
     .unwrap();
     let p = policy();
     t.bundle_swapped(&p, "test.yaml", Duration::ZERO);
-    let path = format!("/results/MRN12345/{}?ssn=078-05-1120", "JaneDoe/".repeat(20_000));
+    let path = format!(
+        "/results/MRN12345/{}?ssn=078-05-1120",
+        "JaneDoe/".repeat(20_000)
+    );
     let host = "JaneDoe.".repeat(10_000);
     let reason = "JaneDoe ".repeat(10_000);
     let request_id = "MRN-123-DOB-19700101-JaneDoe".repeat(1000);
@@ -570,12 +573,22 @@ async fn a_hostile_request_gives_a_bounded_line_without_its_identifiers() {
     let line = hostile_line(PathLogging::Full).await;
     assert!(line.len() < 4096, "{} bytes", line.len());
     let r: DecisionRecord = serde_json::from_str(&line).unwrap();
-    assert!(r.path.starts_with("/results/MRN12345/JaneDoe/"), "{}", r.path);
-    assert!(!line.contains("078-05") && !line.contains("JANEDOE"), "{line:.300}");
+    assert!(
+        r.path.starts_with("/results/MRN12345/JaneDoe/"),
+        "{}",
+        r.path
+    );
+    assert!(
+        !line.contains("078-05") && !line.contains("JANEDOE"),
+        "{line:.300}"
+    );
 
     let line = hostile_line(PathLogging::Off).await;
     let r: DecisionRecord = serde_json::from_str(&line).unwrap();
-    assert_eq!((r.path.as_str(), r.path_form), ("", Some(crate::decision_log::PathForm::Off)));
+    assert_eq!(
+        (r.path.as_str(), r.path_form),
+        ("", Some(crate::decision_log::PathForm::Off))
+    );
 }
 
 #[tokio::test]
@@ -584,8 +597,14 @@ async fn the_deciding_rule_says_which_segments_are_logged() {
     let t = telemetry_with(Box::new(sink.clone()), 64, 1.0);
     let p = policy();
     t.bundle_swapped(&p, "test.yaml", Duration::ZERO);
-    assert_eq!(run(&t, Some(&p), EHR, LAB, "/results/12345?x=1", &[]), "rule");
-    assert_eq!(run(&t, Some(&p), EHR, LAB, "/patients/12345", &[]), "default_deny");
+    assert_eq!(
+        run(&t, Some(&p), EHR, LAB, "/results/12345?x=1", &[]),
+        "rule"
+    );
+    assert_eq!(
+        run(&t, Some(&p), EHR, LAB, "/patients/12345", &[]),
+        "default_deny"
+    );
     assert_eq!(run(&t, None, EHR, LAB, "/patients/12345", &[]), "no_policy");
     flush(&t).await;
     let records = lines(&sink);

@@ -236,7 +236,9 @@ impl Hidden {
         let mut base = rec.clone();
         base.path_form = Some(PathForm::Full);
         let mut out = vec![base];
-        let expand = |out: Vec<DecisionRecord>, values: &[String], set: &dyn Fn(&mut DecisionRecord, &str)| {
+        let expand = |out: Vec<DecisionRecord>,
+                      values: &[String],
+                      set: &dyn Fn(&mut DecisionRecord, &str)| {
             out.into_iter()
                 .flat_map(|r| {
                     values.iter().map(move |v| {
@@ -251,7 +253,8 @@ impl Hidden {
             let i = *i;
             out = expand(out, values, &|r, v| {
                 // Fill this position; the others stay as they are in `r` (filled earlier).
-                let mut segs: Vec<String> = split(&r.path).into_iter().map(str::to_string).collect();
+                let mut segs: Vec<String> =
+                    split(&r.path).into_iter().map(str::to_string).collect();
                 if let Some(s) = segs.get_mut(i) {
                     *s = v.to_string();
                 }
@@ -366,7 +369,13 @@ rules:
     paths: ["/patients/*/labs"]
 "#;
 
-    fn record(path: &str, form: PathForm, decision: Verdict, reason: Reason, rule: Option<&str>) -> DecisionRecord {
+    fn record(
+        path: &str,
+        form: PathForm,
+        decision: Verdict,
+        reason: Reason,
+        rule: Option<&str>,
+    ) -> DecisionRecord {
         DecisionRecord {
             time: "2026-11-30T10:00:00Z".into(),
             request_id: None,
@@ -396,40 +405,90 @@ rules:
 
     #[test]
     fn decided_where_the_hidden_segments_do_not_matter() {
-        let allowed = record("/patients/{}/notes", PathForm::Redacted, Verdict::Allow, Reason::Rule, Some("ehr-reads-notes"));
+        let allowed = record(
+            "/patients/{}/notes",
+            PathForm::Redacted,
+            Verdict::Allow,
+            Reason::Rule,
+            Some("ehr-reads-notes"),
+        );
         // The same bundle: whatever the patient, the rule allows.
         assert_eq!(outcome(BUNDLE, Some(BUNDLE), &allowed), Outcome::Unchanged);
         // A default denial of a path no rule covers stays denied whatever was hidden.
-        let denied = record("/{}/{}", PathForm::Redacted, Verdict::Deny, Reason::DefaultDeny, None);
+        let denied = record(
+            "/{}/{}",
+            PathForm::Redacted,
+            Verdict::Deny,
+            Reason::DefaultDeny,
+            None,
+        );
         assert_eq!(outcome(BUNDLE, Some(BUNDLE), &denied), Outcome::Unchanged);
     }
 
     #[test]
     fn undetermined_where_they_do() {
-        let allowed = record("/patients/{}/notes", PathForm::Redacted, Verdict::Allow, Reason::Rule, Some("ehr-reads-notes"));
+        let allowed = record(
+            "/patients/{}/notes",
+            PathForm::Redacted,
+            Verdict::Allow,
+            Reason::Rule,
+            Some("ehr-reads-notes"),
+        );
         match outcome(CANDIDATE, Some(BUNDLE), &allowed) {
             Outcome::Undetermined(names, outcomes) => {
                 assert_eq!(names, ["redacted path segment 2", "redacted host"]);
-                assert!(outcomes.iter().any(|o| o.contains("vip-notes-sealed")), "{outcomes:?}");
-                assert!(outcomes.iter().any(|o| o.contains("allow by ehr-reads-notes")), "{outcomes:?}");
+                assert!(
+                    outcomes.iter().any(|o| o.contains("vip-notes-sealed")),
+                    "{outcomes:?}"
+                );
+                assert!(
+                    outcomes
+                        .iter()
+                        .any(|o| o.contains("allow by ehr-reads-notes")),
+                    "{outcomes:?}"
+                );
             }
             other => panic!("expected undetermined, got {other:?}"),
         }
         // A denial whose last segment was hidden: the candidate's new labs rule may grant it.
-        let denied = record("/patients/{}/{}", PathForm::Redacted, Verdict::Deny, Reason::DefaultDeny, None);
-        assert!(matches!(outcome(CANDIDATE, Some(BUNDLE), &denied), Outcome::Undetermined(..)));
+        let denied = record(
+            "/patients/{}/{}",
+            PathForm::Redacted,
+            Verdict::Deny,
+            Reason::DefaultDeny,
+            None,
+        );
+        assert!(matches!(
+            outcome(CANDIDATE, Some(BUNDLE), &denied),
+            Outcome::Undetermined(..)
+        ));
     }
 
     #[test]
     fn a_path_not_logged_is_unknown_in_full() {
-        let off = record("", PathForm::Off, Verdict::Allow, Reason::Rule, Some("ehr-reads-notes"));
+        let off = record(
+            "",
+            PathForm::Off,
+            Verdict::Allow,
+            Reason::Rule,
+            Some("ehr-reads-notes"),
+        );
         assert_eq!(outcome(BUNDLE, Some(BUNDLE), &off), Outcome::Unchanged);
-        assert!(matches!(outcome(CANDIDATE, Some(BUNDLE), &off), Outcome::Undetermined(..)));
+        assert!(matches!(
+            outcome(CANDIDATE, Some(BUNDLE), &off),
+            Outcome::Undetermined(..)
+        ));
     }
 
     #[test]
     fn full_paths_replay_as_they_are() {
-        let full = record("/patients/vip-1/notes", PathForm::Full, Verdict::Allow, Reason::Rule, Some("ehr-reads-notes"));
+        let full = record(
+            "/patients/vip-1/notes",
+            PathForm::Full,
+            Verdict::Allow,
+            Reason::Rule,
+            Some("ehr-reads-notes"),
+        );
         let mut full = full;
         full.host = "lab".into();
         assert_eq!(

@@ -228,7 +228,10 @@ fn build(
     *request.uri_mut() = uri;
     let headers = request.headers_mut();
     // A `host` header among the request's own replaces the default one (a client may send any).
-    let own_host = raw.headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("host"));
+    let own_host = raw
+        .headers
+        .iter()
+        .any(|(n, _)| n.eq_ignore_ascii_case("host"));
     if let Some(host) = host.filter(|_| !own_host) {
         headers.insert(
             HOST,

@@ -132,6 +132,7 @@ fn main() {
             description: "/dev/null".into(),
             queue: 65_536,
             sample_allows: 1.0,
+            redaction: wardgate::telemetry::Redaction::default(),
         }),
     })
     .expect("telemetry");

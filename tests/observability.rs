@@ -363,7 +363,14 @@ async fn metrics_and_decision_log_account_for_every_check() {
     let logs = tempfile::tempdir().unwrap();
     let log = logs.path().join("decisions.jsonl");
     let options = SidecarOptions {
-        wardgate_args: vec!["--decision-log".into(), log.display().to_string()],
+        // Paths as sent (never the query), so each record can be matched to its request; the
+        // redacted default is tested in tests/decision_log_phi.rs.
+        wardgate_args: vec![
+            "--decision-log".into(),
+            log.display().to_string(),
+            "--decision-log-paths".into(),
+            "full".into(),
+        ],
         ..SidecarOptions::shipped("lab")
     };
     let mut sidecar = Sidecar::start(&envoy, &options).await.unwrap();
@@ -550,7 +557,9 @@ async fn metrics_and_decision_log_account_for_every_check() {
                     "rule",
                     "revision",
                     "latency_us",
-                    "break_glass_reason"
+                    "break_glass_reason",
+                    "path_form",
+                    "break_glass_header"
                 ]
                 .contains(&key.as_str()),
                 "unexpected field {key}: {what}"

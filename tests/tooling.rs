@@ -1004,6 +1004,8 @@ fn log_with(policy: &Policy, traffic: &[Logged<'_>]) -> String {
                 .then(|| headers.get("x-break-glass-reason").cloned())
                 .flatten(),
             enforced: true,
+            path_form: None,
+            break_glass_header: None,
         };
         out.push_str(&serde_json::to_string(&rec).expect("record"));
         out.push('\n');

@@ -15,7 +15,7 @@ use crate::extauthz::Mode;
 use crate::listen::ListenAddr;
 use crate::reload::ReloadConfig;
 use crate::svid::SourceConfig;
-use crate::telemetry::DecisionLogTarget;
+use crate::telemetry::{DecisionLogTarget, Redaction};
 use crate::tls::AllowList;
 
 /// The example bundle compiled into the binary; `serve` enforces it when no `--bundle` is given.
@@ -61,6 +61,7 @@ impl ServePlan {
                 target: DecisionLogTarget::Off,
                 queue: 8192,
                 sample_allows: 1.0,
+                redaction: Redaction::default(),
             },
             mode: Mode::Enforce,
         }
@@ -108,6 +109,9 @@ pub struct DecisionLogPlan {
     pub queue: usize,
     /// Fraction of allow decisions logged (denials always are).
     pub sample_allows: f64,
+    /// How paths are written and the request-id hash key (`--decision-log-paths`,
+    /// `--decision-log-key`, already read).
+    pub redaction: Redaction,
 }
 
 /// Why the `serve` flags do not make a plan. Each message names the flag to change.
@@ -207,6 +211,14 @@ pub enum PlanError {
     ReflectionAllowNotAdmitted {
         /// The SPIFFE ID.
         id: String,
+    },
+    /// A `--decision-log-key` file that cannot be used.
+    #[error("--decision-log-key {}: {source}", path.display())]
+    DecisionLogKey {
+        /// The file.
+        path: PathBuf,
+        /// Why it cannot be used.
+        source: crate::telemetry::KeyError,
     },
     /// `--verify-chain` with no trust bundles to verify against.
     #[error(

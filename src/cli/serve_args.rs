@@ -17,7 +17,7 @@ use crate::extauthz::Mode;
 use crate::listen::ListenAddr;
 use crate::reload::{BundleSource, ReloadConfig};
 use crate::svid::{files, workload_api, SourceConfig};
-use crate::telemetry::DecisionLogTarget;
+use crate::telemetry::{DecisionLogTarget, PathLogging, Redaction, RequestIdKey};
 
 /// `wardgate serve` flags.
 #[derive(Debug, Args)]
@@ -70,6 +70,16 @@ pub(crate) struct ServeArgs {
     #[arg(long, value_name = "F", default_value_t = 1.0,
           value_parser = crate::telemetry::parse_sample_rate)]
     decision_log_sample_allows: f64,
+    /// How the decision log writes request paths: `redacted` (only the segments the deciding
+    /// rule or the bundle's `logging` section names; the query never), `full` (as sent: for a
+    /// debugging session, the log may then identify patients) or `off`.
+    #[arg(long, value_name = "redacted|full|off", default_value = "redacted")]
+    decision_log_paths: PathLogging,
+    /// Secret (at least 16 bytes) keying the hash that replaces request ids which are not
+    /// Envoy-generated UUIDs; with it, hashes of the access log's ids join the decision log.
+    /// Without it a random key is drawn per process.
+    #[arg(long, value_name = "FILE")]
+    decision_log_key: Option<PathBuf>,
     /// Serve gRPC over mutual TLS on the `host:port` of --listen: present wardgate's own SVID
     /// and admit only callers whose SVID verifies against their trust domain's bundle and whose
     /// SPIFFE ID matches an --allow-caller pattern.
@@ -194,6 +204,15 @@ impl ServeArgs {
             }
         };
         let identity = self.own_identity()?;
+        let key = match &self.decision_log_key {
+            None => RequestIdKey::random(),
+            Some(path) => {
+                RequestIdKey::from_file(path).map_err(|source| PlanError::DecisionLogKey {
+                    path: path.clone(),
+                    source,
+                })?
+            }
+        };
         Ok(ServePlan {
             listen: self.listen,
             bundle,
@@ -205,6 +224,10 @@ impl ServeArgs {
                 target: self.decision_log,
                 queue: self.decision_log_queue as usize,
                 sample_allows: self.decision_log_sample_allows,
+                redaction: Redaction {
+                    paths: self.decision_log_paths,
+                    key: std::sync::Arc::new(key),
+                },
             },
             mode,
         })
@@ -390,7 +413,7 @@ mod tests {
         let mut argv = vec!["wardgate", "serve"];
         argv.extend_from_slice(args);
         match Cli::try_parse_from(argv).expect("flags parse").command {
-            Command::Serve(args) => args,
+            Command::Serve(args) => *args,
             _ => unreachable!(),
         }
     }

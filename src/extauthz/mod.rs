@@ -135,7 +135,7 @@ impl AuthzService {
         if let Some(audit) = &self.config.audit {
             audit.observe(decided.decision.verdict, decided.decision.reason);
         }
-        self.record(&check, &decided, revision, elapsed, mode);
+        self.record(&check, &decided, guard.as_ref(), revision, elapsed, mode);
         response::render(
             &decided.decision,
             revision,
@@ -151,6 +151,7 @@ impl AuthzService {
         &self,
         check: &request::Translated<'_>,
         decided: &Decided<'_, '_>,
+        policy: Option<&Arc<Policy>>,
         revision: Option<u64>,
         elapsed: Duration,
         mode: Mode,
@@ -172,6 +173,7 @@ impl AuthzService {
             telemetry.record_check(&CheckEvent {
                 request,
                 decision,
+                policy,
                 revision,
                 elapsed,
                 // Only the decision log reads it: no header lookup when it is off.

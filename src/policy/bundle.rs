@@ -64,6 +64,8 @@ pub(crate) struct RawBundle {
     #[serde(default)]
     pub(crate) rules: Vec<S<RawRule>>,
     pub(crate) break_glass: Option<S<RawBreakGlass>>,
+    /// What the decision log may show of a request (see [`RawLogging`]).
+    pub(crate) logging: Option<S<RawLogging>>,
 }
 
 #[derive(Debug, PartialEq, Deserialize)]
@@ -463,4 +465,24 @@ pub(crate) fn read_sources(path: &Path, errors: &mut Diagnostics) -> Vec<(String
         }
     }
     out
+}
+
+// ---------------------------------------------------------------------------------------------
+// The `logging` section: what the decision log may show of a request path. Validated and
+// compiled in `super::logging`; nothing here interprets it.
+
+/// `logging:` in a bundle file.
+#[derive(Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawLogging {
+    /// Path patterns whose matching paths may be logged in full (normalised, never the query).
+    #[serde(default)]
+    pub(crate) full_paths: Vec<S<String>>,
+    /// Path patterns whose literal segments may be logged for any decision, including denials
+    /// that no rule decided.
+    #[serde(default)]
+    pub(crate) path_templates: Vec<S<String>>,
+    /// Segment values never logged, even where a rule's pattern or a template names them.
+    #[serde(default)]
+    pub(crate) hide_segments: Vec<S<String>>,
 }

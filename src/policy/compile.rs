@@ -429,6 +429,7 @@ fn compile(
             }
         }
     }
+    let logging = super::logging::compile(files, errors);
     if !errors.is_empty() {
         return None;
     }
@@ -488,6 +489,7 @@ fn compile(
         break_glass,
         break_glass_header,
         index: index.finish(),
+        logging,
     })
 }
 

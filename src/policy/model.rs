@@ -23,6 +23,8 @@ pub struct Policy {
     pub(crate) break_glass_header: Option<Box<str>>,
     /// Which rules (by position in `rules` or `break_glass`) can apply to which identities.
     pub(crate) index: RuleIndex,
+    /// What the decision log may show of a request (the bundle's `logging` section).
+    pub(crate) logging: super::logging::LogRules,
 }
 
 /// A segment: a named zone of workloads.

@@ -8,6 +8,10 @@
 //! checks queue entries without waking it one by one. A slow or blocked sink (a full pipe, a
 //! stalled disk) stalls the writer and fills the queue, never a check.
 //!
+//! What a record may hold of a request is `super::redact`'s to say: the check copies the raw
+//! values (each capped, so a client cannot grow the queue's memory or a line without bound) and
+//! the policy that decided; the writer thread redacts them before anything is serialised.
+//!
 //! Allow decisions can be sampled (`sample_allows` in 0..=1, deterministic: exactly that
 //! fraction of allows, evenly spread); denials are always offered to the queue.
 
@@ -17,16 +21,20 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use prometheus::{IntCounter, IntGauge, Registry};
 use tokio::sync::{mpsc, oneshot};
 
 use super::metrics::{self, MetricsError};
+use super::redact::{cap, Redaction, Redactor};
 use super::CheckEvent;
-use crate::decision_log::{loggable_path, DecisionRecord};
-use crate::policy::{Reason, Verdict};
+use crate::decision_log::{
+    loggable_path, DecisionRecord, MAX_BREAK_GLASS_REASON, MAX_HOST, MAX_METHOD, MAX_PRINCIPAL,
+    REDACTED,
+};
+use crate::policy::{Policy, Reason, Verdict};
 
 /// Where decision-log entries go, as given to `--decision-log`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,6 +86,8 @@ pub struct DecisionLogConfig {
     pub queue: usize,
     /// Fraction of allow decisions logged, 0 to 1; denials are always logged.
     pub sample_allows: f64,
+    /// What records may hold of a request.
+    pub redaction: Redaction,
 }
 
 impl fmt::Debug for DecisionLogConfig {
@@ -86,6 +96,7 @@ impl fmt::Debug for DecisionLogConfig {
             .field("description", &self.description)
             .field("queue", &self.queue)
             .field("sample_allows", &self.sample_allows)
+            .field("paths", &self.redaction.paths)
             .finish_non_exhaustive()
     }
 }
@@ -96,6 +107,7 @@ impl DecisionLogConfig {
         target: &DecisionLogTarget,
         queue: usize,
         sample_allows: f64,
+        redaction: Redaction,
     ) -> io::Result<Option<DecisionLogConfig>> {
         let sink: Box<dyn Write + Send> = match target {
             DecisionLogTarget::Off => return Ok(None),
@@ -113,6 +125,7 @@ impl DecisionLogConfig {
             description: target.to_string(),
             queue,
             sample_allows,
+            redaction,
         }))
     }
 }
@@ -142,8 +155,15 @@ enum Field {
 
 const FIELDS: usize = 10;
 
+/// Longest raw path copied into the queue; a longer one is logged truncated.
+const MAX_PATH_COPY: usize = 8 * 1024;
+
+/// Longest raw request id copied (it is hashed, so only its identity matters).
+const MAX_REQUEST_ID_COPY: usize = 256;
+
 /// A decision-log entry as a check queues it: every text field copied into one string (one
-/// allocation on the check path); the writer thread builds the [`DecisionRecord`].
+/// allocation on the check path), each capped; the writer thread redacts them and builds the
+/// [`DecisionRecord`].
 struct Pending {
     at: jiff::Timestamp,
     text: String,
@@ -156,6 +176,17 @@ struct Pending {
     revision: Option<u64>,
     latency_us: u64,
     enforced: bool,
+    /// The policy that decided, for the writer to redact the path by.
+    policy: Option<Arc<Policy>>,
+    /// Whether the raw path was longer than the copy.
+    path_cut: bool,
+    /// Whether the bundle's break-glass header was sent (`None`: the bundle has none).
+    break_glass_header: Option<bool>,
+}
+
+/// A principal, or the marker when it is longer than any SPIFFE ID.
+fn principal(value: Option<&str>) -> Option<&str> {
+    value.map(|v| if v.len() > MAX_PRINCIPAL { REDACTED } else { v })
 }
 
 impl Pending {
@@ -165,18 +196,36 @@ impl Pending {
         let break_glass_reason = event
             .break_glass_reason
             .filter(|_| d.reason == Reason::BreakGlass);
+        let path = loggable_path(r.path);
+        let copied_path = cap(path, MAX_PATH_COPY);
+        // A host with a port can be six bytes longer than a name; beyond that it is no name
+        // the bundle can hold, and a method longer than the cap is no method it names.
+        let host = if r.host.len() > MAX_HOST + 6 {
+            REDACTED
+        } else {
+            r.host
+        };
+        let method = if r.method.len() > MAX_METHOD {
+            REDACTED
+        } else {
+            r.method
+        };
         let fields: [Option<&str>; FIELDS] = [
-            event.request_id,
-            r.source,
+            event.request_id.map(|id| cap(id, MAX_REQUEST_ID_COPY)),
+            principal(r.source),
             d.source_segment,
-            r.destination,
+            principal(r.destination),
             d.destination_segment,
-            Some(r.method),
-            Some(loggable_path(r.path)),
-            Some(r.host),
+            Some(method),
+            Some(copied_path),
+            Some(host),
             d.rule,
-            break_glass_reason,
+            break_glass_reason.map(|reason| cap(reason, MAX_BREAK_GLASS_REASON)),
         ];
+        let policy = event.policy;
+        let break_glass_header = policy
+            .and_then(|p| p.break_glass_header())
+            .map(|h| r.headers.header(h).is_some());
         let length = fields.iter().flatten().map(|f| f.len()).sum();
         let mut pending = Pending {
             at: r.time,
@@ -188,6 +237,9 @@ impl Pending {
             revision: event.revision,
             latency_us: u64::try_from(event.elapsed.as_micros()).unwrap_or(u64::MAX),
             enforced: event.enforced,
+            policy: policy.cloned(),
+            path_cut: copied_path.len() < path.len(),
+            break_glass_header,
         };
         for (i, field) in fields.iter().enumerate() {
             if let Some(value) = field {
@@ -213,17 +265,25 @@ impl Pending {
         self.get(field).map(str::to_owned)
     }
 
-    fn record(&self) -> DecisionRecord {
+    fn record(&self, redactor: &mut Redactor) -> DecisionRecord {
+        let policy = self.policy.as_ref();
+        let rule = self.get(Field::Rule);
+        let (path, form) = redactor.path(
+            policy,
+            rule,
+            self.get(Field::Path).unwrap_or_default(),
+            self.path_cut,
+        );
         DecisionRecord {
             time: self.at.to_string(),
-            request_id: self.owned(Field::RequestId),
+            request_id: self.get(Field::RequestId).map(|id| redactor.request_id(id)),
             source: self.owned(Field::Source),
             source_segment: self.owned(Field::SourceSegment),
             destination: self.owned(Field::Destination),
             destination_segment: self.owned(Field::DestinationSegment),
-            method: self.owned(Field::Method).unwrap_or_default(),
-            path: self.owned(Field::Path).unwrap_or_default(),
-            host: self.owned(Field::Host).unwrap_or_default(),
+            method: redactor.method(policy, self.get(Field::Method).unwrap_or_default()),
+            path,
+            host: redactor.host(policy, self.get(Field::Host).unwrap_or_default()),
             decision: self.decision,
             reason: self.reason,
             rule: self.owned(Field::Rule),
@@ -231,6 +291,8 @@ impl Pending {
             latency_us: self.latency_us,
             break_glass_reason: self.owned(Field::BreakGlassReason),
             enforced: self.enforced,
+            path_form: Some(form),
+            break_glass_header: self.break_glass_header,
         }
     }
 }
@@ -341,12 +403,24 @@ impl DecisionLog {
             "wardgate_decision_log_queue_capacity",
             "Capacity of the decision-log queue (0: the decision log is off).",
         )?;
+        let paths = metrics::int_gauge_vec(
+            registry,
+            "wardgate_decision_log_paths",
+            "Always 1 while the decision log is on; the mode label says how it writes request paths (redacted, full: as sent, which may identify patients, off).",
+            &["mode"],
+        )?;
+        if let Some(config) = &config {
+            paths
+                .with_label_values(&[config.redaction.paths.as_str()])
+                .set(1);
+        }
         let inner = config.map(|config| {
             let queue = config.queue.max(1);
             capacity.set(i64::try_from(queue).unwrap_or(i64::MAX));
             let (tx, rx) = mpsc::channel(queue);
             let (done_tx, done_rx) = oneshot::channel();
             let writer = Writer {
+                redactor: Redactor::new(config.redaction),
                 written,
                 write_errors,
                 description: config.description.clone(),
@@ -453,6 +527,7 @@ impl DecisionLog {
 
 /// The writer thread's state.
 struct Writer {
+    redactor: Redactor,
     written: IntCounter,
     write_errors: IntCounter,
     description: String,
@@ -477,12 +552,13 @@ impl Writer {
                 match msg {
                     Msg::Record(pending) => {
                         line.clear();
-                        let result = serde_json::to_writer(&mut line, &pending.record())
-                            .map_err(io::Error::from)
-                            .and_then(|()| {
-                                line.push(b'\n');
-                                out.write_all(&line)
-                            });
+                        let result =
+                            serde_json::to_writer(&mut line, &pending.record(&mut self.redactor))
+                                .map_err(io::Error::from)
+                                .and_then(|()| {
+                                    line.push(b'\n');
+                                    out.write_all(&line)
+                                });
                         match result {
                             Ok(()) => batch += 1,
                             Err(error) => self.failed(&error, 1),

@@ -36,6 +36,7 @@
 
 mod log_writer;
 pub mod metrics;
+mod redact;
 mod rules;
 pub mod throttle;
 
@@ -52,6 +53,7 @@ use serde::Serialize;
 
 pub use log_writer::{DecisionLogConfig, DecisionLogTarget, DecisionLogTargetError};
 pub use metrics::MetricsError;
+pub use redact::{KeyError, PathLogging, Redaction, RequestIdKey, MIN_KEY_BYTES};
 pub use rules::{RuleKind, RuleUsage};
 
 use crate::policy::{Decision, Policy, Reason, Verdict};
@@ -111,6 +113,9 @@ pub struct CheckEvent<'a> {
     pub request: &'a crate::policy::Request<'a>,
     /// The decision.
     pub decision: &'a Decision<'a>,
+    /// The policy that decided (`None` without one): the decision log redacts the path by the
+    /// deciding rule's pattern and the bundle's `logging` section.
+    pub policy: Option<&'a Arc<Policy>>,
     /// Revision of the bundle that decided (`None` without a policy).
     pub revision: Option<u64>,
     /// Time spent deciding.
@@ -408,17 +413,29 @@ impl Telemetry {
         target: &DecisionLogTarget,
         queue: usize,
         sample_allows: f64,
+        redaction: Redaction,
     ) -> Result<Arc<Self>, TelemetryError> {
-        let decision_log = DecisionLogConfig::open(target, queue, sample_allows)
+        let decision_log = DecisionLogConfig::open(target, queue, sample_allows, redaction)
             .map_err(TelemetryError::DecisionLog)?;
         match &decision_log {
             None => tracing::info!("decision log off"),
-            Some(log) => tracing::info!(
-                decision_log = %log.description,
-                queue = log.queue,
-                sample_allows = log.sample_allows,
-                "writing the decision log (one JSON object per line)"
-            ),
+            Some(log) => {
+                tracing::info!(
+                    decision_log = %log.description,
+                    queue = log.queue,
+                    sample_allows = log.sample_allows,
+                    paths = %log.redaction.paths,
+                    "writing the decision log (one JSON object per line)"
+                );
+                if log.redaction.paths == PathLogging::Full {
+                    tracing::warn!(
+                        decision_log = %log.description,
+                        "--decision-log-paths full: THE DECISION LOG HOLDS REQUEST PATHS AS SENT, \
+                         WHICH MAY IDENTIFY PATIENTS; treat it as protected health information \
+                         and turn this off after debugging"
+                    );
+                }
+            }
         }
         Ok(Telemetry::new(TelemetryConfig { decision_log })?)
     }

@@ -39,6 +39,8 @@ break_glass:
 const EHR: &str = "spiffe://hospital.example/ns/clinical/sa/ehr";
 const LAB: &str = "spiffe://hospital.example/ns/clinical/sa/lab";
 const IMAGING: &str = "spiffe://hospital.example/ns/clinical/sa/imaging";
+/// An Envoy-generated request id (a UUID): logged as it is.
+const REQUEST_ID: &str = "0f8e7d6c-5b4a-4392-8170-6f5e4d3c2b1a";
 const VENDOR: &str = "spiffe://partner-lab.example/ns/vendor/sa/reflab";
 
 /// A sink the test can read, optionally blocked until the test opens a gate per write.
@@ -79,19 +81,20 @@ fn telemetry_with(sink: Box<dyn Write + Send>, queue: usize, sample: f64) -> Arc
             description: "test".into(),
             queue,
             sample_allows: sample,
+            redaction: Redaction::default(),
         }),
     })
     .expect("telemetry")
 }
 
-fn policy() -> Policy {
-    Policy::from_yaml_str("test.yaml", BUNDLE).unwrap()
+fn policy() -> Arc<Policy> {
+    Arc::new(Policy::from_yaml_str("test.yaml", BUNDLE).unwrap())
 }
 
 /// Decide and record one request; returns the decision's reason.
 fn run(
     telemetry: &Telemetry,
-    policy: Option<&Policy>,
+    policy: Option<&Arc<Policy>>,
     source: &str,
     destination: &str,
     path: &str,
@@ -111,9 +114,10 @@ fn run(
     telemetry.record_check(&CheckEvent {
         request: &request,
         decision: &decision,
-        revision: policy.map(Policy::revision),
+        policy,
+        revision: policy.map(|p| p.revision()),
         elapsed: Duration::from_micros(3),
-        request_id: Some("req-1"),
+        request_id: Some(REQUEST_ID),
         break_glass_reason: headers.get("x-break-glass-reason").map(String::as_str),
         enforced: true,
     });
@@ -255,7 +259,7 @@ async fn counts_checks_rules_and_latency_by_label() {
         Some("cardiac arrest, bed 4")
     );
     assert_eq!(bg_record.revision, Some(3));
-    assert_eq!(bg_record.request_id.as_deref(), Some("req-1"));
+    assert_eq!(bg_record.request_id.as_deref(), Some(REQUEST_ID));
     assert_eq!(bg_record.latency_us, 3);
     assert!(records[..7].iter().all(|r| r.break_glass_reason.is_none()));
     assert_eq!(records[0].reason, Reason::NoPolicy);
@@ -372,7 +376,7 @@ fn a_swap_keeps_hits_of_rules_that_stay_and_removes_what_is_gone() {
                 "  - name: vendor-never-reaches-clinical\n    action: deny\n    from: [vendor]\n    to: [clinical]\n",
                 "",
             );
-    let next = Policy::from_yaml_str("test.yaml", &next_yaml).unwrap();
+    let next = Arc::new(Policy::from_yaml_str("test.yaml", &next_yaml).unwrap());
     t.bundle_swapped(&next, "test.yaml", Duration::ZERO);
     run(&t, Some(&next), EHR, LAB, "/results/1", &[]);
     let hits = |rule, action| {
@@ -502,4 +506,113 @@ fn sample_rates_parse() {
     assert!(parse_sample_rate("1.5").is_err());
     assert!(parse_sample_rate("-0.1").is_err());
     assert!(parse_sample_rate("NaN").is_err());
+}
+
+/// Record one request with everything a client controls made hostile, under `paths`.
+async fn hostile_line(paths: PathLogging) -> String {
+    let sink = Sink::default();
+    let t = Telemetry::new(TelemetryConfig {
+        decision_log: Some(DecisionLogConfig {
+            sink: Box::new(sink.clone()),
+            description: "test".into(),
+            queue: 8,
+            sample_allows: 1.0,
+            redaction: Redaction {
+                paths,
+                key: Arc::new(RequestIdKey::from_bytes(b"0123456789abcdef")),
+            },
+        }),
+    })
+    .unwrap();
+    let p = policy();
+    t.bundle_swapped(&p, "test.yaml", Duration::ZERO);
+    let path = format!(
+        "/results/MRN12345/{}?ssn=078-05-1120",
+        "JaneDoe/".repeat(20_000)
+    );
+    let host = "JaneDoe.".repeat(10_000);
+    let reason = "JaneDoe ".repeat(10_000);
+    let request_id = "MRN-123-DOB-19700101-JaneDoe".repeat(1000);
+    let method = "JANEDOE".repeat(100);
+    let headers: HashMap<String, String> =
+        [("x-break-glass-reason".to_string(), reason.clone())].into();
+    let mut request = Request::new(&method, &path);
+    request.source = Some(EHR);
+    request.destination = Some(LAB);
+    request.host = &host;
+    request.headers = &headers;
+    let decision = p.decide(&request);
+    t.record_check(&CheckEvent {
+        request: &request,
+        decision: &decision,
+        policy: Some(&p),
+        revision: Some(p.revision()),
+        elapsed: Duration::from_micros(3),
+        request_id: Some(&request_id),
+        // As if the reason had been accepted: the log caps it anyway.
+        break_glass_reason: Some(&reason),
+    });
+    flush(&t).await;
+    let text = String::from_utf8(sink.out.lock().unwrap().clone()).unwrap();
+    text.trim_end().to_string()
+}
+
+#[tokio::test]
+async fn a_hostile_request_gives_a_bounded_line_without_its_identifiers() {
+    let line = hostile_line(PathLogging::Redacted).await;
+    assert!(line.len() < 4096, "{} bytes", line.len());
+    for secret in ["JaneDoe", "JANEDOE", "MRN", "078-05"] {
+        assert!(!line.contains(secret), "`{secret}` logged: {line:.300}");
+    }
+    let r: DecisionRecord = serde_json::from_str(&line).unwrap();
+    assert_eq!((r.method.as_str(), r.host.as_str()), ("{}", "{}"));
+    assert!(r.request_id.unwrap().starts_with("hmac-"));
+    assert_eq!(r.path_form, Some(crate::decision_log::PathForm::Truncated));
+    assert_eq!(r.break_glass_header, Some(true));
+
+    // Full paths: the path is shown but still capped; the query and the rest stay out.
+    let line = hostile_line(PathLogging::Full).await;
+    assert!(line.len() < 4096, "{} bytes", line.len());
+    let r: DecisionRecord = serde_json::from_str(&line).unwrap();
+    assert!(
+        r.path.starts_with("/results/MRN12345/JaneDoe/"),
+        "{}",
+        r.path
+    );
+    assert!(
+        !line.contains("078-05") && !line.contains("JANEDOE"),
+        "{line:.300}"
+    );
+
+    let line = hostile_line(PathLogging::Off).await;
+    let r: DecisionRecord = serde_json::from_str(&line).unwrap();
+    assert_eq!(
+        (r.path.as_str(), r.path_form),
+        ("", Some(crate::decision_log::PathForm::Off))
+    );
+}
+
+#[tokio::test]
+async fn the_deciding_rule_says_which_segments_are_logged() {
+    let sink = Sink::default();
+    let t = telemetry_with(Box::new(sink.clone()), 64, 1.0);
+    let p = policy();
+    t.bundle_swapped(&p, "test.yaml", Duration::ZERO);
+    assert_eq!(
+        run(&t, Some(&p), EHR, LAB, "/results/12345?x=1", &[]),
+        "rule"
+    );
+    assert_eq!(
+        run(&t, Some(&p), EHR, LAB, "/patients/12345", &[]),
+        "default_deny"
+    );
+    assert_eq!(run(&t, None, EHR, LAB, "/patients/12345", &[]), "no_policy");
+    flush(&t).await;
+    let records = lines(&sink);
+    let paths: Vec<&str> = records.iter().map(|r| r.path.as_str()).collect();
+    assert_eq!(paths, ["/results/{}", "/{}/{}", "/{}/{}"]);
+    // `lab.clinical.svc` is the Kubernetes name of the `lab` service the bundle names.
+    assert_eq!(records[0].host, "lab.clinical.svc");
+    assert_eq!(records[2].host, "{}", "without a policy no host is known");
+    assert_eq!(records[0].break_glass_header, Some(false));
 }

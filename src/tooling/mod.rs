@@ -49,6 +49,7 @@ pub(crate) mod diff;
 pub(crate) mod exit;
 pub(crate) mod learn;
 pub(crate) mod model;
+pub(crate) mod redacted;
 pub(crate) mod render;
 pub(crate) mod replay;
 pub(crate) mod space;

@@ -120,6 +120,8 @@ fn unknowns(policies: &[&Policy], rec: &DecisionRecord) -> Vec<Unknown> {
         match &rec.break_glass_reason {
             // Logged: it was sent with this value.
             Some(_) => {}
+            // Logged as not sent.
+            None if rec.break_glass_header == Some(false) => {}
             None => out.push(Unknown::Header(
                 h,
                 vec![None, Some(BREAK_GLASS_VALUE.to_string())],
@@ -209,6 +211,10 @@ pub(crate) fn replay_one(
     baseline: Option<&Policy>,
     rec: &DecisionRecord,
 ) -> Result<(Outcome, Option<Segments>), String> {
+    // Values the log redacted (path segments, host, method): replay every completion.
+    if let Some(replayed) = super::redacted::replay(candidate, baseline, rec, replay_one) {
+        return replayed;
+    }
     let time: jiff::Timestamp = rec
         .time
         .parse()

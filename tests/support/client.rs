@@ -227,7 +227,12 @@ fn build(
     *request.method_mut() = method;
     *request.uri_mut() = uri;
     let headers = request.headers_mut();
-    if let Some(host) = host {
+    // A `host` header among the request's own replaces the default one (a client may send any).
+    let own_host = raw
+        .headers
+        .iter()
+        .any(|(n, _)| n.eq_ignore_ascii_case("host"));
+    if let Some(host) = host.filter(|_| !own_host) {
         headers.insert(
             HOST,
             HeaderValue::from_str(host).map_err(|e| ClientError::Request(e.to_string()))?,

@@ -497,3 +497,37 @@ fn the_bundle_keeps_the_base_and_its_conditions_and_compiles() {
     let cases = crate::tooling::testing::parse_file(&file).unwrap_or_else(|e| panic!("{e:?}"));
     assert_eq!(cases.len(), 2);
 }
+
+/// A log the writer redacted (the default): every patient id is `{}`, the host too. Learning
+/// generalises the marker like an identifier, even when it is the only value seen.
+#[test]
+fn redacted_logs_are_learned_with_the_marker_as_an_identifier() {
+    let lines: Vec<String> = (0..5)
+        .map(|i| {
+            let mut v: serde_json::Value = serde_json::from_str(&line(
+                EHR,
+                LAB,
+                "GET",
+                if i % 2 == 0 {
+                    "/patients/{}/notes"
+                } else {
+                    "/patients/{}/notes/{}"
+                },
+                DEFAULT_DENY,
+            ))
+            .expect("json");
+            v["host"] = "{}".into();
+            v["path_form"] = "redacted".into();
+            v["break_glass_header"] = false.into();
+            v.to_string()
+        })
+        .collect();
+    let (obs, p) = learn(&lines, None, 2);
+    assert_eq!(obs.learnable(), 5);
+    let paths: Vec<&str> = p
+        .rules
+        .iter()
+        .flat_map(|r| r.paths.iter().map(String::as_str))
+        .collect();
+    assert_eq!(paths, ["/patients/*/notes", "/patients/*/notes/*"]);
+}

@@ -551,6 +551,7 @@ async fn hostile_line(paths: PathLogging) -> String {
         request_id: Some(&request_id),
         // As if the reason had been accepted: the log caps it anyway.
         break_glass_reason: Some(&reason),
+        enforced: true,
     });
     flush(&t).await;
     let text = String::from_utf8(sink.out.lock().unwrap().clone()).unwrap();

@@ -392,6 +392,7 @@ rules:
             revision: Some(1),
             latency_us: 3,
             break_glass_reason: None,
+            enforced: true,
             path_form: Some(form),
             break_glass_header: None,
         }

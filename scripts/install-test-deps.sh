@@ -2,8 +2,9 @@
 # Install what wardgate's integration tests need beyond the Rust toolchain: a real Envoy,
 # promtool (Prometheus' rule and exposition checker), and for the deployment tests umoci and
 # skopeo (the registry-free container image), kubernetes-validate (Kubernetes schemas), grpcio
-# with the Envoy API stubs (the Python client example), and a check that kubectl's built-in
-# kustomize can render deploy/kubernetes.
+# with the Envoy API stubs (the Python client example), opentelemetry-proto (the OTLP trace
+# receiver of the tracing test), and a check that kubectl's built-in kustomize can render
+# deploy/kubernetes.
 #
 # Idempotent: installs only what is missing. Debian packages (prometheus for promtool, umoci,
 # skopeo) are installed with apt-get when running as root; otherwise a warning (the tests then
@@ -72,6 +73,10 @@ pip_install() {  # pip_install IMPORT_CHECK REQUIREMENT...
 }
 pip_install "import kubernetes_validate, yaml" "kubernetes-validate==1.37.0"
 pip_install "import grpc, google.protobuf" "grpcio==1.85.1" "protobuf>=6.31.1,<8"
+# The OTLP trace receiver of tests/otel_envoy.rs: grpcio serving opentelemetry-proto's
+# TraceService stubs (the package needs protobuf >=5,<8, the same range as above).
+pip_install "from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc" \
+    "opentelemetry-proto==1.45.2"
 xds_dir="${WARDGATE_PYTHON_XDS:-$HOME/.cache/wardgate/xds-protos-1.85.0}"
 if ! PYTHONPATH="$xds_dir" "$PY" -c "from envoy.service.auth.v3 import external_auth_pb2_grpc" >/dev/null 2>&1; then
     echo "install-test-deps: installing xds-protos==1.85.0 into $xds_dir" >&2

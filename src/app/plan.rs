@@ -2,8 +2,8 @@
 //! every way the flags can fail to make one.
 //!
 //! A plan is plain data: the bundle source with its reload settings (trusted keys already read),
-//! the shadow source, wardgate's own identity source with the mTLS listener, the admin and
-//! decision-log settings. Building one reads only the files a flag names (trusted keys) and
+//! the shadow source, wardgate's own identity source with the mTLS listener, the admin,
+//! decision-log and span-export settings. Building one reads only the files a flag names (trusted keys) and
 //! the Workload API endpoint variable; it must never bind, spawn or start anything, so a plan
 //! that fails leaves nothing behind. `cli` turns flags into a plan; [`super::serve`] runs it.
 
@@ -16,6 +16,7 @@ use crate::reload::ReloadConfig;
 use crate::svid::SourceConfig;
 use crate::telemetry::DecisionLogTarget;
 use crate::tls::AllowList;
+use crate::tracing_otel::{EndpointError, OtlpConfig};
 
 /// The example bundle compiled into the binary; `serve` enforces it when no `--bundle` is given.
 pub const EMBEDDED_BUNDLE: &str = include_str!("../../deploy/bundles/hospital.yaml");
@@ -41,6 +42,8 @@ pub struct ServePlan {
     pub admin: AdminAddr,
     /// The decision log.
     pub decision_log: DecisionLogPlan,
+    /// OpenTelemetry span export (`--otlp-endpoint`), or off.
+    pub tracing: Option<OtlpConfig>,
 }
 
 impl ServePlan {
@@ -59,6 +62,7 @@ impl ServePlan {
                 queue: 8192,
                 sample_allows: 1.0,
             },
+            tracing: None,
         }
     }
 }
@@ -175,4 +179,12 @@ pub enum PlanError {
         "--verify-chain needs trust bundles: give --trust-bundle TD=PEMFILE or a Workload API source"
     )]
     VerifyChainWithoutBundles,
+    /// `--otlp-endpoint` is not `http://host:port`.
+    #[error("--otlp-endpoint `{value}`: {why}")]
+    OtlpEndpoint {
+        /// The value given.
+        value: String,
+        /// What is wrong with it.
+        why: EndpointError,
+    },
 }

@@ -17,6 +17,7 @@ use crate::listen::ListenAddr;
 use crate::reload::{BundleSource, ReloadConfig};
 use crate::svid::{files, workload_api, SourceConfig};
 use crate::telemetry::DecisionLogTarget;
+use crate::tracing_otel::OtlpConfig;
 
 /// `wardgate serve` flags.
 #[derive(Debug, Args)]
@@ -108,6 +109,14 @@ pub(crate) struct ServeArgs {
     /// federated CA from minting another trust domain's identities.
     #[arg(long)]
     verify_chain: bool,
+    /// Export OpenTelemetry trace spans (one per check, joined to the caller's trace, and one
+    /// per bundle reload) to this OTLP/gRPC collector, `http://host:port`. Off by default.
+    #[arg(long, value_name = "URL")]
+    otlp_endpoint: Option<String>,
+    /// Spans waiting for export; beyond it spans are dropped and counted, never waited for.
+    #[arg(long, value_name = "N", default_value_t = crate::tracing_otel::DEFAULT_QUEUE as u32,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    otlp_queue: u32,
 }
 
 /// `--log-format`.
@@ -178,6 +187,10 @@ impl ServeArgs {
             }
         };
         let identity = self.own_identity()?;
+        let tracing = (self.otlp_endpoint.as_deref())
+            .map(|e| OtlpConfig::new(e, self.otlp_queue as usize).map_err(|why| (e, why)))
+            .transpose()
+            .map_err(|(e, why)| PlanError::OtlpEndpoint { value: e.into(), why })?;
         Ok(ServePlan {
             listen: self.listen,
             bundle,
@@ -190,6 +203,7 @@ impl ServeArgs {
                 queue: self.decision_log_queue as usize,
                 sample_allows: self.decision_log_sample_allows,
             },
+            tracing,
         })
     }
 

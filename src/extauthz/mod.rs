@@ -5,7 +5,8 @@
 //! `CheckRequest` borrowed into a [`policy::Request`](crate::policy::Request)), decide
 //! ([`Policy::decide_stated`] under one `arc-swap` guard of the policy), shadow (the candidate
 //! bundle's view, compared and counted, never answered), record (debug line, the audited
-//! break-glass warning, metrics and the decision log through [`Telemetry`]), render
+//! break-glass warning, metrics and the decision log through [`Telemetry`], the trace span
+//! through [`Tracing`]), render
 //! (`response`: the `CheckResponse`). The forwarded-certificate decoding cache is `certs`.
 //! [`AuthzConfig`] holds what a Check needs beyond the policy; the listener, health and drain
 //! settings belong to the gRPC server ([`crate::grpc::ServerConfig`]).
@@ -32,6 +33,7 @@ use crate::decision_log::loggable_path;
 use crate::policy::{Decided, Decision, Policy, PolicyHandle, Reason, Request};
 use crate::shadow::Shadow;
 use crate::telemetry::{CheckEvent, Telemetry};
+use crate::tracing_otel::Tracing;
 use crate::trust::TrustHandle;
 
 pub use response::{BREAK_GLASS_HEADER, HEADER_PREFIX, REASON_HEADER, RULE_HEADER};
@@ -55,6 +57,8 @@ pub struct AuthzConfig {
     /// A shadow bundle evaluated beside the enforced one on every check (`serve
     /// --shadow-bundle`); disagreements are counted and logged, responses never change.
     pub shadow: Option<Arc<Shadow>>,
+    /// OpenTelemetry spans (`serve --otlp-endpoint`): one per check, child of the caller's.
+    pub tracing: Option<Arc<Tracing>>,
 }
 
 /// The `Authorization` service: answers Envoy's Checks from the policy in force.
@@ -108,6 +112,9 @@ impl AuthzService {
 
         // Record, then render.
         self.record(&check, &decided, revision, elapsed);
+        if let Some(t) = &self.config.tracing {
+            t.check_span(check.client_headers(), &decided.decision, revision, elapsed);
+        }
         response::render(&decided.decision, revision, elapsed, check.client_headers())
     }
 

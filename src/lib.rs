@@ -71,7 +71,7 @@ pub mod shadow;
 pub mod svid;
 pub mod telemetry;
 pub mod tls;
-pub mod tracing_otel;
 pub(crate) mod tooling;
+pub mod tracing_otel;
 pub mod trust;
 pub mod watch;

@@ -26,8 +26,8 @@ use std::time::{Duration, SystemTime};
 
 use opentelemetry::propagation::TextMapPropagator as _;
 use opentelemetry::trace::{
-    SpanContext, SpanId, SpanKind, Status, TraceContextExt as _, TraceFlags, TraceId, TraceState,
-    Span as _, Tracer as _, TracerProvider as _,
+    Span as _, SpanContext, SpanId, SpanKind, Status, TraceContextExt as _, TraceFlags, TraceId,
+    TraceState, Tracer as _, TracerProvider as _,
 };
 use opentelemetry::{Context, InstrumentationScope, KeyValue, Value};
 use opentelemetry_otlp::WithExportConfig as _;
@@ -207,11 +207,15 @@ impl Tracing {
             capacity: config.queue,
             dropped: dropped.clone(),
         };
-        let mut resource = Resource::builder().with_attribute(KeyValue::new(
-            "service.version",
-            env!("CARGO_PKG_VERSION"),
-        ));
-        if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
+        // The standard variables (OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES) may name the
+        // service; otherwise it is `wardgate`, not the SDK's `unknown_service`.
+        let named = Resource::builder()
+            .build()
+            .get(&opentelemetry::Key::from_static_str("service.name"))
+            .is_some_and(|name| !name.as_str().starts_with("unknown_service"));
+        let mut resource = Resource::builder()
+            .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")));
+        if !named {
             resource = resource.with_service_name("wardgate");
         }
         let provider = SdkTracerProvider::builder()
@@ -285,9 +289,7 @@ impl Tracing {
         compile_time: Option<Duration>,
     ) {
         let end = SystemTime::now();
-        let start = compile_time
-            .and_then(|t| end.checked_sub(t))
-            .unwrap_or(end);
+        let start = compile_time.and_then(|t| end.checked_sub(t)).unwrap_or(end);
         let mut attributes = vec![
             KeyValue::new(names::OUTCOME, outcome.as_str()),
             KeyValue::new(names::BUNDLE, bundle),

@@ -54,15 +54,13 @@ async fn get(client: &MtlsClient, path: &str, headers: &[(&str, &str)]) -> u16 {
     client.send(&request).await.expect("exchange").status
 }
 
-async fn start(
-    envoy: &Path,
-    bundle: &Path,
-    args: &[&str],
-) -> Sidecar {
+async fn start(envoy: &Path, bundle: &Path, args: &[&str]) -> Sidecar {
     let mut options = SidecarOptions::shipped("lab");
     options.bundle = bundle.to_owned();
     options.wardgate_args = args.iter().map(|a| (*a).to_owned()).collect();
-    Sidecar::start(envoy, &options).await.expect("sidecar starts")
+    Sidecar::start(envoy, &options)
+        .await
+        .expect("sidecar starts")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -96,12 +94,18 @@ async fn check_spans_join_the_callers_trace_and_reloads_are_traced() {
     .await;
     assert_eq!(status, 200, "{}", sidecar.logs());
     let span = receiver
-        .wait_for("with the client's trace id", ARRIVAL, |s| s["trace_id"] == trace.as_str())
+        .wait_for("with the client's trace id", ARRIVAL, |s| {
+            s["trace_id"] == trace.as_str()
+        })
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", sidecar.logs()));
     println!("check span as received: {span:#}");
     assert_eq!(span["name"], "wardgate.check");
-    assert_eq!(span["parent_span_id"], parent.as_str(), "child of the caller's span");
+    assert_eq!(
+        span["parent_span_id"],
+        parent.as_str(),
+        "child of the caller's span"
+    );
     assert_ne!(span["span_id"], parent.as_str());
     assert_eq!(span["kind"], 2, "SPAN_KIND_SERVER");
     assert_eq!(attr(&span, "wardgate.decision"), "allow");
@@ -116,7 +120,10 @@ async fn check_spans_join_the_callers_trace_and_reloads_are_traced() {
         span["start_unix_nano"].as_u64().unwrap(),
         span["end_unix_nano"].as_u64().unwrap(),
     );
-    assert!(start <= end && end - start < 1_000_000_000, "{start}..{end}");
+    assert!(
+        start <= end && end - start < 1_000_000_000,
+        "{start}..{end}"
+    );
     assert_eq!(span["resource"]["service.name"], "wardgate");
     // Nothing of the path (nor its query) is in the span.
     let text = span.to_string();
@@ -139,13 +146,18 @@ async fn check_spans_join_the_callers_trace_and_reloads_are_traced() {
     .await;
     assert_eq!(status, 403);
     let span = receiver
-        .wait_for("with the B3 trace id", ARRIVAL, |s| s["trace_id"] == trace_b3.as_str())
+        .wait_for("with the B3 trace id", ARRIVAL, |s| {
+            s["trace_id"] == trace_b3.as_str()
+        })
         .await
         .unwrap();
     assert_eq!(span["parent_span_id"], parent_b3.as_str());
     assert_eq!(attr(&span, "wardgate.decision"), "deny");
     assert_eq!(attr(&span, "wardgate.reason"), "rule");
-    assert_eq!(attr(&span, "wardgate.rule"), "no-workload-reaches-admin-consoles");
+    assert_eq!(
+        attr(&span, "wardgate.rule"),
+        "no-workload-reaches-admin-consoles"
+    );
     assert_eq!(attr(&span, "wardgate.source_segment"), "administrative");
 
     // A caller that did not sample its trace gets no span from wardgate either.
@@ -171,7 +183,9 @@ async fn check_spans_join_the_callers_trace_and_reloads_are_traced() {
         attr(&swapped, "wardgate.reload.source"),
         bundle.display().to_string().as_str()
     );
-    assert!(attr(&swapped, "wardgate.reload.compile_ms").as_f64().is_some());
+    assert!(attr(&swapped, "wardgate.reload.compile_ms")
+        .as_f64()
+        .is_some());
 
     // A broken rewrite is refused: a span with the outcome as an error and the revision that
     // stays in force.
@@ -188,7 +202,10 @@ async fn check_spans_join_the_callers_trace_and_reloads_are_traced() {
 
     // By now the unsampled check's span would have been exported with the others.
     assert!(
-        !receiver.spans().iter().any(|s| s["trace_id"] == unsampled.as_str()),
+        !receiver
+            .spans()
+            .iter()
+            .any(|s| s["trace_id"] == unsampled.as_str()),
         "an unsampled caller's check was exported"
     );
 }
@@ -233,7 +250,9 @@ async fn a_receiver_that_is_down_costs_checks_nothing_and_drops_are_counted() {
         }
     }
     let (baseline, traced) = (median(baseline), median(traced));
-    println!("median check through Envoy: unsampled {baseline:?}, traced to a down receiver {traced:?}");
+    println!(
+        "median check through Envoy: unsampled {baseline:?}, traced to a down receiver {traced:?}"
+    );
     assert!(
         traced < baseline * 3 + Duration::from_millis(5),
         "checks slowed by a down receiver: {traced:?} vs {baseline:?}"
@@ -255,11 +274,16 @@ async fn a_receiver_that_is_down_costs_checks_nothing_and_drops_are_counted() {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let header = traceparent(&trace, &id(16, 1000), true);
-        assert_eq!(get(&ehr, "/results/1", &[("traceparent", &header)]).await, 200);
+        assert_eq!(
+            get(&ehr, "/results/1", &[("traceparent", &header)]).await,
+            200
+        );
         let arrived = receiver
-            .wait_for("after the receiver came back", Duration::from_secs(3), |s| {
-                s["trace_id"] == trace.as_str()
-            })
+            .wait_for(
+                "after the receiver came back",
+                Duration::from_secs(3),
+                |s| s["trace_id"] == trace.as_str(),
+            )
             .await;
         match arrived {
             Ok(_) => break,

@@ -312,7 +312,8 @@ async fn start(
         tracing::info!(source = %cfg.source, "loading shadow bundle (evaluated, never enforced)");
         let mut shadow_observer: Arc<dyn ReloadObserver> = evaluator.clone();
         if let Some(t) = &tracing {
-            shadow_observer = t.observe_reloads(shadow_observer, "shadow bundle", &cfg.source.to_string());
+            shadow_observer =
+                t.observe_reloads(shadow_observer, "shadow bundle", &cfg.source.to_string());
         }
         let mut reloader = Reloader::new(
             cfg,

@@ -190,7 +190,10 @@ impl ServeArgs {
         let tracing = (self.otlp_endpoint.as_deref())
             .map(|e| OtlpConfig::new(e, self.otlp_queue as usize).map_err(|why| (e, why)))
             .transpose()
-            .map_err(|(e, why)| PlanError::OtlpEndpoint { value: e.into(), why })?;
+            .map_err(|(e, why)| PlanError::OtlpEndpoint {
+                value: e.into(),
+                why,
+            })?;
         Ok(ServePlan {
             listen: self.listen,
             bundle,
@@ -509,5 +512,28 @@ mod tests {
         );
         assert_eq!(enforced.poll_interval, Duration::from_millis(50), "floored");
         assert_eq!(shadow.poll_interval, enforced.poll_interval);
+    }
+
+    #[test]
+    fn the_otlp_endpoint_is_checked_into_the_plan() {
+        assert!(plan(&[]).unwrap().tracing.is_none(), "off by default");
+        let on = plan(&[
+            "--otlp-endpoint",
+            "http://127.0.0.1:4317/",
+            "--otlp-queue",
+            "64",
+        ]);
+        let on = on.unwrap().tracing.expect("tracing on");
+        assert_eq!(
+            (on.endpoint.as_str(), on.queue),
+            ("http://127.0.0.1:4317", 64)
+        );
+        let err = plan(&["--otlp-endpoint", "https://collector:4317"]).unwrap_err();
+        assert!(matches!(err, PlanError::OtlpEndpoint { .. }), "{err:?}");
+        assert!(
+            err.to_string()
+                .starts_with("--otlp-endpoint `https://collector:4317`: only http:// is supported"),
+            "{err}"
+        );
     }
 }

@@ -31,7 +31,8 @@ pub fn require_receiver(test: &str) -> bool {
     if probe.is_ok_and(|o| o.status.success()) {
         return true;
     }
-    let help = "python3 cannot import grpc and opentelemetry-proto: run scripts/install-test-deps.sh";
+    let help =
+        "python3 cannot import grpc and opentelemetry-proto: run scripts/install-test-deps.sh";
     if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
         panic!("{test}: {help} (CI=true: a missing test dependency fails the build)");
     }
@@ -58,10 +59,7 @@ impl OtlpReceiver {
     pub async fn start(dir: &Path, port: u16) -> Result<OtlpReceiver, BoxError> {
         let spans_path = dir.join("spans.jsonl");
         let mut command = Command::new("python3");
-        command
-            .arg(script())
-            .arg(port.to_string())
-            .arg(&spans_path);
+        command.arg(script()).arg(port.to_string()).arg(&spans_path);
         let mut child = ChildGuard::spawn("otlp-receiver", command, dir)?;
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -78,7 +76,9 @@ impl OtlpReceiver {
                 });
             }
             if child.exited().is_some() || Instant::now() > deadline {
-                return Err(format!("OTLP receiver did not start\n{}", child.log_tail(3000)).into());
+                return Err(
+                    format!("OTLP receiver did not start\n{}", child.log_tail(3000)).into(),
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

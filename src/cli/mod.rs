@@ -46,7 +46,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve Envoy's ext_authz Check calls.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Validate a bundle; exit 3 listing every problem as FILE:LINE:COL: message.
     Validate {
         /// Bundle file or directory.
@@ -84,7 +84,7 @@ pub fn main() -> ExitCode {
         }
     };
     let exit = match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
         Command::Validate { bundle } => verbs::validate(&bundle),
         Command::Check(args) => verbs::check(args),
         Command::Test(args) => crate::tooling::testing::run(args),

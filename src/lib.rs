@@ -36,6 +36,8 @@
 //! * [`listen`]: listen addresses and binding (Unix-socket rules), shared by gRPC and admin.
 //! * [`decision_log`]: the JSON decision-log record shared by the writer and `replay`.
 //! * [`telemetry`]: Prometheus metrics and the decision-log writer (bounded queue, own thread).
+//! * [`tracing_otel`]: OpenTelemetry spans per check (joined to the caller's trace) and per
+//!   bundle reload, exported over OTLP behind a bounded queue.
 //! * [`admin`]: the admin HTTP listener: `/metrics`, `/healthz`, `/readyz`, `/v1/bundle`,
 //!   `/v1/rules`.
 //! * `tooling`: the platform-team verbs `test`, `analyze`, `diff`, `replay` and `learn`: policy
@@ -70,5 +72,6 @@ pub mod svid;
 pub mod telemetry;
 pub mod tls;
 pub(crate) mod tooling;
+pub mod tracing_otel;
 pub mod trust;
 pub mod watch;

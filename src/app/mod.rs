@@ -1,11 +1,12 @@
 //! `serve`, wired: [`serve`] runs a checked [`ServePlan`] until a shutdown future resolves.
 //!
-//! Owns the order of start-up (first log line, metrics and decision log, the mode, admin listener,
-//! the enforced bundle, the shadow bundle, wardgate's own identity, the gRPC or mTLS listener), the
-//! one stop signal every task follows, and the drain on the way out (listener first, then every
-//! task, then the decision log). It must never parse flags or print anything but logs (that is
-//! `cli`), never decide a request (that is `policy`), and never exit the process: errors are
-//! returned as [`AppError`]. docs/ARCHITECTURE.md shows where it sits.
+//! Owns the order of start-up (first log line, metrics and decision log, the mode, admin
+//! listener, the enforced bundle, the shadow bundle, wardgate's own identity, span export, the
+//! gRPC or mTLS listener), the one stop signal every task follows, and the drain on the way out
+//! (listener first, then every task, span export included, then the decision log). It must
+//! never parse flags or print anything but logs (that is `cli`), never decide a request (that
+//! is `policy`), and never exit the process: errors are returned as [`AppError`].
+//! docs/ARCHITECTURE.md shows where it sits.
 
 mod plan;
 
@@ -66,6 +67,9 @@ pub enum AppError {
     /// The gRPC listener cannot bind, or failed while serving.
     #[error("server failed: {0}")]
     Server(ServerError),
+    /// Span export (`--otlp-endpoint`) cannot start.
+    #[error("{0}")]
+    Tracing(crate::tracing_otel::TracingError),
     /// The gRPC server task ended abnormally (a panic).
     #[error("server task failed: {0}")]
     ServerTask(tokio::task::JoinError),
@@ -79,7 +83,8 @@ impl AppError {
             AppError::DecisionLog { .. }
             | AppError::Admin { .. }
             | AppError::Identity(_)
-            | AppError::Mtls(_) => true,
+            | AppError::Mtls(_)
+            | AppError::Tracing(_) => true,
             // Every server error but the transport's is a listener that could not be set up.
             AppError::Server(e) => !matches!(e, ServerError::Transport(_)),
             AppError::Metrics(_) | AppError::ShadowMetrics(_) | AppError::ServerTask(_) => false,
@@ -227,6 +232,7 @@ async fn start(
         admin,
         decision_log: _,
         mode,
+        tracing: otlp,
     } = plan;
     crate::extauthz::export_mode(telemetry.registry(), mode).map_err(AppError::Metrics)?;
     let audit = match mode {
@@ -281,6 +287,15 @@ async fn start(
         }
         verify_chain = own.verify_chain;
     }
+    let tracing = match otlp {
+        None => None,
+        Some(otlp) => {
+            let t = crate::tracing_otel::Tracing::start(&otlp, telemetry.registry())
+                .map_err(AppError::Tracing)?;
+            tasks.spawn(Arc::clone(&t).shut_down_when(tasks.stopped()));
+            Some(t)
+        }
+    };
     let config = ServerConfig {
         authz: AuthzConfig {
             destination_principal,
@@ -288,6 +303,7 @@ async fn start(
             verify_chain: verify_chain.then(|| Arc::clone(&trust)),
             shadow: shadow.as_ref().map(|(evaluator, _)| Arc::clone(evaluator)),
             audit,
+            tracing: tracing.clone(),
         },
         reflection_allow,
         ..ServerConfig::default()
@@ -315,7 +331,11 @@ async fn start(
     // says SERVING (a bundle is in force), every check is also compared with the shadow.
     if let Some((evaluator, cfg)) = shadow {
         tracing::info!(source = %cfg.source, "loading shadow bundle (evaluated, never enforced)");
-        let shadow_observer: Arc<dyn ReloadObserver> = evaluator.clone();
+        let mut shadow_observer: Arc<dyn ReloadObserver> = evaluator.clone();
+        if let Some(t) = &tracing {
+            shadow_observer =
+                t.observe_reloads(shadow_observer, "shadow bundle", &cfg.source.to_string());
+        }
         let mut reloader = Reloader::new(
             cfg,
             Arc::clone(evaluator.handle()),
@@ -335,6 +355,10 @@ async fn start(
         }
         BundlePlan::Source(cfg) => {
             let source = cfg.source.to_string();
+            let observer = match &tracing {
+                Some(t) => t.observe_reloads(observer, "bundle", &source),
+                None => observer,
+            };
             let mut reloader = Reloader::new(cfg, Arc::clone(&handle), observer, "bundle");
             reloader.initial_load().await;
             if handle.load().is_none() {

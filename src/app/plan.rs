@@ -3,7 +3,8 @@
 //!
 //! A plan is plain data: the bundle source with its reload settings (trusted keys already read),
 //! the shadow source, wardgate's own identity source with the mTLS listener (and who may use gRPC
-//! reflection on it), the mode (enforce or audit), the admin and decision-log settings. Building one reads only the files a flag names (trusted keys) and
+//! reflection on it), the mode (enforce or audit), the admin, decision-log and span-export
+//! settings. Building one reads only the files a flag names (trusted keys, the log key) and
 //! the Workload API endpoint variable; it must never bind, spawn or start anything, so a plan
 //! that fails leaves nothing behind. `cli` turns flags into a plan; [`super::serve`] runs it.
 
@@ -17,6 +18,7 @@ use crate::reload::ReloadConfig;
 use crate::svid::SourceConfig;
 use crate::telemetry::{DecisionLogTarget, Redaction};
 use crate::tls::AllowList;
+use crate::tracing_otel::{EndpointError, OtlpConfig};
 
 /// The example bundle compiled into the binary; `serve` enforces it when no `--bundle` is given.
 pub const EMBEDDED_BUNDLE: &str = include_str!("../../deploy/bundles/hospital.yaml");
@@ -44,6 +46,8 @@ pub struct ServePlan {
     pub decision_log: DecisionLogPlan,
     /// Enforce the decisions, or only audit them (`--audit`: every answer is allow).
     pub mode: Mode,
+    /// OpenTelemetry span export (`--otlp-endpoint`), or off.
+    pub tracing: Option<OtlpConfig>,
 }
 
 impl ServePlan {
@@ -64,6 +68,7 @@ impl ServePlan {
                 redaction: Redaction::default(),
             },
             mode: Mode::Enforce,
+            tracing: None,
         }
     }
 }
@@ -225,4 +230,12 @@ pub enum PlanError {
         "--verify-chain needs trust bundles: give --trust-bundle TD=PEMFILE or a Workload API source"
     )]
     VerifyChainWithoutBundles,
+    /// `--otlp-endpoint` is not `http://host:port`.
+    #[error("--otlp-endpoint `{value}`: {why}")]
+    OtlpEndpoint {
+        /// The value given.
+        value: String,
+        /// What is wrong with it.
+        why: EndpointError,
+    },
 }

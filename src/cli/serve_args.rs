@@ -18,6 +18,7 @@ use crate::listen::ListenAddr;
 use crate::reload::{BundleSource, ReloadConfig};
 use crate::svid::{files, workload_api, SourceConfig};
 use crate::telemetry::{DecisionLogTarget, PathLogging, Redaction, RequestIdKey};
+use crate::tracing_otel::OtlpConfig;
 
 /// `wardgate serve` flags.
 #[derive(Debug, Args)]
@@ -133,6 +134,14 @@ pub(crate) struct ServeArgs {
     /// The compile budget of every bundle loaded (enforced and shadow, first load and reloads).
     #[command(flatten)]
     compile: crate::tooling::budget::CompileArgs,
+    /// Export OpenTelemetry trace spans (one per check, joined to the caller's trace, and one
+    /// per bundle reload) to this OTLP/gRPC collector, `http://host:port`. Off by default.
+    #[arg(long, value_name = "URL")]
+    otlp_endpoint: Option<String>,
+    /// Spans waiting for export; beyond it spans are dropped and counted, never waited for.
+    #[arg(long, value_name = "N", default_value_t = crate::tracing_otel::DEFAULT_QUEUE as u32,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    otlp_queue: u32,
 }
 
 /// `--log-format`.
@@ -213,6 +222,13 @@ impl ServeArgs {
                 })?
             }
         };
+        let tracing = (self.otlp_endpoint.as_deref())
+            .map(|e| OtlpConfig::new(e, self.otlp_queue as usize).map_err(|why| (e, why)))
+            .transpose()
+            .map_err(|(e, why)| PlanError::OtlpEndpoint {
+                value: e.into(),
+                why,
+            })?;
         Ok(ServePlan {
             listen: self.listen,
             bundle,
@@ -230,6 +246,7 @@ impl ServeArgs {
                 },
             },
             mode,
+            tracing,
         })
     }
 
@@ -645,5 +662,28 @@ mod tests {
         );
         assert_eq!(enforced.poll_interval, Duration::from_millis(50), "floored");
         assert_eq!(shadow.poll_interval, enforced.poll_interval);
+    }
+
+    #[test]
+    fn the_otlp_endpoint_is_checked_into_the_plan() {
+        assert!(plan(&[]).unwrap().tracing.is_none(), "off by default");
+        let on = plan(&[
+            "--otlp-endpoint",
+            "http://127.0.0.1:4317/",
+            "--otlp-queue",
+            "64",
+        ]);
+        let on = on.unwrap().tracing.expect("tracing on");
+        assert_eq!(
+            (on.endpoint.as_str(), on.queue),
+            ("http://127.0.0.1:4317", 64)
+        );
+        let err = plan(&["--otlp-endpoint", "https://collector:4317"]).unwrap_err();
+        assert!(matches!(err, PlanError::OtlpEndpoint { .. }), "{err:?}");
+        assert!(
+            err.to_string()
+                .starts_with("--otlp-endpoint `https://collector:4317`: only http:// is supported"),
+            "{err}"
+        );
     }
 }

@@ -5,7 +5,8 @@
 //! `CheckRequest` borrowed into a [`policy::Request`](crate::policy::Request)), decide
 //! ([`Policy::decide_stated`] under one `arc-swap` guard of the policy), shadow (the candidate
 //! bundle's view, compared and counted, never answered), record (debug line, the audited
-//! break-glass warning, metrics and the decision log through [`Telemetry`]), render
+//! break-glass warning, metrics and the decision log through [`Telemetry`], the trace span
+//! through [`Tracing`]), render
 //! (`response`: the `CheckResponse`). The forwarded-certificate decoding cache is `certs`;
 //! the gRPC method itself, whose codec turns an undecodable CheckRequest into a denial rather
 //! than an error, is `wire` ([`CheckServer`]). In audit mode (`audit`) the same five steps run;
@@ -38,6 +39,7 @@ use crate::decision_log::loggable_path;
 use crate::policy::{Decided, Decision, Policy, PolicyHandle, Reason, Request};
 use crate::shadow::Shadow;
 use crate::telemetry::{CheckEvent, Telemetry};
+use crate::tracing_otel::Tracing;
 use crate::trust::TrustHandle;
 
 pub use audit::{export_mode, Audit, Mode};
@@ -68,6 +70,8 @@ pub struct AuthzConfig {
     /// usual, marked not enforced, and answered allow; a would-be denial reaches the upstream
     /// with `x-wardgate-audit: would-deny <reason>` and is counted here. `None` enforces.
     pub audit: Option<Arc<Audit>>,
+    /// OpenTelemetry spans (`serve --otlp-endpoint`): one per check, child of the caller's.
+    pub tracing: Option<Arc<Tracing>>,
 }
 
 impl AuthzConfig {
@@ -136,6 +140,9 @@ impl AuthzService {
             audit.observe(decided.decision.verdict, decided.decision.reason);
         }
         self.record(&check, &decided, guard.as_ref(), revision, elapsed, mode);
+        if let Some(t) = &self.config.tracing {
+            t.check_span(check.client_headers(), &decided.decision, revision, elapsed);
+        }
         response::render(
             &decided.decision,
             revision,

@@ -18,6 +18,7 @@ pub mod grpc;
 pub mod kube;
 pub mod metrics;
 pub mod mtls;
+pub mod otlp;
 pub mod pki;
 pub mod process;
 pub mod sds;

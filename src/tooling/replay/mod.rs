@@ -277,7 +277,13 @@ pub(crate) fn run(args: ReplayArgs) -> Exit {
             tally.skipped() - tally.skips.len()
         );
     }
-    let verdict = gate::verdict(&tally.counts, args.min_readable, args.max_undetermined);
+    let mut verdict = gate::verdict(&tally.counts, args.min_readable, args.max_undetermined);
+    let envoy = |s: &Skip| s.reason.starts_with("an Envoy access log line");
+    if tally.counts.read == 0 && tally.skips.first().is_some_and(envoy) {
+        verdict.result.push_str(
+            ": this is an Envoy access log; replay reads the decision log `wardgate serve --decision-log` writes",
+        );
+    }
     if verdict.exit == Exit::Input {
         tell!("error: {log}: {}", verdict.result);
     }

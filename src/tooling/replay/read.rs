@@ -130,7 +130,9 @@ fn why_not_a_record(line: &str, e: &serde_json::Error, complete: bool) -> String
 
 /// Fields of Envoy's access log (command operators as JSON keys, as its documentation and most
 /// configurations name them) that a decision record never has.
-const ENVOY_FIELDS: [&str; 5] = [
+const ENVOY_FIELDS: [&str; 6] = [
+    // The shipped sidecar configs' names (deploy/envoy): `flags` is %RESPONSE_FLAGS%.
+    "flags",
     "response_code",
     "upstream_host",
     "upstream_cluster",

@@ -360,7 +360,12 @@ impl<'p> Replayer<'p> {
     fn what_matters(&self, consistent: &[&Leaf<'p>]) -> Vec<String> {
         let fixed: BTreeSet<usize> = consistent
             .iter()
-            .flat_map(|l| l.choice.iter().enumerate().filter_map(|(k, c)| c.map(|_| k)))
+            .flat_map(|l| {
+                l.choice
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(k, c)| c.map(|_| k))
+            })
             .collect();
         let fixed: Vec<usize> = fixed.into_iter().collect();
         let all = || fixed.iter().map(|&k| self.name(k)).collect::<Vec<_>>();

@@ -107,7 +107,11 @@ pub(crate) struct Verdict {
 /// `min_readable` of its lines, read) is [`Exit::Input`]; more undetermined records than
 /// `max_undetermined` is [`Exit::Undetermined`], because then the counts below are incomplete;
 /// then new grants ([`Exit::NewGrants`]), revocations only ([`Exit::No`]), and [`Exit::Ok`].
-pub(crate) fn verdict(c: &Counts, min_readable: Percent, max_undetermined: Option<Limit>) -> Verdict {
+pub(crate) fn verdict(
+    c: &Counts,
+    min_readable: Percent,
+    max_undetermined: Option<Limit>,
+) -> Verdict {
     let done = |exit: Exit, result: String| Verdict { exit, result };
     if c.lines == 0 {
         return done(
@@ -157,14 +161,16 @@ pub(crate) fn verdict(c: &Counts, min_readable: Percent, max_undetermined: Optio
         (n, Some(limit)) => format!("; {n} undetermined, within --max-undetermined {limit}"),
         (n, None) => format!("; {n} undetermined, not gated (see --max-undetermined)"),
     };
+    // Exits 4 and 1 already fail a gate; the summary counts the undetermined beside them.
     if c.grants > 0 {
         done(
             Exit::NewGrants,
-            format!("some denied requests would now be allowed{open}"),
+            "some denied requests would now be allowed".to_string(),
         )
     } else if c.revocations > 0 {
-        done(Exit::No, format!("only allow -> deny changes{open}"))
+        done(Exit::No, "only allow -> deny changes".to_string())
     } else if c.undetermined > 0 {
+        // The one pass with undetermined records: said in the result line, never silent.
         done(Exit::Ok, format!("no definite decision changes{open}"))
     } else {
         done(Exit::Ok, "no decision changes".to_string())

@@ -288,7 +288,10 @@ pub(crate) fn run(args: ReplayArgs) -> Exit {
         tell!("error: {log}: {}", verdict.result);
     }
     if args.json {
-        say!("{}", json(&args, &replayer, baseline.is_some(), &tally, &verdict));
+        say!(
+            "{}",
+            json(&args, &replayer, baseline.is_some(), &tally, &verdict)
+        );
     } else {
         text(&args, &replayer, baseline.is_some(), &tally, &verdict);
     }

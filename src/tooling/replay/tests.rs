@@ -19,7 +19,10 @@ fn hospital_text() -> String {
 }
 
 fn edit(text: &str, from: &str, to: &str) -> String {
-    assert!(text.contains(from), "the bundle no longer contains {from:?}");
+    assert!(
+        text.contains(from),
+        "the bundle no longer contains {from:?}"
+    );
     text.replacen(from, to, 1)
 }
 
@@ -304,7 +307,12 @@ fn reference(candidate: &Policy, baseline: Option<&Policy>, rec: &DecisionRecord
     }
     let decided: Vec<(Vec<usize>, Decision<'_>)> = consistent
         .iter()
-        .map(|c| ((*c).clone(), ref_decide(candidate, &policies, rec, &unknown, c)))
+        .map(|c| {
+            (
+                (*c).clone(),
+                ref_decide(candidate, &policies, rec, &unknown, c),
+            )
+        })
         .collect();
     let verdicts: HashSet<Verdict> = decided.iter().map(|(_, d)| d.verdict).collect();
     let first = decided[0].1;
@@ -402,7 +410,10 @@ fn undetermined_names_what_the_outcome_depends_on() {
     let Outcome::Undetermined(on, outcomes) = got else {
         panic!("expected undetermined, got {got:?}");
     };
-    assert!(on.contains(&"header x-purpose-of-use".to_string()), "{on:?}");
+    assert!(
+        on.contains(&"header x-purpose-of-use".to_string()),
+        "{on:?}"
+    );
     assert!(on.contains(&"header x-tenant".to_string()), "{on:?}");
     assert!(
         outcomes
@@ -424,7 +435,10 @@ fn a_record_with_a_bad_time_is_skipped_with_the_reason() {
     let mut rec = records().remove(0);
     rec.time = "yesterday".into();
     let err = replayer.replay(&rec).expect_err("bad time");
-    assert!(err.contains("`time` `yesterday` is not an RFC 3339 instant"), "{err}");
+    assert!(
+        err.contains("`time` `yesterday` is not an RFC 3339 instant"),
+        "{err}"
+    );
 }
 
 // --- reading ------------------------------------------------------------------------------------
@@ -457,7 +471,11 @@ fn an_envoy_access_log_is_recognised_line_by_line() {
     assert_eq!(lines.len(), 3);
     let why = |i: usize| lines[i].1.as_ref().expect_err("skipped").clone();
     assert!(why(0).starts_with("an Envoy access log line"), "{}", why(0));
-    assert!(why(1).starts_with("an Envoy access log line (JSON format)"), "{}", why(1));
+    assert!(
+        why(1).starts_with("an Envoy access log line (JSON format)"),
+        "{}",
+        why(1)
+    );
     assert!(why(2).starts_with("not JSON"), "{}", why(2));
 }
 
@@ -479,10 +497,21 @@ fn blank_overlong_and_broken_lines_do_not_stop_the_reading() {
     assert_eq!(numbers, [3, 4, 5, 6, 7]);
     assert!(lines[0].1.is_ok());
     let why = |i: usize| lines[i].1.as_ref().expect_err("skipped").clone();
-    assert!(why(1).contains(&format!("longer than {MAX_LINE_BYTES} bytes")), "{}", why(1));
+    assert!(
+        why(1).contains(&format!("longer than {MAX_LINE_BYTES} bytes")),
+        "{}",
+        why(1)
+    );
     assert!(why(2).contains("not UTF-8"), "{}", why(2));
-    assert!(lines[3].1.is_ok(), "the line after an overlong one is read whole");
-    assert!(why(4).contains("the last line has no newline"), "{}", why(4));
+    assert!(
+        lines[3].1.is_ok(),
+        "the line after an overlong one is read whole"
+    );
+    assert!(
+        why(4).contains("the last line has no newline"),
+        "{}",
+        why(4)
+    );
 }
 
 // --- gates --------------------------------------------------------------------------------------
@@ -514,9 +543,7 @@ fn counts(lines: usize, read: usize, grants: usize, revocations: usize, open: us
 fn an_unusable_log_never_passes_and_undetermined_outranks_grants() {
     let p = |s: &str| gate::parse_percent(s).expect("percent");
     let l = |s: &str| gate::parse_limit(s).expect("limit");
-    let exit = |c: Counts, min: &str, max: Option<&str>| {
-        gate::verdict(&c, p(min), max.map(l)).exit
-    };
+    let exit = |c: Counts, min: &str, max: Option<&str>| gate::verdict(&c, p(min), max.map(l)).exit;
     // Nothing to read, nothing read: exit 3 even when no share is required.
     assert_eq!(exit(counts(0, 0, 0, 0, 0), "0%", None), Exit::Input);
     assert_eq!(exit(counts(17, 0, 0, 0, 0), "0%", None), Exit::Input);
@@ -525,18 +552,62 @@ fn an_unusable_log_never_passes_and_undetermined_outranks_grants() {
     assert_eq!(exit(counts(100, 99, 0, 0, 0), "99%", None), Exit::Ok);
     assert_eq!(exit(counts(100, 99, 0, 0, 0), "100%", None), Exit::Input);
     // An unusable log outranks every finding.
-    assert_eq!(exit(counts(100, 50, 3, 0, 40), "99%", Some("0")), Exit::Input);
+    assert_eq!(
+        exit(counts(100, 50, 3, 0, 40), "99%", Some("0")),
+        Exit::Input
+    );
     // Undetermined over the limit, by count and by share.
-    assert_eq!(exit(counts(10, 10, 0, 0, 2), "99%", Some("1")), Exit::Undetermined);
+    assert_eq!(
+        exit(counts(10, 10, 0, 0, 2), "99%", Some("1")),
+        Exit::Undetermined
+    );
     assert_eq!(exit(counts(10, 10, 0, 0, 1), "99%", Some("1")), Exit::Ok);
-    assert_eq!(exit(counts(10, 10, 0, 0, 2), "99%", Some("10%")), Exit::Undetermined);
+    assert_eq!(
+        exit(counts(10, 10, 0, 0, 2), "99%", Some("10%")),
+        Exit::Undetermined
+    );
     assert_eq!(exit(counts(10, 10, 0, 0, 1), "99%", Some("10%")), Exit::Ok);
     // Over the limit outranks grants and revocations; within it, they decide.
-    assert_eq!(exit(counts(10, 10, 1, 1, 5), "99%", Some("0")), Exit::Undetermined);
+    assert_eq!(
+        exit(counts(10, 10, 1, 1, 5), "99%", Some("0")),
+        Exit::Undetermined
+    );
     assert_eq!(exit(counts(10, 10, 1, 1, 5), "99%", None), Exit::NewGrants);
     assert_eq!(exit(counts(10, 10, 0, 1, 5), "99%", Some("50%")), Exit::No);
     // Every change undetermined and no gate: exit 0, but the result says so.
     let v = gate::verdict(&counts(10, 10, 0, 0, 4), p("99%"), None);
     assert_eq!(v.exit, Exit::Ok);
-    assert!(v.result.contains("4 undetermined, not gated"), "{}", v.result);
+    assert!(
+        v.result.contains("4 undetermined, not gated"),
+        "{}",
+        v.result
+    );
+}
+
+/// What the per-record step costs, lazily and by deciding every completion (the way `replay`
+/// worked before): `cargo test --release --lib replay_cost -- --ignored --nocapture`. The
+/// figures are in docs/performance.md.
+#[test]
+#[ignore = "a measurement, not a check"]
+fn replay_cost_lazy_against_every_completion() {
+    let base = hospital();
+    let cand = candidate();
+    let recs = records();
+    for baseline in [None, Some(&base)] {
+        let replayer = Replayer::new(&cand, baseline);
+        let start = std::time::Instant::now();
+        for rec in &recs {
+            let _ = replayer.replay(rec);
+        }
+        let lazy = start.elapsed() / recs.len() as u32;
+        let start = std::time::Instant::now();
+        for rec in &recs {
+            let _ = reference(&cand, baseline, rec);
+        }
+        let every = start.elapsed() / recs.len() as u32;
+        println!(
+            "replay cost per record (baseline: {}): lazy {lazy:?}, every completion {every:?}",
+            baseline.is_some()
+        );
+    }
 }

@@ -121,7 +121,10 @@ fn examples(readme: &str) -> Vec<Example> {
                 Some("cargo") if w.get(1..4) == Some(&["run".into(), "-q".into(), "--".into()]) => {
                     w.drain(..4).collect()
                 }
-                _ => panic!("README.md:{}: a console example that is not a wardgate command: {line}", i + 1),
+                _ => panic!(
+                    "README.md:{}: a console example that is not a wardgate command: {line}",
+                    i + 1
+                ),
             };
             assert!(!program.is_empty());
             out.push(Example {
@@ -241,7 +244,10 @@ fn every_readme_example_runs_as_shown() {
         let (on_stderr, on_stdout): (Vec<&str>, Vec<&str>) = shown
             .iter()
             .partition(|l| l.starts_with("error:") || l.starts_with("warning:"));
-        for (lines, got, stream) in [(on_stdout, &stdout, "stdout"), (on_stderr, &stderr, "stderr")] {
+        for (lines, got, stream) in [
+            (on_stdout, &stdout, "stdout"),
+            (on_stderr, &stderr, "stderr"),
+        ] {
             if let Some(missing) = first_missing(&lines, got) {
                 failures.push(format!(
                     "README.md:{}: `wardgate {command}` does not print, in the README's order, on {stream}:\n  {missing}\nit printed:\n{got}",
@@ -262,13 +268,26 @@ fn extraction_reads_the_readme_as_a_shell_would() {
     assert_eq!(ex.len(), 2);
     assert_eq!(
         ex[0].args,
-        ["check", "b.yaml", "--path", "/admin/?view=full", "--header", "x-a=b c"]
+        [
+            "check",
+            "b.yaml",
+            "--path",
+            "/admin/?view=full",
+            "--header",
+            "x-a=b c"
+        ]
     );
     assert_eq!(ex[0].line, 3);
-    assert_eq!(required(&ex[0].shown), ["decision: deny", "result: ok (exit 1)"]);
+    assert_eq!(
+        required(&ex[0].shown),
+        ["decision: deny", "result: ok (exit 1)"]
+    );
     assert_eq!(ex[1].args, ["validate", "b.yaml"]);
     let shown = required(&ex[0].shown);
-    assert_eq!(first_missing(&shown, "decision: deny\nx\nresult: ok (exit 1)\n"), None);
+    assert_eq!(
+        first_missing(&shown, "decision: deny\nx\nresult: ok (exit 1)\n"),
+        None
+    );
     assert_eq!(
         first_missing(&shown, "result: ok (exit 1)\ndecision: deny\n"),
         Some("result: ok (exit 1)"),

@@ -56,7 +56,9 @@ fn an_envoy_access_log_is_refused_with_exit_3() {
     let (out, err) = (text(&o.stdout), text(&o.stderr));
     assert_eq!(o.status.code(), Some(3), "{out}{err}");
     assert!(
-        out.contains(&format!("read           0 of {lines} line(s)  ({lines} skipped)")),
+        out.contains(&format!(
+            "read           0 of {lines} line(s)  ({lines} skipped)"
+        )),
         "{out}"
     );
     assert!(
@@ -202,7 +204,12 @@ fn undetermined_records_fail_only_above_max_undetermined() {
     };
     for (limit, code) in [("0", 6), ("2", 6), ("3", 0), ("49%", 6), ("50%", 0)] {
         let o = gated(limit);
-        assert_eq!(o.status.code(), Some(code), "--max-undetermined {limit}: {}", text(&o.stdout));
+        assert_eq!(
+            o.status.code(),
+            Some(code),
+            "--max-undetermined {limit}: {}",
+            text(&o.stdout)
+        );
         assert_eq!(json(&o)["exit"], code);
     }
     let o = gated("0");

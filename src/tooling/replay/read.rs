@@ -43,10 +43,8 @@ impl<R: BufRead> LogReader<R> {
     pub(crate) fn next_line(&mut self) -> std::io::Result<Option<(usize, Line)>> {
         loop {
             self.buf.clear();
-            let (complete, too_long) = match self.read_bounded() {
-                Ok(Some(x)) => x,
-                Ok(None) => return Ok(None),
-                Err(e) => return Err(e),
+            let Some((complete, too_long)) = self.read_bounded()? else {
+                return Ok(None);
             };
             self.line += 1;
             if too_long {

@@ -7,6 +7,8 @@
 #   regorus     wardgate vs regorus (Rego) on the same bundle and requests
 #   grpc_load   gRPC Check load: wardgate (10,000 rules) vs an allow-all server, TCP and UDS
 #   envoy_load  through the real Envoy with mTLS SVID clients: alone, RBAC, allow-all, wardgate
+#   replay      `wardgate replay` (release binary) over 10,000 and 100,000 generated decision-log
+#               records (`--example gen_traffic`), against a candidate, with and without a baseline
 #
 # Release build into target/bench (CARGO_TARGET_DIR), so it never fights other builds. Each bench's
 # output goes to benches/results/<bench>.txt; the load benches' final `BENCH_JSON {...}` lines to
@@ -29,9 +31,18 @@ fi
 
 benches=("$@")
 if [ ${#benches[@]} -eq 0 ]; then
-    benches=(decide reload regorus grpc_load envoy_load)
+    benches=(decide reload regorus grpc_load envoy_load replay)
     [ -f benches/check_path.rs ] && benches+=(check_path)
 fi
+# `replay` is not a cargo bench: it times the release binary (below).
+want_replay=0
+for i in "${!benches[@]}"; do
+    if [ "${benches[$i]}" = replay ]; then
+        want_replay=1
+        unset 'benches[i]'
+    fi
+done
+benches=("${benches[@]}")
 
 echo "== release build of the benches into $CARGO_TARGET_DIR"
 # Built once, then the executables are run directly: a source change by someone else during the
@@ -45,10 +56,12 @@ for l in sys.stdin:
     if m.get("reason") == "compiler-artifact" and m.get("executable") and "bench" in m["target"]["kind"]:
         print(m["target"]["name"], m["executable"])'
 }
-# shellcheck disable=SC2046 # one --bench flag per name
-while read -r name path; do exe[$name]=$path; done < <(
-    cargo bench --no-run --locked --message-format=json-render-diagnostics \
-        $(printf -- '--bench %s ' "${benches[@]}") | executables || true)
+if [ ${#benches[@]} -gt 0 ]; then
+    # shellcheck disable=SC2046 # one --bench flag per name
+    while read -r name path; do exe[$name]=$path; done < <(
+        cargo bench --no-run --locked --message-format=json-render-diagnostics \
+            $(printf -- '--bench %s ' "${benches[@]}") | executables || true)
+fi
 for b in "${benches[@]}"; do
     # Not every bench built together: build the missing ones on their own.
     [ -n "${exe[$b]:-}" ] && continue
@@ -72,6 +85,29 @@ for b in "${benches[@]}"; do
         status=1
     fi
 done
+
+if [ "$want_replay" = 1 ]; then
+    echo "== replay: 10,000 and 100,000 generated records (release binary)"
+    cargo build --release --locked --bin wardgate --example gen_traffic
+    work=$(mktemp -d)
+    sed -e 's/^revision: 1$/revision: 2/' \
+        -e '/^  - name: billing-reads-encounter-codes$/,/^$/d' \
+        deploy/bundles/hospital.yaml > "$work/candidate.yaml"
+    : > "$RESULTS/replay.txt"
+    for n in 10000 100000; do
+        "$CARGO_TARGET_DIR/release/examples/gen_traffic" --requests "$n" > "$work/d$n.jsonl"
+        for base in "" "--baseline deploy/bundles/hospital.yaml"; do
+            # shellcheck disable=SC2086 # $base is two words or none
+            /usr/bin/time -f "%e s %M KiB" -o "$work/time" "$CARGO_TARGET_DIR/release/wardgate" replay \
+                "$work/candidate.yaml" --log "$work/d$n.jsonl" $base --json > "$work/out.json" || true
+            read -r secs _ kib _ < "$work/time"
+            echo "replay $n records${base:+ with baseline}: $secs s, max RSS $kib KiB, $(python3 -c \
+                'import json,sys; print(json.load(open(sys.argv[1]))["result"])' "$work/out.json")" |
+                tee -a "$RESULTS/replay.txt"
+        done
+    done
+    rm -rf "$work"
+fi
 
 if [ -n "${exe[decide]:-}" ]; then
     echo "== engine: compile time and resident memory at 10,000 rules (decide bench hooks)"
@@ -180,6 +216,15 @@ if e and not e.get("skipped"):
     x = e["ratios"]["wardgate_uds_vs_allow_tcp"]
     targets.append(("through Envoy, wardgate UDS >= 0.95x allow-all TCP", f"{x:.3f}x", met(x >= 0.95)))
     targets.append(("through Envoy, wardgate TCP vs allow-all TCP (no target)", f"{e['ratios']['wardgate_tcp_vs_allow_tcp']:.3f}x", "-"))
+
+try:
+    lines = [l.strip() for l in open(os.path.join(results, "replay.txt")) if l.strip()]
+    if lines:
+        out.append("## `wardgate replay` (release binary, generated hospital traffic)\n")
+        out += [f"- {l}" for l in lines]
+        out.append("")
+except OSError:
+    pass
 
 try:
     import re

@@ -24,17 +24,20 @@ pub(crate) enum Exit {
     NewGrants,
     /// 5: wardgate contradicted itself (a bug).
     Internal,
+    /// 6: `replay` could not decide more logged requests than `--max-undetermined` allows.
+    Undetermined,
 }
 
 impl Exit {
     /// Every exit, in numeric order.
-    pub(crate) const ALL: [Exit; 6] = [
+    pub(crate) const ALL: [Exit; 7] = [
         Exit::Ok,
         Exit::No,
         Exit::Usage,
         Exit::Input,
         Exit::NewGrants,
         Exit::Internal,
+        Exit::Undetermined,
     ];
 
     /// The process exit status.
@@ -46,6 +49,7 @@ impl Exit {
             Exit::Input => 3,
             Exit::NewGrants => 4,
             Exit::Internal => 5,
+            Exit::Undetermined => 6,
         }
     }
 
@@ -55,9 +59,10 @@ impl Exit {
             Exit::Ok => "yes, or nothing to report: valid bundle, allowed request, every test passes, no change",
             Exit::No => "the answer is no: check denies, a test case fails, analyze finds a rule that never decides, diff/replay find only revocations; serve stopped on an error",
             Exit::Usage => "usage: unknown verb or flag, bad value, contradicting flags; serve refused to start (a flag's address, file or setting is unusable)",
-            Exit::Input => "input unusable: a bundle, test file or decision log that cannot be read or is invalid (validate's answer for an invalid bundle), a name the bundle does not define, an output file that cannot be written",
+            Exit::Input => "input unusable: a bundle, test file or decision log that cannot be read or is invalid (validate's answer for an invalid bundle; a log of which replay read nothing, or less than --min-readable), a name the bundle does not define, an output file that cannot be written",
             Exit::NewGrants => "new grants: diff/replay find requests that would now be allowed; needs review",
             Exit::Internal => "internal error: the analysis disagrees with the engine; please report the bundle",
+            Exit::Undetermined => "undetermined: replay could not decide more logged requests than --max-undetermined allows (they depend on data the log does not carry); its counts are incomplete",
         }
     }
 

@@ -20,7 +20,7 @@ use crate::policy::{Pattern, Policy, Reason, Verdict};
 /// Most completions of one record's hidden values; beyond, it is undetermined outright.
 const MAX_VARIANTS: usize = 256;
 
-/// What replaying one plain record gives (`replay::replay_one`).
+/// What replaying one plain record gives (`replay`'s per-record step).
 pub(crate) type Replayed = Result<(Outcome, Option<Segments>), String>;
 
 /// Replay `rec` through `plain` once per completion of its hidden values and combine the
@@ -29,7 +29,7 @@ pub(crate) fn replay(
     candidate: &Policy,
     baseline: Option<&Policy>,
     rec: &DecisionRecord,
-    plain: fn(&Policy, Option<&Policy>, &DecisionRecord) -> Replayed,
+    plain: &dyn Fn(&DecisionRecord) -> Replayed,
 ) -> Option<Replayed> {
     let policies: Vec<&Policy> = std::iter::once(candidate).chain(baseline).collect();
     let hidden = Hidden::of(rec, &policies)?;
@@ -41,7 +41,7 @@ pub(crate) fn replay(
     };
     let mut results = Vec::with_capacity(variants.len());
     for v in &variants {
-        match plain(candidate, baseline, v) {
+        match plain(v) {
             Ok(r) => results.push(r),
             Err(e) => return Some(Err(e)),
         }
@@ -327,7 +327,7 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use super::*;
-    use crate::tooling::replay::replay_one;
+    use crate::tooling::replay::Replayer;
 
     const BUNDLE: &str = r#"
 version: 1
@@ -401,7 +401,7 @@ rules:
     fn outcome(candidate: &str, baseline: Option<&str>, rec: &DecisionRecord) -> Outcome {
         let c = Policy::from_yaml_str("c.yaml", candidate).unwrap();
         let b = baseline.map(|b| Policy::from_yaml_str("b.yaml", b).unwrap());
-        replay_one(&c, b.as_ref(), rec).unwrap().0
+        Replayer::new(&c, b.as_ref()).replay(rec).unwrap().0
     }
 
     #[test]

@@ -124,6 +124,9 @@ fn records() -> Vec<DecisionRecord> {
                         break_glass_reason: (d.reason == Reason::BreakGlass)
                             .then(|| headers.get("x-break-glass-reason").cloned())
                             .flatten(),
+                        enforced: true,
+                        path_form: None,
+                        break_glass_header: None,
                     };
                     if h == 3 {
                         // Not what the hospital bundle decides for this request.

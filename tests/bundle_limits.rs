@@ -156,7 +156,7 @@ fn overlapping_members_are_still_reported_with_both_segments() {
     assert_eq!(e.0.len(), 1, "{e}");
     assert_eq!(
         e.to_string(),
-        "b.yaml:8:33: member `spiffe://td/ns/*/sa/z` of segment `b` overlaps member `spiffe://td/ns/x/**` of segment `a`: an identity may belong to at most one segment"
+        "b.yaml:8:35: member `spiffe://td/ns/*/sa/z` of segment `b` overlaps member `spiffe://td/ns/x/**` of segment `a`: an identity may belong to at most one segment"
     );
 }
 
@@ -354,7 +354,7 @@ async fn a_bundle_over_the_compile_budget_at_start_falls_back_to_the_cache() {
         cfg.cache_dir = Some(cache.clone());
         cfg.settle = Duration::from_millis(20);
         cfg.compile_limits = CompileLimits {
-            max_work: 20_000,
+            max_work: 5_000,
             ..CompileLimits::default()
         };
         Reloader::new(cfg, Arc::clone(h), Arc::new(NoObserver), "bundle")

@@ -302,7 +302,10 @@ const WHEN_KEYS: &[&str] = &["schedule", "headers"];
 const SCHEDULE_KEYS: &[&str] = &["days", "hours", "timezone"];
 const BREAK_GLASS_KEYS: &[&str] = &["header", "allow"];
 
-fn field<'a>(map: &'a [(S<KeyText>, Shape)], key: &str) -> Option<&'a Shape> {
+/// One key of a mapping with its value.
+type Entry = (S<KeyText>, Shape);
+
+fn field<'a>(map: &'a [Entry], key: &str) -> Option<&'a Shape> {
     map.iter().find(|(k, _)| k.value.0 == key).map(|(_, v)| v)
 }
 
@@ -340,7 +343,7 @@ fn unknown_keys(name: &str, text: &str, errors: &mut Diagnostics) -> usize {
         return 0;
     };
     check(top, TOP_KEYS, "the bundle");
-    let mut rule_maps: Vec<(&[(S<KeyText>, Shape)], &str)> = Vec::new();
+    let mut rule_maps: Vec<(&[Entry], &str)> = Vec::new();
     if let Some(Shape::Map(segments)) = field(top, "segments") {
         for (_, seg) in segments {
             if let Shape::Map(seg) = seg {

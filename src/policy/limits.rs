@@ -15,10 +15,10 @@
 
 use std::fmt;
 
-/// Default `--max-compile-work`, in units: about 50 times what a 100,000-rule bundle of the
-/// benches' shape needs, and a few seconds of compilation on the build machine
-/// (docs/performance.md, "Worst-case bundles").
-pub const DEFAULT_MAX_COMPILE_WORK: u64 = 100_000_000;
+/// Default `--max-compile-work`, in units: about 20 times what a 100,000-rule bundle of the
+/// benches' shape or 100,000 segment members need (about a million units each), and the
+/// refusal of a hostile bundle comes within seconds (docs/performance.md, "Worst-case bundles").
+pub const DEFAULT_MAX_COMPILE_WORK: u64 = 20_000_000;
 
 /// Default `--max-compile-memory`, in MiB: the estimated size of the identity tries and the rule
 /// index (a 100,000-rule bundle of the benches' shape needs about 30).

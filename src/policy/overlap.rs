@@ -278,7 +278,7 @@ mod tests {
             "spiffe://td/a/b/**",
         ];
         for (i, a) in all.iter().enumerate() {
-            for (j, b) in all.iter().enumerate() {
+            for b in all.iter() {
                 let mut trie = MemberTrie::default();
                 trie.insert(&p(a), 0, i as u32);
                 let mut visits = u64::MAX;

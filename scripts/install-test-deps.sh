@@ -3,7 +3,7 @@
 # promtool (Prometheus' rule and exposition checker), and for the deployment tests umoci and
 # skopeo (the registry-free container image), kubernetes-validate (Kubernetes schemas), grpcio
 # with the Envoy API stubs (the Python client example), and a check that kubectl's built-in
-# kustomize can render deploy/kubernetes.
+# kustomize can render deploy/kubernetes, and cargo-fuzz for the fuzz smoke.
 #
 # Idempotent: installs only what is missing. Debian packages (prometheus for promtool, umoci,
 # skopeo) are installed with apt-get when running as root; otherwise a warning (the tests then
@@ -95,6 +95,21 @@ if [ -n "$kubectl_bin" ]; then
     esac
 else
     echo "install-test-deps: warning: no kubectl: deploy/kubernetes tests will skip (and fail under CI=true)" >&2
+fi
+
+# --- fuzzing: cargo-fuzz on the nightly toolchain --------------------------------------------
+# scripts/test.sh runs every fuzz target briefly (scripts/fuzz.sh --smoke). cargo-fuzz is
+# installed once into ~/.cargo/bin (kept there, like every cargo-installed tool), pinned.
+CARGO_FUZZ_VERSION="0.13.2"
+if command -v rustup >/dev/null 2>&1 && rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
+    if ! cargo +nightly fuzz --version 2>/dev/null | grep -q "$CARGO_FUZZ_VERSION"; then
+        echo "install-test-deps: installing cargo-fuzz $CARGO_FUZZ_VERSION" >&2
+        cargo install cargo-fuzz --locked --version "$CARGO_FUZZ_VERSION" >&2
+    fi
+    echo "install-test-deps: $(cargo +nightly fuzz --version 2>&1 | head -n1)" >&2
+else
+    echo "install-test-deps: warning: no nightly toolchain: the fuzz smoke will skip" \
+        "(and fail under CI=true); tests/fuzz_corpus.rs still replays the corpora" >&2
 fi
 
 # --- Envoy ---------------------------------------------------------------------------------

@@ -27,3 +27,15 @@ export WARDGATE_IMAGE
 echo "== cargo test"
 cargo test --all-targets --locked
 cargo test --doc --locked
+
+# Every fuzz target for a few seconds after replaying its committed corpus and regressions
+# (fuzz/README.md); the long runs are scripts/fuzz.sh TARGET [SECONDS].
+echo "== fuzz smoke"
+if cargo +nightly fuzz --version >/dev/null 2>&1; then
+    bash scripts/fuzz.sh --smoke "${WARDGATE_FUZZ_SMOKE_SECONDS:-5}"
+elif [ "${CI:-}" = true ]; then
+    echo "fuzz smoke: no nightly toolchain with cargo-fuzz (scripts/install-test-deps.sh)" >&2
+    exit 1
+else
+    echo "fuzz smoke: skipped: no nightly toolchain with cargo-fuzz" >&2
+fi

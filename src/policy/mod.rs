@@ -49,8 +49,7 @@ mod index;
 mod model;
 pub mod normalize;
 mod pattern;
-#[cfg(test)]
-mod reference;
+pub(crate) mod reference;
 mod schedule;
 pub mod trace;
 pub(crate) mod view;

@@ -77,7 +77,8 @@ fn glob(pattern: &[&str], path: &[&str]) -> bool {
             path.len() > head.len() && head.iter().zip(path).all(|(p, s)| *p == "*" || p == s)
         }
         _ => {
-            pattern.len() == path.len() && pattern.iter().zip(path).all(|(p, s)| *p == "*" || p == s)
+            pattern.len() == path.len()
+                && pattern.iter().zip(path).all(|(p, s)| *p == "*" || p == s)
         }
     }
 }
@@ -114,10 +115,16 @@ pub fn spiffe_id(data: &[u8]) {
     match spiffe::SpiffeId::new(id) {
         Ok(crate_id) => {
             if crate_id.to_string() == id && id.len() <= MAX_SPIFFE_ID_LEN {
-                assert!(parsed.is_ok(), "spiffe crate accepts canonical {id:?}: {parsed:?}");
+                assert!(
+                    parsed.is_ok(),
+                    "spiffe crate accepts canonical {id:?}: {parsed:?}"
+                );
             }
         }
-        Err(e) => assert!(parsed.is_err(), "spiffe crate rejects {id:?} ({e}), wardgate accepts"),
+        Err(e) => assert!(
+            parsed.is_err(),
+            "spiffe crate rejects {id:?} ({e}), wardgate accepts"
+        ),
     }
 
     if let (Ok(p), Some((td, path))) = (Pattern::parse_spiffe(pattern), parts) {
@@ -177,11 +184,17 @@ pub fn bundle_compile(data: &[u8]) {
                 disagreements,
                 self_changes,
             } => {
-                assert!(disagreements.is_empty(), "analysis disagrees with decide: {disagreements:?}");
+                assert!(
+                    disagreements.is_empty(),
+                    "analysis disagrees with decide: {disagreements:?}"
+                );
                 assert_eq!(self_changes, 0, "the bundle differs from itself");
             }
             Analysis::Refused(why) => {
-                assert!(why.contains("exceeds the analysis"), "refusal without its limit: {why}");
+                assert!(
+                    why.contains("exceeds the analysis"),
+                    "refusal without its limit: {why}"
+                );
             }
         },
     }
@@ -243,7 +256,10 @@ impl Choices<'_> {
 const TRUST_DOMAINS: &str = "[a.example, b.example]";
 const SEGMENTS: &[(&str, &str)] = &[
     ("s0", "\"spiffe://a.example/ns/n1/**\""),
-    ("s1", "\"spiffe://a.example/ns/n2/**\", \"spiffe://a.example/ns/n2\""),
+    (
+        "s1",
+        "\"spiffe://a.example/ns/n2/**\", \"spiffe://a.example/ns/n2\"",
+    ),
     ("s2", "\"spiffe://b.example/**\""),
 ];
 const ID_PATTERNS: &[&str] = &[
@@ -267,7 +283,17 @@ const IDS: &[&str] = &[
     "not-an-id",
 ];
 const REQUEST_PATHS: &[&str] = &[
-    "/a", "/a/b", "/a/b/c", "/b", "/", "/a/../b", "/a%2Fb", "/a//b?q=1", "/a/b/", "/%61", "/%3a/x",
+    "/a",
+    "/a/b",
+    "/a/b/c",
+    "/b",
+    "/",
+    "/a/../b",
+    "/a%2Fb",
+    "/a//b?q=1",
+    "/a/b/",
+    "/%61",
+    "/%3a/x",
 ];
 const HOURS: &[&str] = &["08:00-18:00", "22:00-06:00", "00:00-24:00", "12:00-13:00"];
 
@@ -305,7 +331,9 @@ fn rule_yaml(c: &mut Choices<'_>, name: &str, break_glass: bool, n_segments: usi
         }
     }
     let header = c.flag();
-    let schedule = c.flag().then(|| (c.pick(HOURS), c.pick(&["UTC", "Europe/Berlin"])));
+    let schedule = c
+        .flag()
+        .then(|| (c.pick(HOURS), c.pick(&["UTC", "Europe/Berlin"])));
     if header || schedule.is_some() {
         y.push_str(&format!("{indent}  when:\n"));
         if header {
@@ -335,7 +363,11 @@ fn generated_bundle(c: &mut Choices<'_>) -> String {
         }
     }
     let n_rules = c.below(10);
-    y.push_str(if n_rules == 0 { "rules: []\n" } else { "rules:\n" });
+    y.push_str(if n_rules == 0 {
+        "rules: []\n"
+    } else {
+        "rules:\n"
+    });
     for i in 0..n_rules {
         y.push_str(&rule_yaml(c, &format!("r{i}"), false, n_segments));
     }
@@ -499,7 +531,9 @@ pub fn check_request(data: &[u8]) {
             assert_eq!(denied.status.as_ref().map(|s| s.code), Some(403));
             let reason = header(&response, REASON_HEADER).unwrap_or("");
             assert!(
-                Reason::ALL.iter().any(|r| r.as_str() == reason && *r != Reason::BreakGlass),
+                Reason::ALL
+                    .iter()
+                    .any(|r| r.as_str() == reason && *r != Reason::BreakGlass),
                 "denial with reason {reason:?}"
             );
             assert!(
@@ -523,7 +557,11 @@ pub fn forwarded_cert(data: &[u8]) {
     let Some(pem) = text(data) else { return };
     let plain = identity::certificate_facts(pem);
     assert_eq!(fuzzing::forwarded_certificate(pem), plain, "cache differs");
-    assert_eq!(fuzzing::forwarded_certificate(pem), plain, "cache hit differs");
+    assert_eq!(
+        fuzzing::forwarded_certificate(pem),
+        plain,
+        "cache hit differs"
+    );
     if let Ok(facts) = &plain {
         let source = facts.uri_sans.first().map(String::as_str);
         let mut req = Request::new("GET", "/results/1");

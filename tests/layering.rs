@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[&[&str]] = &[
     &["cli"],
     &["app"],
-    &["extauthz", "grpc", "admin", "tls", "listen"],
+    &["extauthz", "grpc", "admin", "tls", "listen", "fuzzing"],
     &[
         "reload",
         "svid",

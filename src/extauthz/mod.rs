@@ -206,6 +206,17 @@ impl Authorization for AuthzService {
     }
 }
 
+/// The facts of a forwarded certificate (URL-encoded PEM) as a Check decodes it, through the
+/// per-thread cache; for the fuzz targets (`crate::fuzzing`).
+pub(crate) fn cached_certificate_facts(
+    text: &str,
+) -> Result<crate::identity::CertificateFacts, crate::identity::CertError> {
+    match &*certs::cached_certificate(text) {
+        Ok(cert) => Ok(cert.facts.clone()),
+        Err(e) => Err(e.clone()),
+    }
+}
+
 /// A break-glass allow is rare and audited: log it at warning level with the stated reason
 /// (the only header value wardgate ever logs).
 fn log_break_glass(request: &Request<'_>, decision: &Decision<'_>, stated: Option<&str>) {

@@ -52,8 +52,7 @@ mod model;
 pub mod normalize;
 mod overlap;
 mod pattern;
-#[cfg(test)]
-mod reference;
+pub(crate) mod reference;
 mod schedule;
 pub mod trace;
 pub(crate) mod view;

@@ -20,6 +20,8 @@
 
 use std::borrow::Cow;
 
+pub(crate) mod rfc3986;
+
 /// Why a path cannot be normalised unambiguously. Every variant is a `bad_path` denial.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]

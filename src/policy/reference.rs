@@ -1,4 +1,5 @@
-//! A deliberately simple reference evaluator, used only by tests.
+//! A deliberately simple reference evaluator, used only by tests and the fuzz targets (through
+//! `crate::fuzzing`); nothing on the request path may call it.
 //!
 //! It reads the raw bundle model and applies the decision order (docs/ARCHITECTURE.md §3) by a
 //! linear scan over every rule, with no index, no interning and no tries, so that the property

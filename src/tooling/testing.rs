@@ -98,11 +98,11 @@ struct Got {
 }
 
 #[derive(Debug, Serialize)]
-struct CaseResult {
+pub(crate) struct CaseResult {
     name: String,
     file: String,
     line: u64,
-    ok: bool,
+    pub(crate) ok: bool,
     expected: Expected,
     got: Got,
     at: String,
@@ -129,7 +129,13 @@ pub(crate) fn parse_file(path: &Path) -> Result<Vec<Case>, Vec<String>> {
     let file = path.display().to_string();
     let text =
         std::fs::read_to_string(path).map_err(|e| vec![format!("{file}: cannot read: {e}")])?;
-    let raw: Vec<Spanned<RawCase>> = serde_saphyr::from_str(&text).map_err(|e| {
+    parse_text(&file, &text)
+}
+
+/// Parse the text of the test file named `file`; every problem as `FILE:LINE:COL: message`.
+pub(crate) fn parse_text(file: &str, text: &str) -> Result<Vec<Case>, Vec<String>> {
+    let file = file.to_string();
+    let raw: Vec<Spanned<RawCase>> = serde_saphyr::from_str(text).map_err(|e| {
         let (l, c, m) = first_line(&e);
         vec![format!("{file}:{l}:{c}: {m}")]
     })?;
@@ -235,7 +241,7 @@ pub(crate) fn parse_file(path: &Path) -> Result<Vec<Case>, Vec<String>> {
     }
 }
 
-fn run_case(policy: &Policy, case: &Case, default_at: jiff::Timestamp) -> CaseResult {
+pub(crate) fn run_case(policy: &Policy, case: &Case, default_at: jiff::Timestamp) -> CaseResult {
     let time = case.at.unwrap_or(default_at);
     let facts = case.cert_lifetime.map(|life| {
         CertificateFacts::simulated(case.from.as_deref().unwrap_or_default(), time, life)

@@ -27,8 +27,9 @@ pub fn check_request_bytes(service: &AuthzService, bytes: &[u8]) -> Option<Check
 }
 
 /// The forwarded certificate `text` (URL-encoded PEM) decoded through the Check adapter's
-/// per-thread cache, as a Check reads it.
-pub fn forwarded_certificate(text: &str) -> Result<CertificateFacts, CertError> {
+/// per-thread cache, as a Check reads it; `None` when it is too long to be decoded at all
+/// (`bad_certificate` unread).
+pub fn forwarded_certificate(text: &str) -> Option<Result<CertificateFacts, CertError>> {
     crate::extauthz::cached_certificate_facts(text)
 }
 
@@ -111,7 +112,7 @@ pub fn replay_line(candidate: &Policy, baseline: Option<&Policy>, line: &str) ->
     let Ok(record) = serde_json::from_str::<DecisionRecord>(line) else {
         return Replayed::Unreadable;
     };
-    match replay::replay_one(candidate, baseline, &record) {
+    match replay::Replayer::new(candidate, baseline).replay(&record) {
         Err(_) => Replayed::Unreadable,
         Ok((replay::Outcome::Unchanged, _)) => Replayed::Unchanged,
         Ok((replay::Outcome::Changed(..), _)) => Replayed::Changed,

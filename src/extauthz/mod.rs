@@ -207,14 +207,16 @@ impl Authorization for AuthzService {
 }
 
 /// The facts of a forwarded certificate (URL-encoded PEM) as a Check decodes it, through the
-/// per-thread cache; for the fuzz targets (`crate::fuzzing`).
+/// per-thread cache; `None` for a text over [`MAX_FORWARDED_CERTIFICATE`], refused without
+/// being decoded. For the fuzz targets (`crate::fuzzing`).
 pub(crate) fn cached_certificate_facts(
     text: &str,
-) -> Result<crate::identity::CertificateFacts, crate::identity::CertError> {
-    match &*certs::cached_certificate(text) {
+) -> Option<Result<crate::identity::CertificateFacts, crate::identity::CertError>> {
+    let decoded = certs::cached_certificate(text).ok()?;
+    Some(match &*decoded {
         Ok(cert) => Ok(cert.facts.clone()),
         Err(e) => Err(e.clone()),
-    }
+    })
 }
 
 /// A break-glass allow is rare and audited: log it at warning level with the stated reason

@@ -138,7 +138,11 @@ fn serve(args: ServeArgs) -> Exit {
             return Exit::No;
         }
     };
-    match runtime.block_on(crate::app::serve(plan, shutdown_signal())) {
+    let shutdown = {
+        let _in_runtime = runtime.enter();
+        shutdown_signal()
+    };
+    match runtime.block_on(crate::app::serve(plan, shutdown)) {
         Ok(()) => Exit::Ok,
         Err(e) => {
             tracing::error!("{e}");
@@ -169,18 +173,26 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-/// Resolves on the first SIGTERM or SIGINT.
-async fn shutdown_signal() {
+/// Registers the SIGTERM and SIGINT handlers now, before start-up (a signal that arrives while
+/// the first bundle loads drains instead of killing the process by default action), and
+/// returns a future that resolves on the first of them. Must be called inside the runtime.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!("cannot listen for SIGTERM: {e}");
-            return std::future::pending().await;
+    let handlers = signal(SignalKind::terminate()).and_then(|term| {
+        let int = signal(SignalKind::interrupt())?;
+        Ok((term, int))
+    });
+    async move {
+        let (mut term, mut int) = match handlers {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::error!("cannot listen for SIGTERM and SIGINT: {e}");
+                return std::future::pending().await;
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: draining in-flight checks"),
+            _ = int.recv() => tracing::info!("SIGINT: draining in-flight checks"),
         }
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: draining in-flight checks"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: draining in-flight checks"),
     }
 }

@@ -111,7 +111,7 @@ impl Shadow {
             source = request.source,
             destination = request.destination,
             method = request.method,
-            path = crate::decision_log::loggable_path(request.path),
+            path = %crate::policy::logging::LogView::path_shape(request.path),
             enforced = enforced.verdict.as_str(),
             enforced_reason = enforced.reason.as_str(),
             enforced_rule = enforced.rule,

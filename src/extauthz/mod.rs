@@ -35,7 +35,6 @@ use std::time::{Duration, Instant};
 
 use envoy_types::ext_authz::v3::pb::{Authorization, CheckRequest, CheckResponse};
 
-use crate::decision_log::loggable_path;
 use crate::policy::{Decided, Decision, Policy, PolicyHandle, Reason, Request};
 use crate::shadow::Shadow;
 use crate::telemetry::{CheckEvent, Telemetry};
@@ -223,13 +222,15 @@ pub(crate) fn cached_certificate_facts(
 /// (the only header value wardgate ever logs).
 fn log_break_glass(request: &Request<'_>, decision: &Decision<'_>, stated: Option<&str>) {
     let stated = stated.unwrap_or_default();
-    let path = loggable_path(request.path);
+    // Every segment redacted: the decision-log line of the same check shows what the bundle
+    // lets a log show.
+    let path = crate::policy::logging::LogView::path_shape(request.path);
     tracing::warn!(
         rule = decision.rule,
         source = request.source,
         destination = request.destination,
         method = request.method,
-        path,
+        path = %path,
         break_glass_reason = stated,
         "break-glass allow"
     );

@@ -230,6 +230,15 @@ impl LogView {
         }
     }
 
+    /// The shape of the raw `:path` with every segment redacted (at most 256 bytes), for
+    /// operational log lines (a break-glass allow, a shadow disagreement): they carry no
+    /// identifier, and the decision-log line of the same check shows what the bundle allows.
+    pub(crate) fn path_shape(raw: &str) -> String {
+        let mut out = String::new();
+        LogView::default().path_without_policy(raw, &mut out, 256);
+        out
+    }
+
     /// [`LogView::path`] without a policy: every segment redacted.
     pub(crate) fn path_without_policy(&self, raw: &str, out: &mut String, max: usize) -> Shown {
         out.clear();

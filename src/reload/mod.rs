@@ -197,6 +197,22 @@ struct LastAttempt {
     warned: Instant,
 }
 
+/// Give the heap memory freed since the last call back to the operating system.
+///
+/// Compiling a bundle allocates several times the compiled policy's size (the YAML text, the
+/// parse tree, validation scratch) and frees it again; glibc's allocator keeps such freed pages
+/// resident unless asked, so a sidecar would keep the peak of its last compile for good
+/// (docs/performance.md, "Fleet scale"). Called after every compile and swap; a no-op where the
+/// C library is not glibc.
+pub fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free pages of glibc's heaps to the kernel; it takes the
+    // allocator's own locks and touches no memory that is in use.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Follows one bundle source and keeps the handle at its latest valid version.
 pub struct Reloader {
     config: ReloadConfig,
@@ -292,7 +308,11 @@ impl Reloader {
     /// Fetch, settle, judge; not reported to the observer.
     async fn attempt(&mut self, force: bool) -> Outcome {
         if let Some(old) = self.retired.take() {
-            let _ = tokio::task::spawn_blocking(move || drop(old)).await;
+            let _ = tokio::task::spawn_blocking(move || {
+                drop(old);
+                release_freed_memory();
+            })
+            .await;
         }
         self.last_why.clear();
         let source = self.config.source.to_string();
@@ -446,9 +466,20 @@ impl Reloader {
         };
         let started = Instant::now();
         let limits = self.config.compile_limits;
-        let compiled =
-            tokio::task::spawn_blocking(move || Policy::from_sources_within(&files, limits)).await;
-        let compile_time = started.elapsed();
+        let compiled = tokio::task::spawn_blocking(move || {
+            let compiled = Policy::from_sources_within(&files, limits);
+            let compile_time = started.elapsed();
+            drop(files);
+            // The parse tree and the text are freed by now; give their pages back (not counted
+            // as compile time).
+            release_freed_memory();
+            (compiled, compile_time)
+        })
+        .await;
+        let (compiled, compile_time) = match compiled {
+            Ok((c, t)) => (Ok(c), t),
+            Err(e) => (Err(e), started.elapsed()),
+        };
         drop(mark);
         let policy = match compiled {
             Ok(Ok(p)) => p,
@@ -483,6 +514,8 @@ impl Reloader {
             self.label
         );
         self.observer.swapped(&policy, source, compile_time);
+        // Observers rebuild their per-rule state on a swap; what that freed goes back too.
+        let _ = tokio::task::spawn_blocking(release_freed_memory).await;
         // The rewrite grace covers what the source itself put in force, not the cached copy.
         if from_source.is_some() && self.revision_since.map(|(r, _)| r) != Some(policy.revision()) {
             self.revision_since = Some((policy.revision(), Instant::now()));

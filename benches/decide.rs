@@ -145,7 +145,13 @@ fn profile(spec: &str) {
             Policy::from_yaml_str("bench.yaml", &yaml).expect("valid")
         };
         let untrimmed = support::rss_kib();
-        // What `wardgate serve` does after every compile (src/reload/mod.rs).
+        // What `wardgate serve` does after every compile (src/reload/mod.rs, src/main.rs).
+        wardgate::reload::set_memory_release(|| {
+            // SAFETY: returns glibc's free heap pages to the kernel; touches no memory in use.
+            unsafe {
+                libc::malloc_trim(0);
+            }
+        });
         wardgate::reload::release_freed_memory();
         let after = support::rss_kib();
         println!(

@@ -339,20 +339,17 @@ fn compile(
                         return None;
                     }
                 };
-                match found {
-                    Some(other) => {
-                        let earlier = member_of.get(other as usize).and_then(|&(s, i)| {
-                            let seg = segments.get(s as usize)?;
-                            Some((&*seg.name, seg.members.get(i)?))
-                        });
-                        if let Some((other_segment, other_member)) = earlier {
-                            cx.err(m, format!(
-                                "member `{p}` of segment `{}` overlaps member `{other_member}` of segment `{other_segment}`: an identity may belong to at most one segment",
-                                name.value
-                            ));
-                        }
+                if let Some(other) = found {
+                    let earlier = member_of.get(other as usize).and_then(|&(s, i)| {
+                        let seg = segments.get(s as usize)?;
+                        Some((&*seg.name, seg.members.get(i)?))
+                    });
+                    if let Some((other_segment, other_member)) = earlier {
+                        cx.err(m, format!(
+                            "member `{p}` of segment `{}` overlaps member `{other_member}` of segment `{other_segment}`: an identity may belong to at most one segment",
+                            name.value
+                        ));
                     }
-                    None => {}
                 }
                 member_trie.insert(&p, id, member_of.len() as u32);
                 member_of.push((id, members.len()));

@@ -197,19 +197,26 @@ struct LastAttempt {
     warned: Instant,
 }
 
-/// Give the heap memory freed since the last call back to the operating system.
+/// How freed heap memory goes back to the operating system, installed by the binary.
+static MEMORY_RELEASE: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
+
+/// Install `release` as the way to give freed heap memory back to the operating system (the
+/// `wardgate` binary installs glibc's `malloc_trim`; this library holds no unsafe code). Only the
+/// first call counts.
+pub fn set_memory_release(release: fn()) {
+    let _ = MEMORY_RELEASE.set(release);
+}
+
+/// Give the heap memory freed since the last call back to the operating system, if a way to do
+/// so was installed ([`set_memory_release`]).
 ///
 /// Compiling a bundle allocates several times the compiled policy's size (the YAML text, the
 /// parse tree, validation scratch) and frees it again; glibc's allocator keeps such freed pages
 /// resident unless asked, so a sidecar would keep the peak of its last compile for good
-/// (docs/performance.md, "Fleet scale"). Called after every compile and swap; a no-op where the
-/// C library is not glibc.
+/// (docs/performance.md, "Fleet scale"). Called after every compile and swap.
 pub fn release_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only returns free pages of glibc's heaps to the kernel; it takes the
-    // allocator's own locks and touches no memory that is in use.
-    unsafe {
-        libc::malloc_trim(0);
+    if let Some(release) = MEMORY_RELEASE.get() {
+        release();
     }
 }
 

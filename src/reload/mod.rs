@@ -197,6 +197,29 @@ struct LastAttempt {
     warned: Instant,
 }
 
+/// How freed heap memory goes back to the operating system, installed by the binary.
+static MEMORY_RELEASE: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
+
+/// Install `release` as the way to give freed heap memory back to the operating system (the
+/// `wardgate` binary installs glibc's `malloc_trim`; this library holds no unsafe code). Only the
+/// first call counts.
+pub fn set_memory_release(release: fn()) {
+    let _ = MEMORY_RELEASE.set(release);
+}
+
+/// Give the heap memory freed since the last call back to the operating system, if a way to do
+/// so was installed ([`set_memory_release`]).
+///
+/// Compiling a bundle allocates several times the compiled policy's size (the YAML text, the
+/// parse tree, validation scratch) and frees it again; glibc's allocator keeps such freed pages
+/// resident unless asked, so a sidecar would keep the peak of its last compile for good
+/// (docs/performance.md, "Fleet scale"). Called after every compile and swap.
+pub fn release_freed_memory() {
+    if let Some(release) = MEMORY_RELEASE.get() {
+        release();
+    }
+}
+
 /// Follows one bundle source and keeps the handle at its latest valid version.
 pub struct Reloader {
     config: ReloadConfig,
@@ -292,7 +315,11 @@ impl Reloader {
     /// Fetch, settle, judge; not reported to the observer.
     async fn attempt(&mut self, force: bool) -> Outcome {
         if let Some(old) = self.retired.take() {
-            let _ = tokio::task::spawn_blocking(move || drop(old)).await;
+            let _ = tokio::task::spawn_blocking(move || {
+                drop(old);
+                release_freed_memory();
+            })
+            .await;
         }
         self.last_why.clear();
         let source = self.config.source.to_string();
@@ -446,9 +473,20 @@ impl Reloader {
         };
         let started = Instant::now();
         let limits = self.config.compile_limits;
-        let compiled =
-            tokio::task::spawn_blocking(move || Policy::from_sources_within(&files, limits)).await;
-        let compile_time = started.elapsed();
+        let compiled = tokio::task::spawn_blocking(move || {
+            let compiled = Policy::from_sources_within(&files, limits);
+            let compile_time = started.elapsed();
+            drop(files);
+            // The parse tree and the text are freed by now; give their pages back (not counted
+            // as compile time).
+            release_freed_memory();
+            (compiled, compile_time)
+        })
+        .await;
+        let (compiled, compile_time) = match compiled {
+            Ok((c, t)) => (Ok(c), t),
+            Err(e) => (Err(e), started.elapsed()),
+        };
         drop(mark);
         let policy = match compiled {
             Ok(Ok(p)) => p,
@@ -483,6 +521,8 @@ impl Reloader {
             self.label
         );
         self.observer.swapped(&policy, source, compile_time);
+        // Observers rebuild their per-rule state on a swap; what that freed goes back too.
+        let _ = tokio::task::spawn_blocking(release_freed_memory).await;
         // The rewrite grace covers what the source itself put in force, not the cached copy.
         if from_source.is_some() && self.revision_since.map(|(r, _)| r) != Some(policy.revision()) {
             self.revision_since = Some((policy.revision(), Instant::now()));

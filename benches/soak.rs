@@ -898,19 +898,18 @@ fn write_results(plan: &Plan, samples: &[Sample], verdict: &Verdict) -> Result<(
     Ok(())
 }
 
+/// One plot panel: its title and the value it draws from a sample.
+type Panel = (&'static str, fn(&Sample) -> f64);
+
 /// Three panels over time: RSS (MiB), open descriptors, p99 (us).
 fn svg(plan: &Plan, samples: &[Sample]) -> String {
     let (w, ph, left, top) = (760.0, 150.0, 70.0, 30.0);
-    let panels: [(&str, Box<dyn Fn(&Sample) -> f64>); 3] = [
-        (
-            "wardgate RSS (MiB)",
-            Box::new(|s| s.rss_kib as f64 / 1024.0),
-        ),
-        ("wardgate open file descriptors", Box::new(|s| s.fds as f64)),
-        (
-            "p99 latency through Envoy per 30 s interval (us)",
-            Box::new(|s| s.p99_us as f64),
-        ),
+    let panels: [Panel; 3] = [
+        ("wardgate RSS (MiB)", |s| s.rss_kib as f64 / 1024.0),
+        ("wardgate open file descriptors", |s| s.fds as f64),
+        ("p99 latency through Envoy per 30 s interval (us)", |s| {
+            s.p99_us as f64
+        }),
     ];
     let t_max = plan.duration.as_secs_f64().max(1.0);
     let height = top + panels.len() as f64 * (ph + 50.0) + 10.0;
@@ -921,7 +920,7 @@ fn svg(plan: &Plan, samples: &[Sample]) -> String {
     );
     for (i, (title, f)) in panels.iter().enumerate() {
         let y0 = top + i as f64 * (ph + 50.0) + 20.0;
-        let vals: Vec<f64> = samples.iter().map(|s| f(s)).collect();
+        let vals: Vec<f64> = samples.iter().map(f).collect();
         let max = vals.iter().copied().fold(0.0, f64::max).max(1.0) * 1.1;
         let pw = w - left - 20.0;
         let _ = writeln!(

@@ -293,6 +293,7 @@ const TOP_KEYS: &[&str] = &[
     "segments",
     "rules",
     "break_glass",
+    "logging",
 ];
 const SEGMENT_KEYS: &[&str] = &["members", "max_svid_lifetime"];
 const RULE_KEYS: &[&str] = &[
@@ -301,6 +302,7 @@ const RULE_KEYS: &[&str] = &[
 const WHEN_KEYS: &[&str] = &["schedule", "headers"];
 const SCHEDULE_KEYS: &[&str] = &["days", "hours", "timezone"];
 const BREAK_GLASS_KEYS: &[&str] = &["header", "allow"];
+const LOGGING_KEYS: &[&str] = &["full_paths", "path_templates", "hide_segments"];
 
 /// One key of a mapping with its value.
 type Entry = (S<KeyText>, Shape);
@@ -363,6 +365,9 @@ fn unknown_keys(name: &str, text: &str, errors: &mut Diagnostics) -> usize {
                 rule_maps.push((r, "a break-glass entry"));
             }
         }
+    }
+    if let Some(Shape::Map(logging)) = field(top, "logging") {
+        check(logging, LOGGING_KEYS, "`logging`");
     }
     for (r, place) in rule_maps {
         check(r, RULE_KEYS, place);

@@ -35,7 +35,6 @@
 //! from `scripts/install-test-deps.sh`; when it is missing the run fails under `CI=true` and is
 //! skipped loudly otherwise. Numbers from a shared 2-core machine are noisy.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -58,7 +57,7 @@ mod load;
 mod support;
 
 use e2e::pki::{Lifetime, Pki};
-use e2e::process::{free_port, render_template, ChildGuard, Envoy};
+use e2e::process::{free_port, ChildGuard, Envoy, EnvoySettings};
 use e2e::upstream::EchoUpstream;
 
 type BoxError = e2e::BoxError;
@@ -261,17 +260,16 @@ async fn run(envoy_binary: &Path, plan: &Plan) -> Result<bool, BoxError> {
     let pid = wardgate.pid().ok_or("wardgate has no pid")?;
     wait_ready(admin, &wardgate).await?;
 
-    let template = std::fs::read_to_string(e2e::process::envoy_template_path())?;
-    let template = template.replace("${WARDGATE_SOCKET}", &socket.display().to_string());
-    let envoy = start_envoy(
-        envoy_binary,
-        &template,
-        &destination,
-        &pki,
-        upstream.addr,
-        dir.path(),
-    )
-    .await?;
+    let settings = EnvoySettings {
+        svid_cert: destination.cert_path.clone(),
+        svid_key: destination.key_path.clone(),
+        trust_bundle_dir: pki.trust_bundle_dir.clone(),
+        wardgate_socket: socket.clone(),
+        app: upstream.addr,
+    };
+    let envoy =
+        Envoy::start_logging_to(envoy_binary, &settings, dir.path(), Path::new("/dev/null"))
+            .await?;
 
     let roots = {
         let mut r = RootCertStore::empty();
@@ -672,48 +670,6 @@ async fn one_request(
     let mut h = shared.interval.lock().unwrap_or_else(|e| e.into_inner());
     h.record(us.max(1))?;
     Ok(())
-}
-
-async fn start_envoy(
-    binary: &Path,
-    template: &str,
-    destination: &e2e::pki::Svid,
-    pki: &Pki,
-    app: SocketAddr,
-    dir: &Path,
-) -> Result<Envoy, BoxError> {
-    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-    let p = |p: &Path| p.display().to_string();
-    let vars: BTreeMap<&str, String> = BTreeMap::from([
-        ("ENVOY_ADMIN_PORT", admin.port().to_string()),
-        ("ENVOY_LISTEN_ADDRESS", listen.ip().to_string()),
-        ("ENVOY_LISTEN_PORT", listen.port().to_string()),
-        ("SVID_CERT", p(&destination.cert_path)),
-        ("SVID_KEY", p(&destination.key_path)),
-        ("TRUST_BUNDLE_DIR", p(&pki.trust_bundle_dir)),
-        ("APP_ADDRESS", app.ip().to_string()),
-        ("APP_PORT", app.port().to_string()),
-        ("ACCESS_LOG_PATH", "/dev/null".to_owned()),
-    ]);
-    let config = render_template(template, &vars)?;
-    let config_path = dir.join("envoy-soak.yaml");
-    std::fs::write(&config_path, config)?;
-    let base_id = std::process::id() % 1_000_000 + 3_000;
-    let mut command = Command::new(binary);
-    command
-        .arg("-c")
-        .arg(&config_path)
-        .args(["--concurrency", "1", "--disable-hot-restart"])
-        .args(["--log-level", "warn", "--base-id", &base_id.to_string()]);
-    let envoy = Envoy {
-        child: ChildGuard::spawn("envoy-soak", command, dir)?,
-        listen,
-        admin,
-        config_path,
-        access_log: "/dev/null".into(),
-    };
-    envoy.wait_ready("Envoy (soak)").await
 }
 
 /// A numeric field of `/proc/PID/status` (`VmRSS:` in KiB, `Threads:`), 0 where unavailable.

@@ -340,9 +340,20 @@ impl Envoy {
         settings: &EnvoySettings,
         dir: &Path,
     ) -> Result<Envoy, BoxError> {
+        Envoy::start_logging_to(binary, settings, dir, &dir.join("envoy-access.log")).await
+    }
+
+    /// Like [`Envoy::start`], with the access log written to `access_log` (`/dev/null` for a
+    /// long run that would otherwise fill the disk).
+    pub async fn start_logging_to(
+        binary: &Path,
+        settings: &EnvoySettings,
+        dir: &Path,
+        access_log: &Path,
+    ) -> Result<Envoy, BoxError> {
         let listen = SocketAddr::from(([127, 0, 0, 1], free_port()?));
         let admin = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-        let access_log = dir.join("envoy-access.log");
+        let access_log = access_log.to_path_buf();
         let path_str = |p: &Path| p.display().to_string();
         let vars: BTreeMap<&str, String> = BTreeMap::from([
             ("ENVOY_ADMIN_PORT", admin.port().to_string()),

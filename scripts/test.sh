@@ -28,11 +28,11 @@ echo "== cargo test"
 cargo test --all-targets --locked
 cargo test --doc --locked
 
-# Every fuzz target for a few seconds after replaying its committed corpus and regressions
-# (fuzz/README.md), with WARDGATE_FUZZ_SMOKE=1: it needs the nightly toolchain and an
-# instrumented build of every dependency, which costs more than the rest of this script. Without
-# it, `cargo test` above still replays every committed corpus and regression file through the
-# same target functions on stable (tests/fuzz_corpus.rs). The long runs are
+# `cargo test` above already runs every fuzz target on stable (tests/fuzz_corpus.rs): its
+# committed corpus and regressions, then two seconds of inputs mutated from them. With
+# WARDGATE_FUZZ_SMOKE=1, every target also runs coverage-guided under libFuzzer for a few seconds
+# (fuzz/README.md); it needs the nightly toolchain and an instrumented build of every
+# dependency, which costs more than the rest of this script. The long runs are
 # scripts/fuzz.sh TARGET [SECONDS].
 if [ "${WARDGATE_FUZZ_SMOKE:-}" = 1 ]; then
     echo "== fuzz smoke"
@@ -42,5 +42,5 @@ if [ "${WARDGATE_FUZZ_SMOKE:-}" = 1 ]; then
     fi
     bash scripts/fuzz.sh --smoke "${WARDGATE_FUZZ_SMOKE_SECONDS:-5}"
 else
-    echo "== fuzz smoke: not run (WARDGATE_FUZZ_SMOKE=1 runs it); corpora replayed by cargo test"
+    echo "== libFuzzer smoke: not run (WARDGATE_FUZZ_SMOKE=1 runs it); cargo test ran the stable smoke"
 fi

@@ -271,8 +271,7 @@ fn serve_memory(n: usize) {
         std::sync::Arc::new(Policy::from_yaml_str("bench.yaml", &yaml).expect("valid"))
     });
     let telemetry = Telemetry::new(TelemetryConfig::default()).expect("telemetry");
-    let ((), swapped) =
-        counted(|| telemetry.bundle_swapped(&policy, "bench.yaml", Duration::ZERO));
+    let ((), swapped) = counted(|| telemetry.bundle_swapped(&policy, "bench.yaml", Duration::ZERO));
     let ((), loaded) = counted(|| {
         for i in 0..1_000.min(n - 2) {
             let (src, dst, method, path) = support::hit(i * (n - 2) / 1_000.min(n - 2));

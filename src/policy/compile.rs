@@ -11,6 +11,7 @@
 
 use std::collections::HashSet;
 use std::path::Path;
+use std::sync::Arc;
 
 use fnv::FnvHashMap;
 
@@ -388,8 +389,9 @@ fn compile(
             errors,
             file: &f.name,
         };
+        let file: Arc<str> = f.name.as_str().into();
         for raw in &f.bundle.rules {
-            if let Some(rule) = compile_rule(&mut cx, raw, &names, &mut rule_names, false) {
+            if let Some(rule) = compile_rule(&mut cx, raw, &names, &file, &mut rule_names, false) {
                 rules.push(rule);
             }
         }
@@ -420,7 +422,8 @@ fn compile(
                 cx.err(bg, "`break_glass` has no `allow` entries");
             }
             for raw in &bg.value.allow {
-                if let Some(rule) = compile_rule(&mut cx, raw, &names, &mut rule_names, true) {
+                if let Some(rule) = compile_rule(&mut cx, raw, &names, &file, &mut rule_names, true)
+                {
                     break_glass.push(rule);
                 }
             }
@@ -605,6 +608,7 @@ fn compile_rule(
     cx: &mut Ctx<'_>,
     raw: &S<RawRule>,
     names: &Names,
+    file: &Arc<str>,
     seen: &mut HashSet<String>,
     break_glass: bool,
 ) -> Option<Rule> {
@@ -795,7 +799,7 @@ fn compile_rule(
         hosts,
         schedule,
         headers,
-        file: cx.file.into(),
+        file: Arc::clone(file),
         line: raw.referenced.line(),
         column: raw.referenced.column(),
     })

@@ -166,7 +166,7 @@ struct Snapshot {
     /// `wardgate_checks_total` handles, by `(outcome * width + source) * width + destination`,
     /// where `width = segment_names.len()`. Empty when that table would be unreasonably large.
     cells: Box<[OnceLock<IntCounter>]>,
-    rules: FnvHashMap<Box<str>, Arc<RuleStat>>,
+    rules: FnvHashMap<Arc<str>, Arc<RuleStat>>,
     rule_list: Vec<RuleEntry>,
 }
 
@@ -220,7 +220,7 @@ pub struct Telemetry {
     log: log_writer::DecisionLog,
     snapshot: ArcSwapOption<Snapshot>,
     /// Every rule statistic by name: the slow path during a swap, and reuse across swaps.
-    rule_registry: Mutex<FnvHashMap<Box<str>, Arc<RuleStat>>>,
+    rule_registry: Mutex<FnvHashMap<Arc<str>, Arc<RuleStat>>>,
     started: jiff::Timestamp,
 }
 

@@ -83,9 +83,10 @@ impl RuleStat {
 /// One rule of the bundle in force, as `/v1/rules` lists it.
 #[derive(Debug)]
 pub(super) struct RuleEntry {
-    name: Box<str>,
+    /// The policy's own string (shared, not copied), like `file`.
+    name: Arc<str>,
     kind: RuleKind,
-    file: Box<str>,
+    file: Arc<str>,
     line: u64,
     stat: Arc<RuleStat>,
 }
@@ -173,7 +174,7 @@ impl Telemetry {
     pub(super) fn resolve_rules(
         &self,
         policy: &Policy,
-    ) -> (FnvHashMap<Box<str>, Arc<RuleStat>>, Vec<RuleEntry>) {
+    ) -> (FnvHashMap<Arc<str>, Arc<RuleStat>>, Vec<RuleEntry>) {
         let mut rule_list = Vec::new();
         let mut rules = FnvHashMap::default();
         let mut registry = self
@@ -187,12 +188,13 @@ impl Telemetry {
                 Some(stat) if stat.kind == kind => Arc::clone(stat),
                 _ => self.new_rule_stat(info.name, kind),
             };
-            next.insert(Box::<str>::from(info.name), Arc::clone(&stat));
-            rules.insert(Box::<str>::from(info.name), Arc::clone(&stat));
+            let name = info.shared_name();
+            next.insert(Arc::clone(&name), Arc::clone(&stat));
+            rules.insert(Arc::clone(&name), Arc::clone(&stat));
             rule_list.push(RuleEntry {
-                name: info.name.into(),
+                name,
                 kind,
-                file: info.file.into(),
+                file: info.shared_file(),
                 line: info.line,
                 stat,
             });

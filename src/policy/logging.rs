@@ -202,7 +202,7 @@ impl LogView {
                 for h in r.hosts.iter().flatten() {
                     view.hosts.insert(h.to_ascii_lowercase().into());
                 }
-                for m in r.methods.iter().flatten() {
+                for m in r.methods.as_deref().into_iter().flatten() {
                     if !view.methods.contains(m) {
                         view.methods.push(m.clone());
                     }

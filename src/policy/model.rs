@@ -94,9 +94,9 @@ pub(crate) struct Rule {
     pub(crate) action: Action,
     pub(crate) from: Vec<Endpoint>,
     pub(crate) to: Option<Vec<Endpoint>>,
-    /// Upper-case methods.
-    pub(crate) methods: Option<Vec<Box<str>>>,
-    pub(crate) paths: Option<Vec<Pattern>>,
+    /// Upper-case methods. Rules listing the same methods share one list, like `paths`.
+    pub(crate) methods: Option<Arc<[Box<str>]>>,
+    pub(crate) paths: Option<Arc<[Pattern]>>,
     /// Lower-case hosts without port.
     pub(crate) hosts: Option<Vec<Box<str>>>,
     pub(crate) schedule: Option<Schedule>,

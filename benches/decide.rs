@@ -18,16 +18,23 @@ mod support;
 struct Counting;
 
 static LIVE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+/// Allocations made so far (never decremented): what a step costs in `malloc` calls.
+static ALLOCS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+/// Blocks live now: each costs the C allocator a header and rounding beyond its bytes.
+static BLOCKS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 // SAFETY: forwards to the system allocator unchanged, only counting sizes.
 unsafe impl std::alloc::GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
         LIVE.fetch_add(layout.size(), std::sync::atomic::Ordering::Relaxed);
+        ALLOCS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        BLOCKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // SAFETY: same contract as the caller's.
         unsafe { std::alloc::System.alloc(layout) }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
         LIVE.fetch_sub(layout.size(), std::sync::atomic::Ordering::Relaxed);
+        BLOCKS.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         // SAFETY: same contract as the caller's.
         unsafe { std::alloc::System.dealloc(ptr, layout) }
     }
@@ -40,13 +47,51 @@ fn live_bytes() -> usize {
     LIVE.load(std::sync::atomic::Ordering::Relaxed)
 }
 
+fn allocations() -> usize {
+    ALLOCS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// What `step` left on the heap and what it cost, with its result.
+struct Counted {
+    /// Live bytes added, MiB.
+    mib: f64,
+    /// Live blocks added.
+    blocks: isize,
+    /// Allocations made (including those freed again).
+    allocs: usize,
+}
+
+impl std::fmt::Display for Counted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:.2} MiB in {} blocks ({} allocations made)",
+            self.mib, self.blocks, self.allocs
+        )
+    }
+}
+
+fn counted<T>(step: impl FnOnce() -> T) -> (T, Counted) {
+    let blocks = || BLOCKS.load(std::sync::atomic::Ordering::Relaxed) as isize;
+    let (live, live_blocks, allocs) = (live_bytes(), blocks(), allocations());
+    let out = step();
+    let mib = live_bytes().wrapping_sub(live) as isize as f64 / 1048576.0;
+    let counted = Counted {
+        mib,
+        blocks: blocks() - live_blocks,
+        allocs: allocations() - allocs,
+    };
+    (out, counted)
+}
+
 const SIZES: [usize; 4] = [100, 1_000, 10_000, 100_000];
 
 fn main() {
     // Profiling hooks for callgrind: `WARDGATE_PROFILE=decide:10000` decides the hit-late
     // request of a 10,000-rule bundle 200,000 times; `compile:10000` compiles it once;
     // `compile-time:N` (best of five), `memory:N` (resident memory holding the policy, before and
-    // after the trim `serve` does) and `validate:N` (one compile: time and peak RSS) report.
+    // after the trim `serve` does) and `validate:N` (one compile: time and peak RSS) report;
+    // `serve-memory:N` adds what `serve` builds beside the policy (see `serve_memory`).
     if let Ok(spec) = std::env::var("WARDGATE_PROFILE") {
         profile(&spec);
         return;
@@ -165,6 +210,10 @@ fn profile(spec: &str) {
         black_box(&policy);
         return;
     }
+    if what == "serve-memory" {
+        serve_memory(n);
+        return;
+    }
     if what == "validate" {
         // What `wardgate validate` costs on a bundle of `n` rules: one compile of the text, its
         // wall time and the process's peak resident memory (text included, as when read).
@@ -208,4 +257,59 @@ fn profile(spec: &str) {
         }
         println!("{allowed}");
     }
+}
+
+/// What `wardgate serve` (decision log off) holds for a bundle of `n` rules, counted by the
+/// allocator step by step: the compiled policy, the telemetry's per-rule state built when the
+/// bundle is swapped in, what checks hitting 1,000 distinct rules and two scrapes leave behind;
+/// then resident memory after the trim `serve` does.
+fn serve_memory(n: usize) {
+    use wardgate::telemetry::{CheckEvent, Telemetry, TelemetryConfig};
+    let before = support::rss_kib();
+    let (policy, compiled) = counted(|| {
+        let yaml = support::bundle(n);
+        std::sync::Arc::new(Policy::from_yaml_str("bench.yaml", &yaml).expect("valid"))
+    });
+    let telemetry = Telemetry::new(TelemetryConfig::default()).expect("telemetry");
+    let ((), swapped) = counted(|| telemetry.bundle_swapped(&policy, "bench.yaml", Duration::ZERO));
+    let ((), loaded) = counted(|| {
+        for i in 0..1_000.min(n - 2) {
+            let (src, dst, method, path) = support::hit(i * (n - 2) / 1_000.min(n - 2));
+            let mut request = Request::new(method, &path);
+            request.source = Some(&src);
+            request.destination = Some(&dst);
+            let decision = policy.decide(&request);
+            assert!(decision.is_allow());
+            telemetry.record_check(&CheckEvent {
+                request: &request,
+                decision: &decision,
+                policy: Some(&policy),
+                revision: Some(policy.revision()),
+                elapsed: Duration::from_micros(1),
+                request_id: None,
+                break_glass_reason: None,
+                enforced: true,
+            });
+        }
+    });
+    let (text, scraped) = counted(|| telemetry.render_metrics(true).expect("metrics"));
+    let scrape_bytes = text.len();
+    drop(text);
+    wardgate::reload::set_memory_release(|| {
+        // SAFETY: returns glibc's free heap pages to the kernel; touches no memory in use.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+    });
+    wardgate::reload::release_freed_memory();
+    let after = support::rss_kib();
+    println!(
+        "serve-memory {n} rules: rss {:.1} MiB (+{:.1} MiB); policy {compiled}; telemetry at \
+         swap {swapped}; 1000 rules hit {loaded}; scrape of {scrape_bytes} bytes: {} \
+         allocations",
+        after as f64 / 1024.0,
+        (after - before) as f64 / 1024.0,
+        scraped.allocs,
+    );
+    black_box((&policy, &telemetry));
 }

@@ -117,8 +117,9 @@ if [ -n "${exe[decide]:-}" ]; then
     for _ in $(seq "${ENGINE_RUNS:-3}"); do
         WARDGATE_PROFILE=compile-time:10000 "${exe[decide]}" 2>/dev/null
         WARDGATE_PROFILE=memory:10000 "${exe[decide]}" 2>/dev/null
+        WARDGATE_PROFILE=serve-memory:10000 "${exe[decide]}" 2>/dev/null
         WARDGATE_PROFILE=validate:100000 "${exe[decide]}" 2>/dev/null
-    done | grep -E '^(compile|memory|validate) ' | tee "$RESULTS/engine.txt" || status=1
+    done | grep -E '^(compile|memory|serve-memory|validate) ' | tee "$RESULTS/engine.txt" || status=1
 fi
 
 echo "== writing $RESULTS/results.md and $RESULTS/chart.svg"
@@ -252,6 +253,14 @@ try:
     fleet_row("resident memory holding 10,000 rules, without the trim (before issue 14)", "< 30 MiB",
               [float(m[2]) for m in mem], "MiB", 30)
     fleet_row("heap of the compiled 10,000-rule policy (counted)", "-", [float(m[1]) for m in mem], "MiB", float("inf"))
+    if fleet and fleet[-1][1] == "-":
+        fleet[-1] = fleet[-1][:3] + ("-",)
+    serve = re.findall(r"serve-memory 10000 rules: rss ([0-9.]+) MiB \(\+[0-9.]+ MiB\); policy ([0-9.]+) MiB "
+                       r"in [0-9]+ blocks \([0-9]+ allocations made\); telemetry at swap ([0-9.]+) MiB", engine)
+    fleet_row("resident memory holding 10,000 rules and the telemetry `serve` builds for them, after the trim",
+              "< 30 MiB", [float(m[0]) for m in serve], "MiB", 30)
+    fleet_row("heap of the telemetry's per-rule state at 10,000 rules (counted)", "-",
+              [float(m[2]) for m in serve], "MiB", float("inf"))
     if fleet and fleet[-1][1] == "-":
         fleet[-1] = fleet[-1][:3] + ("-",)
     val = re.findall(r"validate 100000 rules: ([0-9.]+) s, peak rss ([0-9.]+) MiB", engine)

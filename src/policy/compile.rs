@@ -11,6 +11,7 @@
 
 use std::collections::HashSet;
 use std::path::Path;
+use std::sync::Arc;
 
 use fnv::FnvHashMap;
 
@@ -383,13 +384,17 @@ fn compile(
     let mut rules = Vec::new();
     let mut break_glass = Vec::new();
     let mut break_glass_header: Option<Box<str>> = None;
+    let mut shared = Shared::default();
     for f in files {
         let mut cx = Ctx {
             errors,
             file: &f.name,
         };
+        shared.file = f.name.as_str().into();
         for raw in &f.bundle.rules {
-            if let Some(rule) = compile_rule(&mut cx, raw, &names, &mut rule_names, false) {
+            if let Some(rule) =
+                compile_rule(&mut cx, raw, &names, &mut shared, &mut rule_names, false)
+            {
                 rules.push(rule);
             }
         }
@@ -420,7 +425,9 @@ fn compile(
                 cx.err(bg, "`break_glass` has no `allow` entries");
             }
             for raw in &bg.value.allow {
-                if let Some(rule) = compile_rule(&mut cx, raw, &names, &mut rule_names, true) {
+                if let Some(rule) =
+                    compile_rule(&mut cx, raw, &names, &mut shared, &mut rule_names, true)
+                {
                     break_glass.push(rule);
                 }
             }
@@ -601,10 +608,41 @@ fn non_empty<'a>(
     Some(list)
 }
 
+/// What rules of one compile share rather than copy: the name of the file being compiled, and
+/// one list per distinct method list and path list (generated bundles repeat a few lists across
+/// thousands of rules).
+#[derive(Default)]
+struct Shared {
+    file: Arc<str>,
+    methods: HashSet<Arc<[Box<str>]>>,
+    paths: HashSet<Arc<[Pattern]>>,
+}
+
+impl Shared {
+    fn intern_methods(&mut self, list: Vec<Box<str>>) -> Arc<[Box<str>]> {
+        intern(&mut self.methods, list)
+    }
+
+    fn intern_paths(&mut self, list: Vec<Pattern>) -> Arc<[Pattern]> {
+        intern(&mut self.paths, list)
+    }
+}
+
+/// The copy of `list` already in `set`, else `list` itself, added to it.
+fn intern<T: Eq + std::hash::Hash>(set: &mut HashSet<Arc<[T]>>, list: Vec<T>) -> Arc<[T]> {
+    if let Some(known) = set.get(list.as_slice()) {
+        return Arc::clone(known);
+    }
+    let list: Arc<[T]> = list.into();
+    set.insert(Arc::clone(&list));
+    list
+}
+
 fn compile_rule(
     cx: &mut Ctx<'_>,
     raw: &S<RawRule>,
     names: &Names,
+    shared: &mut Shared,
     seen: &mut HashSet<String>,
     break_glass: bool,
 ) -> Option<Rule> {
@@ -657,7 +695,8 @@ fn compile_rule(
     };
     let to = non_empty(cx, &r.to, "to").map(|l| endpoints(cx, l, names, "to"));
     let methods = non_empty(cx, &r.methods, "methods").map(|l| {
-        l.value
+        let list: Vec<Box<str>> = l
+            .value
             .iter()
             .filter_map(|m| {
                 if !m.value.is_empty() && m.value.bytes().all(|b| b.is_ascii_alphabetic()) {
@@ -670,10 +709,12 @@ fn compile_rule(
                     None
                 }
             })
-            .collect()
+            .collect();
+        shared.intern_methods(list)
     });
     let paths = non_empty(cx, &r.paths, "paths").map(|l| {
-        l.value
+        let list: Vec<Pattern> = l
+            .value
             .iter()
             .filter_map(|p| match Pattern::parse_path(&p.value) {
                 Ok(p) => Some(p),
@@ -688,7 +729,8 @@ fn compile_rule(
                     None
                 }
             })
-            .collect()
+            .collect();
+        shared.intern_paths(list)
     });
     let hosts = non_empty(cx, &r.hosts, "hosts").map(|l| {
         l.value
@@ -795,7 +837,7 @@ fn compile_rule(
         hosts,
         schedule,
         headers,
-        file: cx.file.into(),
+        file: Arc::clone(&shared.file),
         line: raw.referenced.line(),
         column: raw.referenced.column(),
     })

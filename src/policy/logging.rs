@@ -11,6 +11,8 @@
 //! here is pure: it reads the policy and the values it is given, never the clock or a file, and
 //! it never widens what is shown beyond what the bundle states.
 
+use std::sync::Arc;
+
 use fnv::{FnvHashMap, FnvHashSet};
 
 use super::bundle::{SourceFile, S};
@@ -154,7 +156,8 @@ struct RuleAt {
 /// from; with another, rules are not found and paths come out fully redacted.
 #[derive(Debug, Default)]
 pub(crate) struct LogView {
-    rules: FnvHashMap<Box<str>, RuleAt>,
+    /// By the policy's own name strings (shared, not copied).
+    rules: FnvHashMap<Arc<str>, RuleAt>,
     hosts: FnvHashSet<Box<str>>,
     methods: Vec<Box<str>>,
 }
@@ -190,7 +193,7 @@ impl LogView {
             for (i, r) in rules.iter().enumerate() {
                 let position = u32::try_from(i).unwrap_or(u32::MAX);
                 view.rules.insert(
-                    r.name.clone(),
+                    Arc::clone(&r.name),
                     RuleAt {
                         break_glass,
                         position,
@@ -199,7 +202,7 @@ impl LogView {
                 for h in r.hosts.iter().flatten() {
                     view.hosts.insert(h.to_ascii_lowercase().into());
                 }
-                for m in r.methods.iter().flatten() {
+                for m in r.methods.as_deref().into_iter().flatten() {
                     if !view.methods.contains(m) {
                         view.methods.push(m.clone());
                     }

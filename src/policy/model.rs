@@ -6,6 +6,8 @@
 //! public, read-only face of a policy. This module never parses, validates or decides: building
 //! is `compile`'s job, judging a request is `eval`'s, and the layout of the index is `index`'s.
 
+use std::sync::Arc;
+
 use super::index::RuleIndex;
 use super::pattern::Pattern;
 use super::schedule::Schedule;
@@ -59,6 +61,21 @@ pub struct RuleInfo<'p> {
     pub file: &'p str,
     /// Line of its definition.
     pub line: u64,
+    /// The policy's own strings behind `name` and `file`, for holders that outlive a borrow.
+    shared: (&'p Arc<str>, &'p Arc<str>),
+}
+
+impl RuleInfo<'_> {
+    /// The rule's name as the policy holds it: a handle to the same string, not a copy.
+    pub fn shared_name(&self) -> Arc<str> {
+        Arc::clone(self.shared.0)
+    }
+
+    /// The name of the rule's file as the policy holds it (one string per file of the bundle,
+    /// shared by its rules).
+    pub fn shared_file(&self) -> Arc<str> {
+        Arc::clone(self.shared.1)
+    }
 }
 
 /// A `from` or `to` entry.
@@ -72,19 +89,21 @@ pub(crate) enum Endpoint {
 /// A compiled rule or break-glass entry.
 #[derive(Debug)]
 pub(crate) struct Rule {
-    pub(crate) name: Box<str>,
+    /// Shared with whoever keeps per-rule state across this policy's life (telemetry).
+    pub(crate) name: Arc<str>,
     pub(crate) action: Action,
     pub(crate) from: Vec<Endpoint>,
     pub(crate) to: Option<Vec<Endpoint>>,
-    /// Upper-case methods.
-    pub(crate) methods: Option<Vec<Box<str>>>,
-    pub(crate) paths: Option<Vec<Pattern>>,
+    /// Upper-case methods. Rules listing the same methods share one list, like `paths`.
+    pub(crate) methods: Option<Arc<[Box<str>]>>,
+    pub(crate) paths: Option<Arc<[Pattern]>>,
     /// Lower-case hosts without port.
     pub(crate) hosts: Option<Vec<Box<str>>>,
     pub(crate) schedule: Option<Schedule>,
     /// Lower-case header name, allowed exact values.
     pub(crate) headers: Vec<(Box<str>, Vec<Box<str>>)>,
-    pub(crate) file: Box<str>,
+    /// One string per bundle file, shared by its rules.
+    pub(crate) file: Arc<str>,
     pub(crate) line: u64,
     pub(crate) column: u64,
 }
@@ -122,6 +141,7 @@ impl Policy {
             break_glass,
             file: &r.file,
             line: r.line,
+            shared: (&r.name, &r.file),
         })
     }
 

@@ -80,6 +80,15 @@ pub fn counter_vec(
     register(registry, vec)
 }
 
+/// The description of a metric a custom collector renders (its name, help and label names).
+pub fn desc(name: &str, help: &str, labels: &[&str]) -> Result<Desc, MetricsError> {
+    let labels = labels.iter().map(|l| (*l).to_owned()).collect();
+    created(
+        name,
+        Desc::new(name.to_owned(), help.to_owned(), labels, Default::default()),
+    )
+}
+
 /// A registered integer gauge.
 pub fn int_gauge(registry: &Registry, name: &str, help: &str) -> Result<IntGauge, MetricsError> {
     register(registry, unregistered_int_gauge(name, help)?)

@@ -41,7 +41,7 @@ mod rules;
 pub mod throttle;
 
 use std::fmt;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
@@ -59,7 +59,7 @@ pub use rules::{RuleKind, RuleUsage};
 use crate::policy::{Decision, Policy, Reason, Verdict};
 use crate::reload::Outcome;
 use metrics::Dormant;
-use rules::{RuleEntry, RuleStat};
+use rules::{RuleBook, RuleEntry, RuleStat};
 
 /// Label value of `source_segment` / `destination_segment` where a decision has no segment.
 /// Segment names start with `[a-z0-9]`, so it can never clash with one.
@@ -166,7 +166,7 @@ struct Snapshot {
     /// `wardgate_checks_total` handles, by `(outcome * width + source) * width + destination`,
     /// where `width = segment_names.len()`. Empty when that table would be unreasonably large.
     cells: Box<[OnceLock<IntCounter>]>,
-    rules: FnvHashMap<Box<str>, Arc<RuleStat>>,
+    rules: FnvHashMap<Arc<str>, Arc<RuleStat>>,
     rule_list: Vec<RuleEntry>,
 }
 
@@ -204,8 +204,6 @@ pub struct Telemetry {
     /// `wardgate_checks_total` for checks that carry no segment, by outcome.
     unsegmented: Vec<IntCounter>,
     check_duration: Histogram,
-    rule_hits: IntCounterVec,
-    break_glass_uses: IntCounterVec,
     bundle_revision: IntGauge,
     bundle_info: IntGaugeVec,
     bundle_rules: IntGauge,
@@ -219,8 +217,9 @@ pub struct Telemetry {
     svid_expiry: Dormant<Gauge>,
     log: log_writer::DecisionLog,
     snapshot: ArcSwapOption<Snapshot>,
-    /// Every rule statistic by name: the slow path during a swap, and reuse across swaps.
-    rule_registry: Mutex<FnvHashMap<Box<str>, Arc<RuleStat>>>,
+    /// Every rule statistic by name: the slow path during a swap, reuse across swaps, and the
+    /// per-rule series.
+    rule_book: Arc<RuleBook>,
     started: jiff::Timestamp,
 }
 
@@ -284,18 +283,7 @@ impl Telemetry {
             "Time wardgate spends deciding one Check (identity, certificate, path, rules), excluding gRPC transport.",
             &LATENCY_BUCKETS,
         )?;
-        let rule_hits = metrics::counter_vec(
-            r,
-            "wardgate_rule_hits_total",
-            "Checks decided by each rule of the bundle in force, by rule name and action.",
-            &["rule", "action"],
-        )?;
-        let break_glass_uses = metrics::counter_vec(
-            r,
-            "wardgate_break_glass_uses_total",
-            "Checks allowed by each break-glass entry of the bundle in force.",
-            &["rule"],
-        )?;
+        let rule_book = RuleBook::register(r)?;
         let bundle_revision = metrics::int_gauge(
             r,
             "wardgate_bundle_revision",
@@ -373,8 +361,6 @@ impl Telemetry {
             checks,
             unsegmented,
             check_duration,
-            rule_hits,
-            break_glass_uses,
             bundle_revision,
             bundle_info,
             bundle_rules,
@@ -388,7 +374,7 @@ impl Telemetry {
             svid_expiry,
             log,
             snapshot: ArcSwapOption::empty(),
-            rule_registry: Mutex::new(FnvHashMap::default()),
+            rule_book,
             started: jiff::Timestamp::now(),
         }))
     }

@@ -4,16 +4,23 @@
 //!
 //! A check finds its rule's statistic in the current snapshot and increments atomics; only a
 //! check that names a rule the snapshot does not know yet (between a policy being stored and
-//! [`Telemetry::bundle_swapped`]) takes the registry's mutex. This module never labels a series
-//! with anything but a rule name from the bundle and a fixed kind.
+//! [`Telemetry::bundle_swapped`]) takes the rule book's mutex. The two metrics are not kept as
+//! Prometheus children (each would hold its own copy of the rule name, its label pairs and the
+//! metric's description): [`RuleSeries`] renders one series per statistic of the book when the
+//! registry is gathered, from the same atomics. Rule names are the policy's own strings, shared,
+//! never copied. This module never labels a series with anything but a rule name from the
+//! bundle and a fixed kind.
 
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use fnv::FnvHashMap;
-use prometheus::IntCounter;
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::{Counter, LabelPair, Metric, MetricFamily, MetricType};
+use prometheus::Registry;
 use serde::Serialize;
 
+use super::metrics::{self, MetricsError};
 use super::{BundleInfo, Snapshot, Telemetry};
 use crate::policy::{Action, Decision, Policy, Reason, RuleInfo, Verdict};
 
@@ -68,24 +75,127 @@ impl Serialize for RuleKind {
 pub(super) struct RuleStat {
     kind: RuleKind,
     /// `wardgate_rule_hits_total{rule,action}` or `wardgate_break_glass_uses_total{rule}`.
-    hits: IntCounter,
+    hits: AtomicU64,
     /// Unix milliseconds of the latest hit (by the checks' own time); `i64::MIN` = never.
     last_hit_ms: AtomicI64,
 }
 
 impl RuleStat {
+    fn new(kind: RuleKind) -> Arc<RuleStat> {
+        Arc::new(RuleStat {
+            kind,
+            hits: AtomicU64::new(0),
+            last_hit_ms: AtomicI64::new(i64::MIN),
+        })
+    }
+
     fn hit(&self, at_ms: i64) {
-        self.hits.inc();
+        self.hits.fetch_add(1, Ordering::Relaxed);
         self.last_hit_ms.fetch_max(at_ms, Ordering::Relaxed);
+    }
+}
+
+/// Every rule statistic by name: the bundle in force's (resolved at each swap) and any a check
+/// met mid-swap. What a swap reuses, what the slow path finds, and what a scrape renders.
+#[derive(Debug)]
+pub(super) struct RuleBook {
+    stats: Mutex<FnvHashMap<Arc<str>, Arc<RuleStat>>>,
+    hits: Desc,
+    break_glass_uses: Desc,
+}
+
+impl RuleBook {
+    /// An empty book, its two metrics registered with `registry` (rendered by [`RuleSeries`]).
+    pub(super) fn register(registry: &Registry) -> Result<Arc<RuleBook>, MetricsError> {
+        let book = Arc::new(RuleBook {
+            stats: Mutex::default(),
+            hits: metrics::desc(
+                "wardgate_rule_hits_total",
+                "Checks decided by each rule of the bundle in force, by rule name and action.",
+                &["rule", "action"],
+            )?,
+            break_glass_uses: metrics::desc(
+                "wardgate_break_glass_uses_total",
+                "Checks allowed by each break-glass entry of the bundle in force.",
+                &["rule"],
+            )?,
+        });
+        metrics::register_boxed(registry, Box::new(RuleSeries(Arc::clone(&book))))?;
+        Ok(book)
+    }
+
+    fn stats(&self) -> std::sync::MutexGuard<'_, FnvHashMap<Arc<str>, Arc<RuleStat>>> {
+        self.stats
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// The collector of `wardgate_rule_hits_total` and `wardgate_break_glass_uses_total`: one
+/// counter per statistic of the [`RuleBook`], labelled as a counter vector would label it.
+#[derive(Debug)]
+struct RuleSeries(Arc<RuleBook>);
+
+fn label(name: &str, value: &str) -> LabelPair {
+    let mut pair = LabelPair::default();
+    pair.set_name(name.to_owned());
+    pair.set_value(value.to_owned());
+    pair
+}
+
+fn family(desc: &Desc, metrics: Vec<Metric>) -> MetricFamily {
+    let mut family = MetricFamily::default();
+    family.set_name(desc.fq_name.clone());
+    family.set_help(desc.help.clone());
+    family.set_field_type(MetricType::COUNTER);
+    family.set_metric(metrics);
+    family
+}
+
+impl Collector for RuleSeries {
+    fn desc(&self) -> Vec<&Desc> {
+        vec![&self.0.hits, &self.0.break_glass_uses]
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        // Handles only under the lock (a check mid-swap may wait for it); labels after.
+        let stats: Vec<(Arc<str>, Arc<RuleStat>)> = self
+            .0
+            .stats()
+            .iter()
+            .map(|(name, stat)| (Arc::clone(name), Arc::clone(stat)))
+            .collect();
+        let (mut hits, mut uses) = (Vec::new(), Vec::new());
+        for (name, stat) in stats {
+            let mut counter = Counter::default();
+            counter.set_value(stat.hits.load(Ordering::Relaxed) as f64);
+            // Label pairs sorted by label name, as the registry's own vectors write them.
+            let (labels, into) = match stat.kind {
+                RuleKind::BreakGlass => (vec![label("rule", &name)], &mut uses),
+                RuleKind::Allow | RuleKind::Deny => (
+                    vec![label("action", stat.kind.as_str()), label("rule", &name)],
+                    &mut hits,
+                ),
+            };
+            let mut metric = Metric::from_label(labels);
+            metric.set_counter(counter);
+            into.push(metric);
+        }
+        // The registry drops a family without series and sorts the series of the others.
+        vec![
+            family(&self.0.hits, hits),
+            family(&self.0.break_glass_uses, uses),
+        ]
     }
 }
 
 /// One rule of the bundle in force, as `/v1/rules` lists it.
 #[derive(Debug)]
 pub(super) struct RuleEntry {
-    name: Box<str>,
+    /// The policy's own string (shared, not copied), like `file`.
+    name: Arc<str>,
     kind: RuleKind,
-    file: Box<str>,
+    file: Arc<str>,
     line: u64,
     stat: Arc<RuleStat>,
 }
@@ -129,15 +239,12 @@ impl Telemetry {
         }
         // Only between a policy being stored and `bundle_swapped` being called.
         let stat = {
-            let mut registry = self
-                .rule_registry
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            match registry.get(rule) {
+            let mut stats = self.rule_book.stats();
+            match stats.get(rule) {
                 Some(stat) if stat.kind == kind => Arc::clone(stat),
                 _ => {
-                    let stat = self.new_rule_stat(rule, kind);
-                    registry.insert(rule.into(), Arc::clone(&stat));
+                    let stat = RuleStat::new(kind);
+                    stats.insert(rule.into(), Arc::clone(&stat));
                     stat
                 }
             }
@@ -145,65 +252,33 @@ impl Telemetry {
         stat.hit(at);
     }
 
-    fn new_rule_stat(&self, name: &str, kind: RuleKind) -> Arc<RuleStat> {
-        let hits = match kind {
-            RuleKind::BreakGlass => self.break_glass_uses.with_label_values(&[name]),
-            RuleKind::Allow | RuleKind::Deny => {
-                self.rule_hits.with_label_values(&[name, kind.as_str()])
-            }
-        };
-        Arc::new(RuleStat {
-            kind,
-            hits,
-            last_hit_ms: AtomicI64::new(i64::MIN),
-        })
-    }
-
-    fn remove_rule_series(&self, name: &str, kind: RuleKind) {
-        let _ = match kind {
-            RuleKind::BreakGlass => self.break_glass_uses.remove_label_values(&[name]),
-            RuleKind::Allow | RuleKind::Deny => {
-                self.rule_hits.remove_label_values(&[name, kind.as_str()])
-            }
-        };
-    }
-
     /// The statistics of `policy`'s rules, by name and in bundle order, reusing those of rules
-    /// that stay and removing the series of rules that are gone.
+    /// that stay; the book then holds exactly these (the series of rules that are gone are no
+    /// longer rendered).
     pub(super) fn resolve_rules(
         &self,
         policy: &Policy,
-    ) -> (FnvHashMap<Box<str>, Arc<RuleStat>>, Vec<RuleEntry>) {
+    ) -> (FnvHashMap<Arc<str>, Arc<RuleStat>>, Vec<RuleEntry>) {
         let mut rule_list = Vec::new();
         let mut rules = FnvHashMap::default();
-        let mut registry = self
-            .rule_registry
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut next = FnvHashMap::default();
+        let mut stats = self.rule_book.stats();
         for info in policy.rules() {
             let kind = RuleKind::of_rule(&info);
-            let stat = match registry.get(info.name) {
+            let stat = match stats.get(info.name) {
                 Some(stat) if stat.kind == kind => Arc::clone(stat),
-                _ => self.new_rule_stat(info.name, kind),
+                _ => RuleStat::new(kind),
             };
-            next.insert(Box::<str>::from(info.name), Arc::clone(&stat));
-            rules.insert(Box::<str>::from(info.name), Arc::clone(&stat));
+            let name = info.shared_name();
+            rules.insert(Arc::clone(&name), Arc::clone(&stat));
             rule_list.push(RuleEntry {
-                name: info.name.into(),
+                name,
                 kind,
-                file: info.file.into(),
+                file: info.shared_file(),
                 line: info.line,
                 stat,
             });
         }
-        for (name, stat) in registry.iter() {
-            let stays = next.get(name).is_some_and(|s| Arc::ptr_eq(s, stat));
-            if !stays {
-                self.remove_rule_series(name, stat.kind);
-            }
-        }
-        *registry = next;
+        stats.clone_from(&rules);
         (rules, rule_list)
     }
 
@@ -221,7 +296,7 @@ impl Telemetry {
                     kind: r.kind,
                     file: r.file.to_string(),
                     line: r.line,
-                    hits: r.stat.hits.get(),
+                    hits: r.stat.hits.load(Ordering::Relaxed),
                     last_hit: (last != i64::MIN)
                         .then(|| jiff::Timestamp::from_millisecond(last).ok())
                         .flatten()

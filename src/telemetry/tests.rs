@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::sync::mpsc as std_mpsc;
+use std::sync::Mutex;
 
 use super::*;
 use crate::decision_log::DecisionRecord;
@@ -616,4 +617,82 @@ async fn the_deciding_rule_says_which_segments_are_logged() {
     assert_eq!(records[0].host, "lab.clinical.svc");
     assert_eq!(records[2].host, "{}", "without a policy no host is known");
     assert_eq!(records[0].break_glass_header, Some(false));
+}
+
+/// The lines of `name` in the text exposition (HELP, TYPE and samples).
+fn exposition(t: &Telemetry, name: &str) -> Vec<String> {
+    t.render_metrics(true)
+        .unwrap()
+        .lines()
+        .filter(|l| {
+            l.strip_prefix("# HELP ")
+                .or_else(|| l.strip_prefix("# TYPE "))
+                .unwrap_or(l)
+                .split([' ', '{'])
+                .next()
+                == Some(name)
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn every_rule_and_break_glass_entry_is_exported_at_zero_then_counted() {
+    let t = Telemetry::new(TelemetryConfig::default()).expect("telemetry");
+    // No bundle yet: neither metric has a series, so neither is written.
+    assert!(exposition(&t, "wardgate_rule_hits_total").is_empty());
+    assert!(exposition(&t, "wardgate_break_glass_uses_total").is_empty());
+    let p = policy();
+    t.bundle_swapped(&p, "test.yaml", Duration::ZERO);
+    run(&t, Some(&p), EHR, LAB, "/results/1", &[]);
+    run(&t, Some(&p), EHR, LAB, "/results/2", &[]);
+    assert_eq!(
+        exposition(&t, "wardgate_rule_hits_total"),
+        [
+            "# HELP wardgate_rule_hits_total Checks decided by each rule of the bundle in force, by rule name and action.",
+            "# TYPE wardgate_rule_hits_total counter",
+            "wardgate_rule_hits_total{action=\"allow\",rule=\"ehr-reads-lab-results\"} 2",
+            "wardgate_rule_hits_total{action=\"deny\",rule=\"vendor-never-reaches-clinical\"} 0",
+        ]
+    );
+    assert_eq!(
+        exposition(&t, "wardgate_break_glass_uses_total"),
+        [
+            "# HELP wardgate_break_glass_uses_total Checks allowed by each break-glass entry of the bundle in force.",
+            "# TYPE wardgate_break_glass_uses_total counter",
+            "wardgate_break_glass_uses_total{rule=\"er-override\"} 0",
+        ]
+    );
+}
+
+#[test]
+fn a_rule_that_changes_kind_keeps_one_series_of_its_new_kind() {
+    let t = Telemetry::new(TelemetryConfig::default()).expect("telemetry");
+    let p = policy();
+    t.bundle_swapped(&p, "test.yaml", Duration::ZERO);
+    run(&t, Some(&p), VENDOR, LAB, "/results/1", &[]);
+    // Revision 4 turns the deny rule into an allow rule of the same name, and a check decided
+    // by it arrives before the swap is announced (the slow path).
+    let next_yaml = BUNDLE.replace("revision: 3", "revision: 4").replace(
+        "  - name: vendor-never-reaches-clinical\n    action: deny\n",
+        "  - name: vendor-never-reaches-clinical\n    action: allow\n",
+    );
+    let next = Arc::new(Policy::from_yaml_str("test.yaml", &next_yaml).unwrap());
+    assert_eq!(run(&t, Some(&next), VENDOR, LAB, "/results/1", &[]), "rule");
+    t.bundle_swapped(&next, "test.yaml", Duration::ZERO);
+    run(&t, Some(&next), VENDOR, LAB, "/results/1", &[]);
+    let hits = |action| {
+        sample(
+            &t,
+            "wardgate_rule_hits_total",
+            &[
+                ("rule", "vendor-never-reaches-clinical"),
+                ("action", action),
+            ],
+        )
+    };
+    assert_eq!(hits("allow"), Some(2.0));
+    assert_eq!(hits("deny"), None);
+    let (_, rules) = t.rules().unwrap();
+    assert_eq!((rules[0].kind, rules[0].hits), (RuleKind::Allow, 2));
 }

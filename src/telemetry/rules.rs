@@ -240,7 +240,7 @@ fn push_header(out: &mut String, desc: &Desc) {
 
 impl RuleBook {
     /// Every statistic with its name, handles only (a check mid-swap may wait for the lock).
-    fn handles(&self) -> Vec<(Arc<str>, Arc<RuleStat>)> {
+    fn handles(&self) -> Vec<Handle> {
         self.stats()
             .iter()
             .map(|(name, stat)| (Arc::clone(name), Arc::clone(stat)))
@@ -265,7 +265,7 @@ impl RuleBook {
         let split = stats.partition_point(|(_, s)| s.kind != RuleKind::BreakGlass);
         let (hits, uses) = stats.split_at(split);
         out.reserve(stats.iter().map(|(name, _)| name.len() + 64).sum::<usize>());
-        let mut ours: [(&Desc, &[(Arc<str>, Arc<RuleStat>)]); 2] =
+        let mut ours: [(&Desc, &[Handle]); 2] =
             [(&self.hits, hits), (&self.break_glass_uses, uses)];
         ours.sort_by(|a, b| a.0.fq_name.cmp(&b.0.fq_name));
         let mut ours = ours
@@ -288,8 +288,11 @@ impl RuleBook {
     }
 }
 
+/// A rule's name and statistic, as a scrape takes them from the book.
+type Handle = (Arc<str>, Arc<RuleStat>);
+
 /// One counter family of per-rule series, in the text format.
-fn write_family(desc: &Desc, series: &[(Arc<str>, Arc<RuleStat>)], out: &mut String) {
+fn write_family(desc: &Desc, series: &[Handle], out: &mut String) {
     push_header(out, desc);
     for (name, stat) in series {
         out.push_str(&desc.fq_name);

@@ -20,6 +20,8 @@ struct Counting;
 static LIVE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 /// Allocations made so far (never decremented): what a step costs in `malloc` calls.
 static ALLOCS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+/// Bytes allocated so far (never decremented): what a step churns through the allocator.
+static ALLOCATED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 /// Blocks live now: each costs the C allocator a header and rounding beyond its bytes.
 static BLOCKS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
@@ -28,6 +30,7 @@ unsafe impl std::alloc::GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
         LIVE.fetch_add(layout.size(), std::sync::atomic::Ordering::Relaxed);
         ALLOCS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        ALLOCATED.fetch_add(layout.size(), std::sync::atomic::Ordering::Relaxed);
         BLOCKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // SAFETY: same contract as the caller's.
         unsafe { std::alloc::System.alloc(layout) }
@@ -59,6 +62,8 @@ struct Counted {
     blocks: isize,
     /// Allocations made (including those freed again).
     allocs: usize,
+    /// Bytes those allocations asked for (reallocations count their new size).
+    allocated: usize,
 }
 
 impl std::fmt::Display for Counted {
@@ -74,12 +79,14 @@ impl std::fmt::Display for Counted {
 fn counted<T>(step: impl FnOnce() -> T) -> (T, Counted) {
     let blocks = || BLOCKS.load(std::sync::atomic::Ordering::Relaxed) as isize;
     let (live, live_blocks, allocs) = (live_bytes(), blocks(), allocations());
+    let allocated = ALLOCATED.load(std::sync::atomic::Ordering::Relaxed);
     let out = step();
     let mib = live_bytes().wrapping_sub(live) as isize as f64 / 1048576.0;
     let counted = Counted {
         mib,
         blocks: blocks() - live_blocks,
         allocs: allocations() - allocs,
+        allocated: ALLOCATED.load(std::sync::atomic::Ordering::Relaxed) - allocated,
     };
     (out, counted)
 }
@@ -292,9 +299,8 @@ fn serve_memory(n: usize) {
             });
         }
     });
-    let (text, scraped) = counted(|| telemetry.render_metrics(true).expect("metrics"));
-    let scrape_bytes = text.len();
-    drop(text);
+    // The trim `serve` does once ready, then three scrapes as Prometheus makes them (the first
+    // counted), resident memory before and after them, and after a second trim.
     wardgate::reload::set_memory_release(|| {
         // SAFETY: returns glibc's free heap pages to the kernel; touches no memory in use.
         unsafe {
@@ -303,13 +309,25 @@ fn serve_memory(n: usize) {
     });
     wardgate::reload::release_freed_memory();
     let after = support::rss_kib();
+    let (text, scraped) = counted(|| telemetry.render_metrics(true).expect("metrics"));
+    let scrape_bytes = text.len();
+    drop(text);
+    for _ in 0..2 {
+        drop(black_box(telemetry.render_metrics(true).expect("metrics")));
+    }
+    let scraped_rss = support::rss_kib();
+    wardgate::reload::release_freed_memory();
+    let retrimmed = support::rss_kib();
     println!(
-        "serve-memory {n} rules: rss {:.1} MiB (+{:.1} MiB); policy {compiled}; telemetry at \
-         swap {swapped}; 1000 rules hit {loaded}; scrape of {scrape_bytes} bytes: {} \
-         allocations",
+        "serve-memory {n} rules: rss {:.1} MiB (+{:.1} MiB), {:.1} MiB after three scrapes, \
+         {:.1} MiB after another trim; policy {compiled}; telemetry at swap {swapped}; 1000 \
+         rules hit {loaded}; scrape of {scrape_bytes} bytes: {} allocations, {:.2} MiB allocated",
         after as f64 / 1024.0,
         (after - before) as f64 / 1024.0,
+        scraped_rss as f64 / 1024.0,
+        retrimmed as f64 / 1024.0,
         scraped.allocs,
+        scraped.allocated as f64 / 1048576.0,
     );
     black_box((&policy, &telemetry));
 }

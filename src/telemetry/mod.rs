@@ -46,9 +46,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use fnv::FnvHashMap;
-use prometheus::{
-    Gauge, Histogram, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry, TextEncoder,
-};
+use prometheus::{Gauge, Histogram, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry};
 use serde::Serialize;
 
 pub use log_writer::{DecisionLogConfig, DecisionLogTarget, DecisionLogTargetError};
@@ -612,7 +610,13 @@ impl Telemetry {
     pub fn render_metrics(&self, ready: bool) -> Result<String, prometheus::Error> {
         self.ready.set(i64::from(ready));
         self.log.refresh_gauges();
-        TextEncoder::new().encode_to_string(&self.registry.gather())
+        let families = {
+            let _direct = rules::WrittenDirectly::enter();
+            self.registry.gather()
+        };
+        let mut text = String::new();
+        self.rule_book.write_text(&families, &mut text)?;
+        Ok(text)
     }
 
     /// Whether decisions are written to a decision log (callers can skip gathering what only

@@ -7,17 +7,21 @@
 //! [`Telemetry::bundle_swapped`]) takes the rule book's mutex. The two metrics are not kept as
 //! Prometheus children (each would hold its own copy of the rule name, its label pairs and the
 //! metric's description): [`RuleSeries`] renders one series per statistic of the book when the
-//! registry is gathered, from the same atomics. Rule names are the policy's own strings, shared,
+//! registry is gathered, from the same atomics, and `/metrics` skips even that:
+//! [`RuleBook::write_text`] writes the series straight into the exposition text, so a scrape of
+//! a large bundle allocates no message, label pair or string per rule. Rule names are the policy's own strings, shared,
 //! never copied. This module never labels a series with anything but a rule name from the
 //! bundle and a fixed kind.
 
+use std::cell::Cell;
+use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use fnv::FnvHashMap;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{Counter, LabelPair, Metric, MetricFamily, MetricType};
-use prometheus::Registry;
+use prometheus::{Registry, TextEncoder};
 use serde::Serialize;
 
 use super::metrics::{self, MetricsError};
@@ -132,9 +136,34 @@ impl RuleBook {
 }
 
 /// The collector of `wardgate_rule_hits_total` and `wardgate_break_glass_uses_total`: one
-/// counter per statistic of the [`RuleBook`], labelled as a counter vector would label it.
+/// counter per statistic of the [`RuleBook`], labelled as a counter vector would label it. It
+/// serves whoever gathers the registry itself; `/metrics` skips it (see [`WrittenDirectly`]) and
+/// writes the same series with [`RuleBook::write_text`].
 #[derive(Debug)]
 struct RuleSeries(Arc<RuleBook>);
+
+thread_local! {
+    /// Set while `/metrics` gathers the registry on this thread: [`RuleSeries`] then collects
+    /// nothing, and the registry drops its two (empty) families.
+    static WRITING_DIRECTLY: Cell<bool> = const { Cell::new(false) };
+}
+
+/// While alive, a gather on this thread leaves the per-rule series out (the caller writes them
+/// with [`RuleBook::write_text`]).
+pub(super) struct WrittenDirectly(());
+
+impl WrittenDirectly {
+    pub(super) fn enter() -> WrittenDirectly {
+        WRITING_DIRECTLY.with(|flag| flag.set(true));
+        WrittenDirectly(())
+    }
+}
+
+impl Drop for WrittenDirectly {
+    fn drop(&mut self) {
+        WRITING_DIRECTLY.with(|flag| flag.set(false));
+    }
+}
 
 fn label(name: &str, value: &str) -> LabelPair {
     let mut pair = LabelPair::default();
@@ -158,15 +187,11 @@ impl Collector for RuleSeries {
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
-        // Handles only under the lock (a check mid-swap may wait for it); labels after.
-        let stats: Vec<(Arc<str>, Arc<RuleStat>)> = self
-            .0
-            .stats()
-            .iter()
-            .map(|(name, stat)| (Arc::clone(name), Arc::clone(stat)))
-            .collect();
+        if WRITING_DIRECTLY.with(Cell::get) {
+            return Vec::new();
+        }
         let (mut hits, mut uses) = (Vec::new(), Vec::new());
-        for (name, stat) in stats {
+        for (name, stat) in self.0.handles() {
             let mut counter = Counter::default();
             counter.set_value(stat.hits.load(Ordering::Relaxed) as f64);
             // Label pairs sorted by label name, as the registry's own vectors write them.
@@ -186,6 +211,101 @@ impl Collector for RuleSeries {
             family(&self.0.hits, hits),
             family(&self.0.break_glass_uses, uses),
         ]
+    }
+}
+
+/// `text` with backslash, newline and (in a label value) double quote escaped, as the
+/// Prometheus text format requires.
+fn push_escaped(out: &mut String, text: &str, double_quote: bool) {
+    for c in text.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '"' if double_quote => out.push_str("\\\""),
+            c => out.push(c),
+        }
+    }
+}
+
+/// The `# HELP` and `# TYPE` lines of a counter family.
+fn push_header(out: &mut String, desc: &Desc) {
+    out.push_str("# HELP ");
+    out.push_str(&desc.fq_name);
+    out.push(' ');
+    push_escaped(out, &desc.help, false);
+    out.push_str("\n# TYPE ");
+    out.push_str(&desc.fq_name);
+    out.push_str(" counter\n");
+}
+
+impl RuleBook {
+    /// Every statistic with its name, handles only (a check mid-swap may wait for the lock).
+    fn handles(&self) -> Vec<Handle> {
+        self.stats()
+            .iter()
+            .map(|(name, stat)| (Arc::clone(name), Arc::clone(stat)))
+            .collect()
+    }
+
+    /// Write `families` (gathered with [`WrittenDirectly`] in force) in the text format to
+    /// `out`, with `wardgate_rule_hits_total` and `wardgate_break_glass_uses_total` written in
+    /// their place straight from the statistics: the same lines, in the same order, that
+    /// encoding [`RuleSeries`]'s families would give, without a message per series.
+    pub(super) fn write_text(
+        &self,
+        families: &[MetricFamily],
+        out: &mut String,
+    ) -> prometheus::Result<()> {
+        let mut stats = self.handles();
+        // Series in the registry's order: by label values, the action before the rule name.
+        stats.sort_unstable_by(|(a_name, a), (b_name, b)| {
+            let group = |s: &RuleStat| (s.kind == RuleKind::BreakGlass, s.kind.as_str());
+            group(a).cmp(&group(b)).then_with(|| a_name.cmp(b_name))
+        });
+        let split = stats.partition_point(|(_, s)| s.kind != RuleKind::BreakGlass);
+        let (hits, uses) = stats.split_at(split);
+        out.reserve(stats.iter().map(|(name, _)| name.len() + 64).sum::<usize>());
+        let mut ours: [(&Desc, &[Handle]); 2] =
+            [(&self.hits, hits), (&self.break_glass_uses, uses)];
+        ours.sort_by(|a, b| a.0.fq_name.cmp(&b.0.fq_name));
+        let mut ours = ours
+            .iter()
+            .filter(|(_, series)| !series.is_empty())
+            .peekable();
+        let encoder = TextEncoder::new();
+        for family in families {
+            while let Some((desc, series)) =
+                ours.next_if(|(d, _)| d.fq_name.as_str() < family.name())
+            {
+                write_family(desc, series, out);
+            }
+            encoder.encode_utf8(std::slice::from_ref(family), out)?;
+        }
+        for (desc, series) in ours {
+            write_family(desc, series, out);
+        }
+        Ok(())
+    }
+}
+
+/// A rule's name and statistic, as a scrape takes them from the book.
+type Handle = (Arc<str>, Arc<RuleStat>);
+
+/// One counter family of per-rule series, in the text format.
+fn write_family(desc: &Desc, series: &[Handle], out: &mut String) {
+    push_header(out, desc);
+    for (name, stat) in series {
+        out.push_str(&desc.fq_name);
+        out.push('{');
+        if stat.kind != RuleKind::BreakGlass {
+            out.push_str("action=\"");
+            out.push_str(stat.kind.as_str());
+            out.push_str("\",");
+        }
+        out.push_str("rule=\"");
+        push_escaped(out, name, true);
+        // The value as the registry's encoder writes a counter: an f64, shortest form.
+        let _ = writeln!(out, "\"}} {}", stat.hits.load(Ordering::Relaxed) as f64);
     }
 }
 
@@ -305,5 +425,81 @@ impl Telemetry {
             })
             .collect();
         Some((snapshot.info.clone(), rules))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The registry's own encoding of everything, rule series included (the reference), and
+    /// `/metrics`'s (the same registry gathered without them, the rule series written directly).
+    fn both(registry: &Registry, book: &RuleBook) -> (String, String) {
+        let reference = TextEncoder::new()
+            .encode_to_string(&registry.gather())
+            .expect("encode");
+        let families = {
+            let _direct = WrittenDirectly::enter();
+            registry.gather()
+        };
+        let mut direct = String::new();
+        book.write_text(&families, &mut direct).expect("write");
+        (reference, direct)
+    }
+
+    fn add(book: &RuleBook, name: &str, kind: RuleKind, hits: u64) {
+        let stat = RuleStat::new(kind);
+        stat.hits.store(hits, Ordering::Relaxed);
+        book.stats().insert(name.into(), stat);
+    }
+
+    #[test]
+    fn direct_text_matches_the_registry_encoding_byte_for_byte() {
+        let registry = Registry::new();
+        let book = RuleBook::register(&registry).expect("register");
+        // Families sorting before, between and after the two rule families.
+        for name in ["a_first", "wardgate_c_between", "zz_last"] {
+            metrics::counter(&registry, name, "A \\ help\nline.")
+                .expect("counter")
+                .inc();
+        }
+        let (reference, direct) = both(&registry, &book);
+        assert_eq!(
+            direct, reference,
+            "no rules: neither rule family is written"
+        );
+        assert!(!direct.contains("wardgate_rule_hits_total"));
+
+        add(&book, "plain", RuleKind::Allow, 3);
+        add(&book, "b", RuleKind::Deny, 1 << 60);
+        add(&book, "a\"quote\\back\nline", RuleKind::Allow, 0);
+        add(&book, "Zed", RuleKind::Deny, 7);
+        add(&book, "ünï", RuleKind::Allow, 1);
+        let (reference, direct) = both(&registry, &book);
+        assert_eq!(direct, reference, "hits, no break-glass family");
+        assert!(!direct.contains("wardgate_break_glass_uses_total"));
+
+        add(&book, "glass \"2\"", RuleKind::BreakGlass, 2);
+        add(&book, "glass1", RuleKind::BreakGlass, 0);
+        let (reference, direct) = both(&registry, &book);
+        assert_eq!(direct, reference);
+        assert!(direct.contains(
+            "wardgate_rule_hits_total{action=\"allow\",rule=\"a\\\"quote\\\\back\\nline\"} 0\n"
+        ));
+        assert!(direct.contains("wardgate_break_glass_uses_total{rule=\"glass \\\"2\\\"\"} 2\n"));
+    }
+
+    #[test]
+    fn the_registry_still_gathers_rule_series_outside_a_direct_write() {
+        let registry = Registry::new();
+        let book = RuleBook::register(&registry).expect("register");
+        add(&book, "r", RuleKind::Allow, 4);
+        {
+            let _direct = WrittenDirectly::enter();
+            assert!(registry.gather().is_empty());
+        }
+        let families = registry.gather();
+        assert_eq!(families.len(), 1);
+        assert_eq!(families[0].name(), "wardgate_rule_hits_total");
     }
 }

@@ -14,11 +14,14 @@
 //!
 //! Allow decisions can be sampled (`sample_allows` in 0..=1, deterministic: exactly that
 //! fraction of allows, evenly spread); denials are always offered to the queue.
+//!
+//! A file sink follows log rotation (`FollowedFile`): moved away or deleted, it is created again
+//! at its path by the next write.
 
 use std::fmt;
 use std::io::{self, BufWriter, Write};
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::PathBuf;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -112,13 +115,7 @@ impl DecisionLogConfig {
         let sink: Box<dyn Write + Send> = match target {
             DecisionLogTarget::Off => return Ok(None),
             DecisionLogTarget::Stdout => Box::new(io::stdout()),
-            DecisionLogTarget::File(path) => Box::new(
-                std::fs::OpenOptions::new()
-                    .append(true)
-                    .create(true)
-                    .mode(0o640)
-                    .open(path)?,
-            ),
+            DecisionLogTarget::File(path) => Box::new(FollowedFile::open(path)?),
         };
         Ok(Some(DecisionLogConfig {
             sink,
@@ -127,6 +124,76 @@ impl DecisionLogConfig {
             sample_allows,
             redaction,
         }))
+    }
+}
+
+/// How often a decision-log file checks that its path still names it.
+const FOLLOW_EVERY: Duration = Duration::from_secs(1);
+
+/// A decision-log file that follows rotation: when its path no longer names the open file (a
+/// log rotator moved it away or deleted it), the next write, at most [`FOLLOW_EVERY`] later,
+/// goes to a new file at the path, created as the first was. Truncation in place
+/// (`copytruncate`) needs nothing: every write appends. If the new file cannot be opened,
+/// writing goes on into the old one and the failure is logged (at most once per
+/// [`FOLLOW_EVERY`]); so a rotator's mistake loses no entry.
+struct FollowedFile {
+    path: PathBuf,
+    file: std::fs::File,
+    /// Device and inode of `file`.
+    identity: (u64, u64),
+    checked: Instant,
+}
+
+impl FollowedFile {
+    fn open(path: &Path) -> io::Result<FollowedFile> {
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o640)
+            .open(path)?;
+        let meta = file.metadata()?;
+        Ok(FollowedFile {
+            path: path.to_path_buf(),
+            file,
+            identity: (meta.dev(), meta.ino()),
+            checked: Instant::now(),
+        })
+    }
+
+    /// Reopen the path if it no longer names the open file (checked once per [`FOLLOW_EVERY`]).
+    fn follow(&mut self) {
+        if self.checked.elapsed() < FOLLOW_EVERY {
+            return;
+        }
+        self.checked = Instant::now();
+        let moved = std::fs::metadata(&self.path)
+            .map(|m| (m.dev(), m.ino()) != self.identity)
+            .unwrap_or(true);
+        if !moved {
+            return;
+        }
+        match FollowedFile::open(&self.path) {
+            Ok(new) => {
+                tracing::info!(path = %self.path.display(), "decision log rotated: writing to a new file");
+                *self = new;
+            }
+            Err(error) => tracing::error!(
+                path = %self.path.display(),
+                %error,
+                "decision log was moved or deleted and cannot be created again; writing on to the old file"
+            ),
+        }
+    }
+}
+
+impl Write for FollowedFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.follow();
+        self.file.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
     }
 }
 
@@ -629,6 +696,53 @@ mod tests {
             Some(DecisionLogTarget::File("/var/log/wardgate.jsonl".into()))
         );
         assert!("".parse::<DecisionLogTarget>().is_err());
+    }
+
+    /// A rotator moves the file away (logrotate's `create` mode), then another deletes it: each
+    /// time the lines written after the next check go to a new file at the path, and the moved
+    /// file keeps what was written before it moved.
+    #[test]
+    fn a_rotated_or_deleted_log_file_is_created_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("decisions.jsonl");
+        let mut log = FollowedFile::open(&path).unwrap();
+        log.write_all(b"one\n").unwrap();
+        std::fs::rename(&path, dir.path().join("decisions.jsonl.1")).unwrap();
+        std::thread::sleep(FOLLOW_EVERY + Duration::from_millis(100));
+        log.write_all(b"two\n").unwrap();
+        std::fs::remove_file(&path).unwrap();
+        std::thread::sleep(FOLLOW_EVERY + Duration::from_millis(100));
+        log.write_all(b"three\n").unwrap();
+        log.write_all(b"four\n").unwrap();
+        log.flush().unwrap();
+        let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap();
+        assert_eq!(read("decisions.jsonl.1"), "one\n");
+        assert_eq!(read("decisions.jsonl"), "three\nfour\n");
+        let mode = std::fs::metadata(&path).unwrap().mode() & 0o777;
+        assert_eq!(
+            mode & !0o640,
+            0,
+            "created again with at most mode 0640, got {mode:o}"
+        );
+    }
+
+    /// Truncated in place (`copytruncate`), the file is still the one the path names: writing
+    /// goes on at its new end, without a hole.
+    #[test]
+    fn a_log_file_truncated_in_place_is_written_from_its_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("decisions.jsonl");
+        let mut log = FollowedFile::open(&path).unwrap();
+        log.write_all(b"before the copy\n").unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+        std::thread::sleep(FOLLOW_EVERY + Duration::from_millis(100));
+        log.write_all(b"after\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "after\n");
     }
 
     #[test]

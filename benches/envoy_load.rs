@@ -73,13 +73,6 @@ struct Settings {
     window: Duration,
 }
 
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Variant {
     Alone,
@@ -120,11 +113,11 @@ fn main() {
     };
     let s = if full {
         Settings {
-            conns: env_usize("CONNS", 10),
-            inflight: env_usize("INFLIGHT", 8),
-            rounds: env_usize("ROUNDS", 2),
+            conns: load::env_usize("CONNS", 10),
+            inflight: load::env_usize("INFLIGHT", 8),
+            rounds: load::env_usize("ROUNDS", 2),
             warmup: Duration::from_millis(500),
-            window: Duration::from_secs(env_usize("SECONDS", 4) as u64),
+            window: Duration::from_secs(load::env_usize("SECONDS", 4) as u64),
         }
     } else {
         Settings {

@@ -61,24 +61,17 @@ struct Settings {
     client_threads: usize,
 }
 
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn main() {
     let full = load::full_run();
     let s = if full {
         Settings {
-            conns: env_usize("CONNS", 4),
-            inflight: env_usize("INFLIGHT", 16),
-            rounds: env_usize("ROUNDS", 3),
+            conns: load::env_usize("CONNS", 4),
+            inflight: load::env_usize("INFLIGHT", 16),
+            rounds: load::env_usize("ROUNDS", 3),
             warmup: Duration::from_millis(500),
-            window: Duration::from_secs(env_usize("SECONDS", 3) as u64),
-            server_threads: env_usize("SERVER_THREADS", 1),
-            client_threads: env_usize("CLIENT_THREADS", 1),
+            window: Duration::from_secs(load::env_usize("SECONDS", 3) as u64),
+            server_threads: load::env_usize("SERVER_THREADS", 1),
+            client_threads: load::env_usize("CLIENT_THREADS", 1),
         }
     } else {
         Settings {

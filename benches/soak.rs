@@ -87,13 +87,6 @@ struct Plan {
     out: PathBuf,
 }
 
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 /// What every task shares.
 struct Shared {
     done: AtomicBool,
@@ -148,7 +141,7 @@ fn main() {
         println!("soak: skipped (no Envoy)");
         return;
     };
-    let minutes = env_usize("SOAK_MINUTES", 30) as u64;
+    let minutes = load::env_usize("SOAK_MINUTES", 30) as u64;
     let plan = if full {
         let duration = Duration::from_secs(minutes * 60);
         Plan {
@@ -162,8 +155,8 @@ fn main() {
             scrape_every: Duration::from_secs(5),
             sample_every: Duration::from_secs(30),
             poll: "1s",
-            conns: env_usize("CONNS", 4),
-            inflight: env_usize("INFLIGHT", 4),
+            conns: load::env_usize("CONNS", 4),
+            inflight: load::env_usize("INFLIGHT", 4),
             out: PathBuf::from(
                 std::env::var("SOAK_OUT").unwrap_or_else(|_| "benches/results/soak".to_owned()),
             ),
@@ -387,9 +380,9 @@ async fn run(envoy_binary: &Path, plan: &Plan) -> Result<bool, BoxError> {
             last_reloads = (ok, invalid);
             let s = Sample {
                 t_s: now.as_secs_f64(),
-                rss_kib: status_field(pid, "VmRSS:"),
+                rss_kib: support::proc_status_field(&pid.to_string(), "VmRSS:"),
                 fds: std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count() as u64),
-                threads: status_field(pid, "Threads:"),
+                threads: support::proc_status_field(&pid.to_string(), "Threads:"),
                 checks: h.len(),
                 rps: h.len() as f64 / elapsed.max(1e-9),
                 cpu_s_per_10k: (cpu - last_cpu) / (h.len().max(1) as f64) * 10_000.0,
@@ -670,19 +663,6 @@ async fn one_request(
     let mut h = shared.interval.lock().unwrap_or_else(|e| e.into_inner());
     h.record(us.max(1))?;
     Ok(())
-}
-
-/// A numeric field of `/proc/PID/status` (`VmRSS:` in KiB, `Threads:`), 0 where unavailable.
-fn status_field(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 /// utime + stime of `pid`, seconds.

@@ -160,3 +160,11 @@ impl Summary {
         })
     }
 }
+
+/// `$NAME` as a number, or `default` when unset or not a number.
+pub fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}

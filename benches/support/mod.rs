@@ -53,7 +53,13 @@ pub fn miss(i: usize) -> (String, String, &'static str, String) {
 
 /// A field of `/proc/self/status` in KiB (`VmRSS`, `VmHWM`), 0 where unavailable.
 fn status_kib(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
+    proc_status_field("self", field)
+}
+
+/// A numeric field of `/proc/PROC/status` (`PROC`: a pid or `self`; `VmRSS:` in KiB,
+/// `Threads:`), 0 where unavailable.
+pub fn proc_status_field(process: &str, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{process}/status"))
         .ok()
         .and_then(|s| {
             s.lines()

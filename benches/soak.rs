@@ -47,7 +47,7 @@ use bytes::Bytes;
 use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rustls::{ClientConfig, RootCertStore};
+use rustls::RootCertStore;
 use tokio_rustls::TlsConnector;
 
 #[path = "../tests/support/mod.rs"]
@@ -546,13 +546,11 @@ fn connectors(pki: &Pki, roots: &RootCertStore) -> Result<Vec<TlsConnector>, Box
     let mut out = Vec::new();
     for caller in CALLERS {
         let svid = pki.svid(caller)?;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots.clone())
-            .with_client_auth_cert(vec![svid.cert_der.clone()], svid.private_key())?;
-        config.alpn_protocols = vec![b"h2".to_vec()];
-        out.push(TlsConnector::from(Arc::new(config)));
+        out.push(load::h2_mtls_connector(
+            roots,
+            svid.cert_der.clone(),
+            svid.private_key(),
+        )?);
     }
     Ok(out)
 }

@@ -168,3 +168,21 @@ pub fn env_usize(name: &str, default: usize) -> usize {
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
 }
+
+/// A TLS client for HTTP/2 through Envoy that presents `cert` (a caller's SVID) and trusts
+/// `roots`.
+pub fn h2_mtls_connector(
+    roots: &rustls::RootCertStore,
+    cert: rustls::pki_types::CertificateDer<'static>,
+    key: rustls::pki_types::PrivateKeyDer<'static>,
+) -> Result<tokio_rustls::TlsConnector, Box<dyn std::error::Error + Send + Sync>> {
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots.clone())
+        .with_client_auth_cert(vec![cert], key)?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(tokio_rustls::TlsConnector::from(std::sync::Arc::new(
+        config,
+    )))
+}

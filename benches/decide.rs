@@ -97,8 +97,10 @@ fn main() {
     // Profiling hooks for callgrind: `WARDGATE_PROFILE=decide:10000` decides the hit-late
     // request of a 10,000-rule bundle 200,000 times; `compile:10000` compiles it once;
     // `compile-time:N` (best of five), `memory:N` (resident memory holding the policy, before and
-    // after the trim `serve` does) and `validate:N` (one compile: time and peak RSS) report;
-    // `serve-memory:N` adds what `serve` builds beside the policy (see `serve_memory`).
+    // after the trim `serve` does) and `validate:N` (one compile: time and peak RSS, counted
+    // from after the text is generated) report; `serve-memory:N` adds what `serve` builds
+    // beside the policy (see `serve_memory`). `compile-json`, `compile-time-json` and
+    // `validate-json` do the same with the bundle written as JSON.
     if let Ok(spec) = std::env::var("WARDGATE_PROFILE") {
         profile(&spec);
         return;
@@ -187,6 +189,11 @@ fn print_ratios() {
 fn profile(spec: &str) {
     let (what, n) = spec.split_once(':').unwrap_or((spec, "10000"));
     let n: usize = n.parse().expect("size");
+    // `compile-json`, `compile-time-json`, `validate-json`: the same bundle written as JSON.
+    if let Some(what) = what.strip_suffix("-json") {
+        profile_json(what, n);
+        return;
+    }
     if what == "memory" {
         // Resident memory of this process holding one compiled bundle of `n` rules (the YAML
         // text dropped), against the same process before it was built.
@@ -225,6 +232,7 @@ fn profile(spec: &str) {
         // What `wardgate validate` costs on a bundle of `n` rules: one compile of the text, its
         // wall time and the process's peak resident memory (text included, as when read).
         let yaml = support::bundle(n);
+        support::reset_hwm();
         let start = Instant::now();
         let policy = Policy::from_yaml_str("bench.yaml", &yaml).expect("valid");
         let s = start.elapsed().as_secs_f64();
@@ -263,6 +271,44 @@ fn profile(spec: &str) {
             allowed += usize::from(black_box(policy.decide(black_box(&req))).is_allow());
         }
         println!("{allowed}");
+    }
+}
+
+/// The compile hooks for the bundle written as JSON: `compile` (once, for callgrind),
+/// `compile-time` (best of five), `validate` (one compile: time and peak RSS).
+fn profile_json(what: &str, n: usize) {
+    let json = support::bundle_json(n);
+    let compile = || Policy::from_yaml_str("bench.json", &json).expect("valid");
+    match what {
+        "compile" => {
+            black_box(compile());
+        }
+        "compile-time" => {
+            let best = (0..5)
+                .map(|_| {
+                    let start = Instant::now();
+                    black_box(compile());
+                    start.elapsed().as_secs_f64() * 1e3
+                })
+                .fold(f64::INFINITY, f64::min);
+            println!(
+                "compile {n} rules (JSON): best of 5 {best:.1} ms ({} bytes of JSON)",
+                json.len()
+            );
+        }
+        "validate" => {
+            support::reset_hwm();
+            let start = Instant::now();
+            let policy = compile();
+            let s = start.elapsed().as_secs_f64();
+            println!(
+                "validate {n} rules (JSON): {s:.2} s, peak rss {:.1} MiB ({} bytes of JSON)",
+                support::hwm_kib() as f64 / 1024.0,
+                json.len()
+            );
+            black_box(&policy);
+        }
+        other => panic!("unknown profile {other}-json"),
     }
 }
 

@@ -12,7 +12,8 @@
 //! impose is bounded: at most [`MAX_CONNECTIONS`] open connections (a newcomer beyond them
 //! drops the oldest, see [`ConnectionSlots`]), request headers of at most
 //! [`MAX_HEADER_BYTES`] (`431` beyond) read within [`HEADER_READ_TIMEOUT`], and repeated
-//! warnings throttled ([`Throttle`]). Nothing here decides a
+//! warnings throttled ([`Throttle`]). Answers are rendered on the blocking thread pool, so a
+//! scrape of a large bundle's metrics never holds up the runtime's workers. Nothing here decides a
 //! request or changes state; it reads the [`Telemetry`] and the [`PolicyHandle`], and binds
 //! through [`crate::listen`] like the gRPC server. It must never serve on an address the
 //! operator did not give, never hold up shutdown for longer than [`SHUTDOWN_GRACE`], and never
@@ -240,7 +241,19 @@ where
 {
     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
         let state = Arc::clone(&state);
-        async move { Ok::<_, Infallible>(route(&state, &request)) }
+        let (method, path) = (request.method().clone(), request.uri().path().to_owned());
+        async move {
+            // Rendering `/metrics` or `/v1/rules` of a large bundle takes milliseconds: off the
+            // runtime's worker threads (by default one), so a scrape never holds up a Check.
+            let rendered = tokio::task::spawn_blocking(move || route(&state, &method, &path)).await;
+            Ok::<_, Infallible>(rendered.unwrap_or_else(|_| {
+                reply(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "text/plain; charset=utf-8",
+                    "internal error\n",
+                )
+            }))
+        }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
@@ -308,9 +321,9 @@ fn no_bundle() -> Reply {
 }
 
 /// Answer one admin request.
-fn route(state: &AdminState, request: &Request<Incoming>) -> Reply {
-    let mut response = route_get(state, request.uri().path());
-    match *request.method() {
+fn route(state: &AdminState, method: &Method, path: &str) -> Reply {
+    let mut response = route_get(state, path);
+    match *method {
         Method::GET => {}
         Method::HEAD => *response.body_mut() = Full::new(Bytes::new()),
         _ => {

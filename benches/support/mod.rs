@@ -27,6 +27,33 @@ pub fn bundle(rules: usize) -> String {
     y
 }
 
+/// The same bundle as [`bundle`], written as JSON (the encoding of generated bundles): one line,
+/// as a generator would write it.
+pub fn bundle_json(rules: usize) -> String {
+    let mut j = String::with_capacity(rules * 210);
+    j.push_str(
+        r#"{"version":1,"revision":1,"trust_domains":["hospital.example","partner-lab.example"],"#,
+    );
+    j.push_str(
+        r#""segments":{"clinical":{"members":["spiffe://hospital.example/ns/clinical/**"]},"#,
+    );
+    j.push_str(r#""administrative":{"members":["spiffe://hospital.example/ns/admin/**"]},"#);
+    j.push_str(r#""vendor":{"members":["spiffe://partner-lab.example/**"]}},"rules":["#);
+    j.push_str(
+        r#"{"name":"vendor-never-clinical","action":"deny","from":["vendor"],"to":["clinical"]},"#,
+    );
+    j.push_str(r#"{"name":"no-admin-consoles","action":"deny","from":["clinical","administrative","vendor"],"paths":["/admin","/admin/**"]}"#);
+    for i in 0..rules.saturating_sub(2) {
+        let (src, dst) = pair(i);
+        let res = i % 50;
+        j.push_str(&format!(
+            r#",{{"name":"r{i}","from":["{src}"],"to":["{dst}"],"methods":["GET","POST"],"paths":["/api/v1/res-{res}/**","/api/v1/res-{res}"]}}"#
+        ));
+    }
+    j.push_str("]}");
+    j
+}
+
 /// Source and destination SPIFFE IDs of generated rule `i`.
 pub fn pair(i: usize) -> (String, String) {
     let ns = ["clinical", "admin"];
@@ -78,4 +105,10 @@ pub fn rss_kib() -> u64 {
 /// Peak resident memory of this process, KiB.
 pub fn hwm_kib() -> u64 {
     status_kib("VmHWM:")
+}
+
+/// Start counting the peak resident memory ([`hwm_kib`]) from now (Linux `clear_refs`), so a
+/// measure leaves out what the bench did before it (generating a bundle's text).
+pub fn reset_hwm() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
 }

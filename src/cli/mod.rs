@@ -121,6 +121,7 @@ pub fn main() -> ExitCode {
 /// SIGTERM or SIGINT.
 fn serve(args: ServeArgs) -> Exit {
     init_logging(args.log_format);
+    let workers = args.worker_threads();
     let plan = match args.plan() {
         Ok(plan) => plan,
         Err(e) => {
@@ -129,6 +130,7 @@ fn serve(args: ServeArgs) -> Exit {
         }
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
         .enable_all()
         .build()
     {

@@ -142,7 +142,17 @@ pub(crate) struct ServeArgs {
     #[arg(long, value_name = "N", default_value_t = crate::tracing_otel::DEFAULT_QUEUE as u32,
           value_parser = clap::value_parser!(u32).range(1..))]
     otlp_queue: u32,
+    /// Threads that answer Checks (the async runtime's workers). Default: 2, or 1 on a
+    /// one-CPU machine or cgroup; never one per core of a large node, where a sidecar without
+    /// a CPU limit would otherwise start dozens. Raise it where one wardgate serves a busy
+    /// shared gateway. Bundle compiles, admin answers and the decision-log writer have threads
+    /// of their own.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
+    worker_threads: Option<u16>,
 }
+
+/// Runtime workers when `--worker-threads` is not given.
+const DEFAULT_WORKER_THREADS: usize = 2;
 
 /// `--log-format`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -187,6 +197,17 @@ fn parse_trust_bundle(s: &str) -> Result<(String, PathBuf), String> {
 }
 
 impl ServeArgs {
+    /// The runtime's worker threads: `--worker-threads`, else [`DEFAULT_WORKER_THREADS`] capped
+    /// at the CPUs this process may use (the standard library reads cgroup quotas and affinity).
+    pub(crate) fn worker_threads(&self) -> usize {
+        match self.worker_threads {
+            Some(n) => usize::from(n),
+            None => std::thread::available_parallelism()
+                .map_or(1, std::num::NonZeroUsize::get)
+                .min(DEFAULT_WORKER_THREADS),
+        }
+    }
+
     /// Check every flag and how they combine, once, into the plan [`crate::app::serve`] runs.
     pub(crate) fn plan(self) -> Result<ServePlan, PlanError> {
         let mode = self.mode()?;
@@ -437,6 +458,18 @@ mod tests {
 
     fn plan(args: &[&str]) -> Result<ServePlan, PlanError> {
         serve_args(args).plan()
+    }
+
+    #[test]
+    fn worker_threads_default_to_two_at_most_and_follow_the_flag() {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(serve_args(&[]).worker_threads(), cpus.min(2));
+        assert_eq!(serve_args(&["--worker-threads", "6"]).worker_threads(), 6);
+        let argv = ["wardgate", "serve", "--worker-threads", "0"];
+        assert!(
+            Cli::try_parse_from(argv).is_err(),
+            "zero workers is refused"
+        );
     }
 
     fn identity(args: &[&str]) -> Option<OwnIdentity> {

@@ -1,10 +1,17 @@
-//! The raw bundle model (format version 1) as it is written in YAML, with source locations.
+//! The raw bundle model (format version 1) as it is written in YAML or JSON, with source
+//! locations.
 //!
 //! This is plain data deserialised with serde: every key is known (unknown keys are errors) and
 //! every value keeps its line and column, so validation in [`super::compile`] can point at the
-//! exact place of each problem. Loading reads one file or the `*.yaml` files of one directory;
-//! nothing here interprets the values.
+//! exact place of each problem. Loading reads one file or the `*.yaml` / `*.yml` / `*.json`
+//! files of one directory; nothing here interprets the values.
+//!
+//! A file's [`Encoding`] comes from its name. YAML is read by serde-saphyr, with positions. JSON
+//! (for generated bundles) is read by serde_json into the same types, several times faster but
+//! without positions; every JSON document is also YAML, so when a JSON file has a problem the
+//! caller reads it again with serde-saphyr to name the line and column ([`parse_with_saphyr`]).
 
+use std::cell::Cell;
 use std::fmt;
 use std::marker::PhantomData;
 use std::path::Path;
@@ -38,8 +45,36 @@ impl Loc {
     }
 }
 
+thread_local! {
+    /// Whether the deserializer running on this thread gives positions (serde-saphyr does,
+    /// serde_json does not); see [`WithoutPositions`].
+    static POSITIONS: Cell<bool> = const { Cell::new(true) };
+}
+
+/// While alive, [`S`] values on this thread deserialize their value alone, at an unknown
+/// position (line 0): for serde_json, which has no positions to give.
+struct WithoutPositions(bool);
+
+impl WithoutPositions {
+    fn new() -> WithoutPositions {
+        WithoutPositions(POSITIONS.replace(false))
+    }
+}
+
+impl Drop for WithoutPositions {
+    fn drop(&mut self) {
+        POSITIONS.set(self.0);
+    }
+}
+
 impl<'de, T: Deserialize<'de>> Deserialize<'de> for S<T> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        if !POSITIONS.get() {
+            return T::deserialize(deserializer).map(|value| S {
+                value,
+                referenced: Loc::default(),
+            });
+        }
         let spanned = serde_saphyr::Spanned::<T>::deserialize(deserializer)?;
         Ok(S {
             value: spanned.value,
@@ -148,11 +183,69 @@ impl<'de, V: Deserialize<'de>> Deserialize<'de> for OrderedMap<V> {
 pub(crate) struct SourceFile {
     pub(crate) name: String,
     pub(crate) bundle: RawBundle,
+    /// Whether the values carry their positions (false for JSON read by serde_json).
+    pub(crate) positions: bool,
 }
 
-/// Parse one YAML text. A parse error (syntax, unknown key, wrong type) is reported with the
-/// position serde-saphyr gives.
+/// How a bundle file is written, by its name: `*.json` is JSON, anything else YAML.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Encoding {
+    Yaml,
+    Json,
+}
+
+impl Encoding {
+    pub(crate) fn of(name: &str) -> Encoding {
+        if name.ends_with(".json") {
+            Encoding::Json
+        } else {
+            Encoding::Yaml
+        }
+    }
+}
+
+/// Parse one bundle file, in the [`Encoding`] its name says. A parse error (syntax, unknown
+/// key, wrong type) is reported with its position.
 pub(crate) fn parse(name: &str, text: &str, errors: &mut Diagnostics) -> Option<SourceFile> {
+    match Encoding::of(name) {
+        Encoding::Yaml => parse_yaml(name, text, errors),
+        Encoding::Json => parse_json(name, text, errors),
+    }
+}
+
+/// Parse one JSON text with serde_json, without positions. When it does not parse, serde-saphyr
+/// reads it as YAML for its messages (every unknown key, each with its position); if YAML
+/// accepts what JSON does not (a trailing comma, an unquoted string), serde_json's message is
+/// the one reported.
+fn parse_json(name: &str, text: &str, errors: &mut Diagnostics) -> Option<SourceFile> {
+    let parsed = {
+        let _no_positions = WithoutPositions::new();
+        serde_json::from_str::<RawBundle>(text)
+    };
+    match parsed {
+        Ok(bundle) => Some(SourceFile {
+            name: name.to_string(),
+            bundle,
+            positions: false,
+        }),
+        Err(e) => {
+            let before = errors.0.len();
+            if parse_with_saphyr(name, text, errors).is_some() || errors.0.len() == before {
+                errors.0.truncate(before);
+                let message = e.to_string();
+                let message = match message.find(" at line ") {
+                    Some(i) => message[..i].to_string(),
+                    None => message,
+                };
+                errors.push(name, e.line() as u64, e.column() as u64, message);
+            }
+            None
+        }
+    }
+}
+
+/// Parse one YAML text; a text of nothing but comments is an empty bundle file.
+fn parse_yaml(name: &str, text: &str, errors: &mut Diagnostics) -> Option<SourceFile> {
     let only_comments = text
         .lines()
         .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'));
@@ -160,12 +253,13 @@ pub(crate) fn parse(name: &str, text: &str, errors: &mut Diagnostics) -> Option<
         return Some(SourceFile {
             name: name.to_string(),
             bundle: RawBundle::default(),
+            positions: true,
         });
     }
     parse_with_saphyr(name, text, errors)
 }
 
-/// Parse one YAML text with serde-saphyr (the reference reader).
+/// Parse one text with serde-saphyr (the reference reader), as YAML, with positions.
 pub(crate) fn parse_with_saphyr(
     name: &str,
     text: &str,
@@ -175,6 +269,7 @@ pub(crate) fn parse_with_saphyr(
         Ok(bundle) => Some(SourceFile {
             name: name.to_string(),
             bundle,
+            positions: true,
         }),
         Err(e) => {
             let (line, column) = e
@@ -410,7 +505,8 @@ fn plain_message(e: &serde_saphyr::Error) -> String {
 /// Largest bundle file wardgate reads; a larger one is refused rather than parsed.
 pub(crate) const MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
 
-/// Read a bundle file, or every `*.yaml` / `*.yml` file (sorted by name) of a directory.
+/// Read a bundle file, or every `*.yaml` / `*.yml` / `*.json` file (sorted by name) of a
+/// directory.
 /// Returns (display name, text) pairs.
 pub(crate) fn read_sources(path: &Path, errors: &mut Diagnostics) -> Vec<(String, String)> {
     let shown = path.display().to_string();
@@ -434,13 +530,21 @@ pub(crate) fn read_sources(path: &Path, errors: &mut Diagnostics) -> Vec<(String
             .filter(|p| {
                 let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
                 !name.starts_with('.')
-                    && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
+                    && matches!(
+                        p.extension().and_then(|e| e.to_str()),
+                        Some("yaml" | "yml" | "json")
+                    )
                     && p.is_file()
             })
             .collect();
         files.sort();
         if files.is_empty() {
-            errors.push(&shown, 0, 0, "bundle directory holds no *.yaml files");
+            errors.push(
+                &shown,
+                0,
+                0,
+                "bundle directory holds no *.yaml, *.yml or *.json files",
+            );
         }
         files
     } else {

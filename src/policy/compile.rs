@@ -9,7 +9,7 @@
 //! This module never evaluates a request (that is `eval`), and never lays out the index itself:
 //! it hands the index each segment member and each rule's `from` and `to`, nothing more.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -174,7 +174,8 @@ impl Policy {
         Policy::from_sources_within(&sources, limits)
     }
 
-    /// Compile one YAML text; `name` is used in error messages.
+    /// Compile one bundle text; `name` is used in error messages and picks the encoding
+    /// (`*.json` is JSON, anything else YAML).
     pub fn from_yaml_str(name: &str, text: &str) -> Result<Policy, Diagnostics> {
         Policy::from_sources(&[(name.to_string(), text.to_string())])
     }
@@ -202,9 +203,27 @@ impl Policy {
         let policy = compile(&files, bundle_digest(sources), &mut errors, &mut meter);
         match policy {
             Some(p) if errors.is_empty() => Ok(p),
-            _ => Err(errors),
+            _ if files.iter().all(|f| f.positions) => Err(errors),
+            _ => Err(with_positions(sources, limits).unwrap_or(errors)),
         }
     }
+}
+
+/// The problems of a bundle with JSON files, found again with every file read by serde-saphyr
+/// (JSON is YAML), so that each names its line and column. A repeated key, which serde_json
+/// leaves to the compiler, is refused by the YAML reader itself, at its position. `None` when
+/// the second reading finds no problem (the problems found without positions stand then).
+fn with_positions(sources: &[(String, String)], limits: CompileLimits) -> Option<Diagnostics> {
+    let mut errors = Diagnostics::default();
+    let files: Vec<SourceFile> = sources
+        .iter()
+        .filter_map(|(name, text)| bundle::parse_with_saphyr(name, text, &mut errors))
+        .collect();
+    if files.len() == sources.len() {
+        let mut meter = Meter::new(limits);
+        let _ = compile(&files, String::new(), &mut errors, &mut meter);
+    }
+    Some(errors).filter(|e| !e.is_empty())
 }
 
 fn compile(
@@ -616,6 +635,20 @@ struct Shared {
     file: Arc<str>,
     methods: HashSet<Arc<[Box<str>]>>,
     paths: HashSet<Arc<[Pattern]>>,
+    /// Path lists already compiled without a problem, by their texts ([`list_key`]): a rule
+    /// that repeats one skips parsing it again.
+    path_texts: HashMap<String, Arc<[Pattern]>>,
+}
+
+/// One key per list of texts, unambiguous whatever the texts hold (each is length-prefixed).
+fn list_key(texts: &[S<String>]) -> String {
+    let mut key = String::with_capacity(texts.iter().map(|t| t.value.len() + 4).sum());
+    for t in texts {
+        key.push_str(&t.value.len().to_string());
+        key.push(':');
+        key.push_str(&t.value);
+    }
+    key
 }
 
 impl Shared {
@@ -713,6 +746,11 @@ fn compile_rule(
         shared.intern_methods(list)
     });
     let paths = non_empty(cx, &r.paths, "paths").map(|l| {
+        let key = list_key(&l.value);
+        if let Some(known) = shared.path_texts.get(&key) {
+            return Arc::clone(known);
+        }
+        let problems = cx.errors.0.len();
         let list: Vec<Pattern> = l
             .value
             .iter()
@@ -730,7 +768,11 @@ fn compile_rule(
                 }
             })
             .collect();
-        shared.intern_paths(list)
+        let list = shared.intern_paths(list);
+        if cx.errors.0.len() == problems {
+            shared.path_texts.insert(key, Arc::clone(&list));
+        }
+        list
     });
     let hosts = non_empty(cx, &r.hosts, "hosts").map(|l| {
         l.value

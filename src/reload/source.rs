@@ -142,9 +142,10 @@ impl FetchError {
     }
 }
 
-/// Whether a directory entry is a bundle file (`*.yaml` / `*.yml`, not hidden).
+/// Whether a directory entry is a bundle file (`*.yaml` / `*.yml` / `*.json`, not hidden).
 pub(crate) fn is_bundle_file(name: &str) -> bool {
-    !name.starts_with('.') && (name.ends_with(".yaml") || name.ends_with(".yml"))
+    !name.starts_with('.')
+        && (name.ends_with(".yaml") || name.ends_with(".yml") || name.ends_with(".json"))
 }
 
 /// What a path that is not a regular file is, for the refusal.
@@ -294,7 +295,7 @@ pub(crate) fn fetch_path(path: &Path, max_bytes: u64) -> Result<Fetched, FetchEr
         names.sort();
         if names.is_empty() {
             return Err(FetchError::Failed(format!(
-                "{} holds no *.yaml files",
+                "{} holds no *.yaml, *.yml or *.json files",
                 path.display()
             )));
         }

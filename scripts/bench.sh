@@ -119,6 +119,8 @@ if [ -n "${exe[decide]:-}" ]; then
         WARDGATE_PROFILE=memory:10000 "${exe[decide]}" 2>/dev/null
         WARDGATE_PROFILE=serve-memory:10000 "${exe[decide]}" 2>/dev/null
         WARDGATE_PROFILE=validate:100000 "${exe[decide]}" 2>/dev/null
+        WARDGATE_PROFILE=compile-time-json:10000 "${exe[decide]}" 2>/dev/null
+        WARDGATE_PROFILE=validate-json:100000 "${exe[decide]}" 2>/dev/null
     done | grep -E '^(compile|memory|serve-memory|validate) ' | tee "$RESULTS/engine.txt" || status=1
 fi
 
@@ -246,6 +248,9 @@ try:
     fleet_row("compile (parse + validate + index) of 10,000 rules, best of 5", "< 50 ms",
               [float(v) for v in re.findall(r"compile 10000 rules: best of 5 ([0-9.]+) ms", engine)],
               "ms", 50)
+    fleet_row("the same, the bundle written as JSON (`*.json`)", "< 50 ms",
+              [float(v) for v in re.findall(r"compile 10000 rules \(JSON\): best of 5 ([0-9.]+) ms", engine)],
+              "ms", 50)
     mem = re.findall(r"memory 10000 rules: rss ([0-9.]+) MiB \(\+[0-9.]+ MiB\), policy heap ([0-9.]+) MiB, "
                      r"peak rss [0-9.]+ MiB, rss before trim ([0-9.]+) MiB", engine)
     fleet_row("resident memory holding 10,000 rules, after the trim `serve` does", "< 30 MiB",
@@ -266,8 +271,29 @@ try:
     val = re.findall(r"validate 100000 rules: ([0-9.]+) s, peak rss ([0-9.]+) MiB", engine)
     fleet_row("validate of 100,000 rules, time", "< 1 s", [float(v[0]) for v in val], "s", 1, "{:.2f}")
     fleet_row("validate of 100,000 rules, peak resident memory", "< 150 MiB", [float(v[1]) for v in val], "MiB", 150)
+    val = re.findall(r"validate 100000 rules \(JSON\): ([0-9.]+) s, peak rss ([0-9.]+) MiB", engine)
+    fleet_row("validate of 100,000 rules written as JSON, time", "< 1 s", [float(v[0]) for v in val], "s", 1, "{:.2f}")
+    fleet_row("validate of 100,000 rules written as JSON, peak resident memory", "< 150 MiB",
+              [float(v[1]) for v in val], "MiB", 150)
 except OSError:
     pass
+
+# Through Envoy (one envoy_load run, its rounds pooled): the authorizer's own CPU and throughput.
+el = load("envoy_load")
+if el and not el.get("skipped"):
+    by = {v["name"]: v for v in el["variants"]}
+    allow = by.get("envoy+allow-all tcp")
+    for name in ["envoy+wardgate uds", "envoy+wardgate tcp"]:
+        w = by.get(name)
+        if not (allow and w and allow.get("authz_cpu_s_per_10k") and w.get("authz_cpu_s_per_10k")):
+            continue
+        cpu = w["authz_cpu_s_per_10k"] / allow["authz_cpu_s_per_10k"]
+        fleet.append((f"CPU per 10,000 checks through Envoy, {name.split('+')[1]} vs allow-all over TCP",
+                      "<= 1.2x", f"{cpu:.2f}x ({w['authz_cpu_s_per_10k']:.3f} vs "
+                      f"{allow['authz_cpu_s_per_10k']:.3f} s, 1 run)", met(cpu <= 1.2)))
+        tput = w["rps"] / allow["rps"]
+        fleet.append((f"throughput through Envoy, {name.split('+')[1]} vs allow-all over TCP", ">= 0.95x",
+                      f"{tput:.2f}x (1 run)", met(tput >= 0.95)))
 
 if fleet:
     out.insert(2, "## Issue 14 (fleet scale): measured vs goal\n\nRange over fresh processes of one run; "

@@ -167,3 +167,50 @@ fn a_directory_bundle_may_mix_yaml_and_json_files() {
         "{file_of_first_rule}"
     );
 }
+
+#[test]
+fn the_binary_validates_and_checks_a_json_bundle() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("hospital.json");
+    std::fs::write(&good, hospital_json(false)).unwrap();
+    let wardgate = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_wardgate"))
+            .args(args)
+            .output()
+            .expect("wardgate runs")
+    };
+    let good = good.to_str().unwrap();
+    assert_eq!(wardgate(&["validate", good]).status.code(), Some(0));
+    let ehr = "spiffe://hospital.example/ns/clinical/sa/ehr";
+    let lab = "spiffe://hospital.example/ns/clinical/sa/lab";
+    let allowed = wardgate(&[
+        "check",
+        good,
+        "--from",
+        ehr,
+        "--to",
+        lab,
+        "--path",
+        "/results/7",
+    ]);
+    let denied = wardgate(&[
+        "check", good, "--from", ehr, "--to", lab, "--path", "/admin",
+    ]);
+    assert_eq!(
+        (allowed.status.code(), denied.status.code()),
+        (Some(0), Some(1))
+    );
+
+    let text = hospital_json(true).replacen("\"deny\"", "\"refuse\"", 1);
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, &text).unwrap();
+    let out = wardgate(&["validate", bad.to_str().unwrap()]);
+    let (line, column) = position_of(&text, "\"refuse\"");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{stdout}{stderr}");
+    assert!(
+        format!("{stdout}{stderr}").contains(&format!("bad.json:{line}:{column}")),
+        "expected {line}:{column} in: {stdout}{stderr}"
+    );
+}

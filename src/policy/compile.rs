@@ -22,7 +22,7 @@ use super::index::{IndexBuilder, RuleList, Selector};
 use super::limits::{CompileLimits, Meter, OverBudget, INDEX_ENTRY_BYTES, TRIE_NODE_BYTES};
 use super::model::{Action, Endpoint, Policy, Rule, Segment};
 use super::overlap::MemberTrie;
-use super::pattern::{Pattern, PatternError};
+use super::pattern::{Pattern, PatternError, Strings};
 use super::schedule::{self, Schedule};
 
 /// The supported bundle format version.
@@ -310,6 +310,9 @@ fn compile(
         );
     }
 
+    // What rules share rather than copy, from the first pattern on.
+    let mut shared = Shared::default();
+
     // Pass 2: segments with their members.
     let mut segments: Vec<Segment> = Vec::new();
     // Every member so far, by member number: (segment, position in the segment's members).
@@ -332,7 +335,8 @@ fn compile(
                 cx.err(name, format!("segment `{}` has no `members`", name.value));
             }
             for m in &raw.members {
-                let Some(p) = spiffe_pattern(&mut cx, m, &names.trust_domains) else {
+                let Some(p) = spiffe_pattern(&mut cx, m, &names.trust_domains, &mut shared.strings)
+                else {
                     continue;
                 };
                 // Overlap with an earlier member of another segment, through the member trie;
@@ -403,7 +407,6 @@ fn compile(
     let mut rules = Vec::new();
     let mut break_glass = Vec::new();
     let mut break_glass_header: Option<Box<str>> = None;
-    let mut shared = Shared::default();
     for f in files {
         let mut cx = Ctx {
             errors,
@@ -562,8 +565,9 @@ fn spiffe_pattern(
     cx: &mut Ctx<'_>,
     text: &S<String>,
     trust_domains: &[Box<str>],
+    strings: &mut Strings,
 ) -> Option<Pattern> {
-    match Pattern::parse_spiffe(&text.value) {
+    match Pattern::parse_spiffe_in(&text.value, strings) {
         Err(e) => {
             cx.err(
                 text,
@@ -588,11 +592,12 @@ fn endpoints(
     list: &S<Vec<S<String>>>,
     names: &Names,
     key: &str,
+    strings: &mut Strings,
 ) -> Vec<Endpoint> {
     let mut out = Vec::new();
     for e in &list.value {
         if e.value.starts_with("spiffe://") || e.value.to_ascii_lowercase().starts_with("spiffe:") {
-            if let Some(p) = spiffe_pattern(cx, e, &names.trust_domains) {
+            if let Some(p) = spiffe_pattern(cx, e, &names.trust_domains, strings) {
                 out.push(Endpoint::Pattern(p));
             }
         } else {
@@ -635,6 +640,8 @@ struct Shared {
     file: Arc<str>,
     methods: HashSet<Arc<[Box<str>]>>,
     paths: HashSet<Arc<[Pattern]>>,
+    /// One copy of each string of the bundle's patterns (trust domains, segments).
+    strings: Strings,
     /// Path lists already compiled without a problem, by their texts ([`list_key`]): a rule
     /// that repeats one skips parsing it again.
     path_texts: HashMap<String, Arc<[Pattern]>>,
@@ -724,9 +731,9 @@ fn compile_rule(
             cx.err(list, format!("{what} `{name}` has an empty `from`"));
             Vec::new()
         }
-        Some(list) => endpoints(cx, list, names, "from"),
+        Some(list) => endpoints(cx, list, names, "from", &mut shared.strings),
     };
-    let to = non_empty(cx, &r.to, "to").map(|l| endpoints(cx, l, names, "to"));
+    let to = non_empty(cx, &r.to, "to").map(|l| endpoints(cx, l, names, "to", &mut shared.strings));
     let methods = non_empty(cx, &r.methods, "methods").map(|l| {
         let list: Vec<Box<str>> = l
             .value
@@ -754,19 +761,21 @@ fn compile_rule(
         let list: Vec<Pattern> = l
             .value
             .iter()
-            .filter_map(|p| match Pattern::parse_path(&p.value) {
-                Ok(p) => Some(p),
-                Err(e) => {
-                    cx.err(
-                        p,
-                        format!(
-                            "path `{}` is not a valid normalised path pattern: {e}",
-                            p.value
-                        ),
-                    );
-                    None
-                }
-            })
+            .filter_map(
+                |p| match Pattern::parse_path_in(&p.value, &mut shared.strings) {
+                    Ok(p) => Some(p),
+                    Err(e) => {
+                        cx.err(
+                            p,
+                            format!(
+                                "path `{}` is not a valid normalised path pattern: {e}",
+                                p.value
+                            ),
+                        );
+                        None
+                    }
+                },
+            )
             .collect();
         let list = shared.intern_paths(list);
         if cx.errors.0.len() == problems {

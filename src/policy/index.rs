@@ -28,6 +28,7 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Arc;
 
 use fnv::FnvHashMap;
 use smallvec::SmallVec;
@@ -541,11 +542,11 @@ impl Default for TrieNode {
 }
 
 /// A node's literal edges: most nodes have a handful (a linear scan beats hashing), a few (the
-/// `sa` level of a large mesh) have thousands.
+/// `sa` level of a large mesh) have thousands. Each edge holds the pattern's own string.
 #[derive(Debug)]
 enum Children {
-    Few(Vec<(Box<str>, u32)>),
-    Many(FnvHashMap<Box<str>, u32>),
+    Few(Vec<(Arc<str>, u32)>),
+    Many(FnvHashMap<Arc<str>, u32>),
 }
 
 impl Children {
@@ -557,16 +558,18 @@ impl Children {
         }
     }
 
-    fn insert(&mut self, seg: &str, node: u32) {
+    fn insert(&mut self, seg: &Arc<str>, node: u32) {
         match self {
-            Children::Few(list) if list.len() < FEW_CHILDREN => list.push((seg.into(), node)),
+            Children::Few(list) if list.len() < FEW_CHILDREN => {
+                list.push((Arc::clone(seg), node));
+            }
             Children::Few(list) => {
-                let mut map: FnvHashMap<Box<str>, u32> = list.drain(..).collect();
-                map.insert(seg.into(), node);
+                let mut map: FnvHashMap<Arc<str>, u32> = list.drain(..).collect();
+                map.insert(Arc::clone(seg), node);
                 *self = Children::Many(map);
             }
             Children::Many(map) => {
-                map.insert(seg.into(), node);
+                map.insert(Arc::clone(seg), node);
             }
         }
     }

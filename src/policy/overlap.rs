@@ -121,7 +121,7 @@ impl MemberTrie {
                     if let Some(parent) = self.nodes.get_mut(node as usize) {
                         match seg {
                             Seg::Literal(l) => {
-                                parent.literal.insert(l.clone(), n);
+                                parent.literal.insert(Box::from(&**l), n);
                             }
                             Seg::Any => parent.star = n,
                         }

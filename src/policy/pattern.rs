@@ -7,7 +7,9 @@
 //!
 //! This module only parses and matches; it knows nothing of rules, segments or requests.
 
+use std::collections::HashSet;
 use std::fmt;
+use std::sync::Arc;
 
 use super::normalize;
 use crate::identity::MAX_TRUST_DOMAIN_LEN;
@@ -15,8 +17,9 @@ use crate::identity::MAX_TRUST_DOMAIN_LEN;
 /// One segment of a pattern.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) enum Seg {
-    /// This exact segment.
-    Literal(Box<str>),
+    /// This exact segment (shared with every pattern of the same compile that names it, see
+    /// [`Strings`]).
+    Literal(Arc<str>),
     /// `*`: any one segment.
     Any,
 }
@@ -25,7 +28,7 @@ pub(crate) enum Seg {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Pattern {
     /// `Some(td)` for a SPIFFE ID pattern, `None` for an HTTP path pattern.
-    trust_domain: Option<Box<str>>,
+    trust_domain: Option<Arc<str>>,
     segments: Box<[Seg]>,
     /// Ends in `**`: one or more segments beyond `segments`.
     more: bool,
@@ -70,9 +73,36 @@ pub enum PatternError {
     TooLong,
 }
 
+/// The strings of the patterns parsed with it, one copy of each: a bundle's thousands of SPIFFE
+/// ID patterns repeat the same trust domain and the same few segments (`ns`, `sa`, namespaces),
+/// so a compile parses them all with one of these. Keyed with the standard library's
+/// DoS-resistant hash: the texts come from a bundle.
+#[derive(Debug, Default)]
+pub(crate) struct Strings(HashSet<Arc<str>>);
+
+impl Strings {
+    /// The copy of `text` already held, else a new one, held from now on.
+    fn get(&mut self, text: &str) -> Arc<str> {
+        if let Some(known) = self.0.get(text) {
+            return Arc::clone(known);
+        }
+        let text: Arc<str> = text.into();
+        self.0.insert(Arc::clone(&text));
+        text
+    }
+}
+
 impl Pattern {
     /// Parse a SPIFFE ID pattern such as `spiffe://hospital.example/ns/clinical/**`.
     pub fn parse_spiffe(text: &str) -> Result<Pattern, PatternError> {
+        Pattern::parse_spiffe_in(text, &mut Strings::default())
+    }
+
+    /// [`Pattern::parse_spiffe`], sharing its strings with the other patterns of `strings`.
+    pub(crate) fn parse_spiffe_in(
+        text: &str,
+        strings: &mut Strings,
+    ) -> Result<Pattern, PatternError> {
         if text.len() > 2048 {
             return Err(PatternError::TooLong);
         }
@@ -91,7 +121,7 @@ impl Pattern {
         {
             return Err(PatternError::TrustDomain(td.to_string()));
         }
-        let (segments, more) = parse_segments(path, |seg| {
+        let (segments, more) = parse_segments(path, strings, |seg| {
             if seg
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
@@ -102,7 +132,7 @@ impl Pattern {
             }
         })?;
         Ok(Pattern {
-            trust_domain: Some(td.into()),
+            trust_domain: Some(strings.get(td)),
             segments,
             more,
         })
@@ -110,11 +140,19 @@ impl Pattern {
 
     /// Parse an HTTP path pattern such as `/results/*/pdf` or `/results/**`.
     pub fn parse_path(text: &str) -> Result<Pattern, PatternError> {
+        Pattern::parse_path_in(text, &mut Strings::default())
+    }
+
+    /// [`Pattern::parse_path`], sharing its strings with the other patterns of `strings`.
+    pub(crate) fn parse_path_in(
+        text: &str,
+        strings: &mut Strings,
+    ) -> Result<Pattern, PatternError> {
         if !text.starts_with('/') {
             return Err(PatternError::NoLeadingSlash);
         }
         let path = if text == "/" { "" } else { text };
-        let (segments, more) = parse_segments(path, |seg| {
+        let (segments, more) = parse_segments(path, strings, |seg| {
             let mut one = String::with_capacity(seg.len() + 1);
             one.push('/');
             one.push_str(seg);
@@ -269,6 +307,7 @@ pub(crate) fn split_segments(path: &str) -> smallvec::SmallVec<[&str; INLINE_SEG
 
 fn parse_segments(
     path: &str,
+    strings: &mut Strings,
     check: impl Fn(&str) -> Result<(), PatternError>,
 ) -> Result<(Box<[Seg]>, bool), PatternError> {
     let mut segments = Vec::new();
@@ -288,7 +327,7 @@ fn parse_segments(
             s if s.contains('*') => return Err(PatternError::PartialWildcard(s.to_string())),
             s => {
                 check(s)?;
-                segments.push(Seg::Literal(s.into()));
+                segments.push(Seg::Literal(strings.get(s)));
             }
         }
     }

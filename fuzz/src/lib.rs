@@ -162,6 +162,7 @@ const FUZZ_ANALYSIS_MIB: u64 = 16;
 /// its cost naming the limit, never runs away (libFuzzer's timeout would report it).
 pub fn bundle_compile(data: &[u8]) {
     let Some(input) = text(data) else { return };
+    json_compiles_like_yaml(input);
     let sources: Vec<(String, String)> = input
         .split("\n#--\n")
         .enumerate()
@@ -197,6 +198,35 @@ pub fn bundle_compile(data: &[u8]) {
                 );
             }
         },
+    }
+}
+
+/// The same text named `*.json`: serde_json reads it, the YAML path's validation judges it.
+/// Oracle: every JSON document is YAML, so a text that compiles as JSON compiles as YAML to the
+/// same rules; a refusal names the file and says why.
+fn json_compiles_like_yaml(input: &str) {
+    let one = |name: &str| Policy::from_sources(&[(name.to_string(), input.to_string())]);
+    match one("f.json") {
+        Ok(json) => {
+            let yaml = one("f.yaml").expect("a bundle that compiles as JSON compiles as YAML");
+            let rules = |p: &Policy| {
+                p.rules()
+                    .map(|r| (r.name.to_string(), r.action, r.break_glass))
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(rules(&json), rules(&yaml), "JSON and YAML readings differ");
+            assert_eq!(json.revision(), yaml.revision());
+        }
+        Err(diagnostics) => {
+            assert!(!diagnostics.is_empty(), "refused without a reason");
+            for d in diagnostics.iter() {
+                assert_eq!(
+                    d.file, "f.json",
+                    "diagnostic names no file of the bundle: {d}"
+                );
+                assert!(!d.message.is_empty(), "empty diagnostic at {d}");
+            }
+        }
     }
 }
 

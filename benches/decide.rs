@@ -397,7 +397,10 @@ fn log_view_memory(n: usize) {
         });
         let start = Instant::now();
         while written.load(Ordering::SeqCst) == before {
-            assert!(start.elapsed() < Duration::from_secs(30), "record not written");
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "record not written"
+            );
             std::thread::sleep(Duration::from_millis(1));
         }
     };

@@ -246,9 +246,8 @@ impl NamesBuilder {
 
     fn build(self) -> Names {
         let NamesBuilder { text, mut spans } = self;
-        let entry = |&(start, end): &(u32, u32)| {
-            text.get(start as usize..end as usize).unwrap_or_default()
-        };
+        let entry =
+            |&(start, end): &(u32, u32)| text.get(start as usize..end as usize).unwrap_or_default();
         spans.sort_unstable_by(|a, b| entry(a).cmp(entry(b)));
         spans.dedup_by(|a, b| entry(a) == entry(b));
         let mut sorted = String::with_capacity(spans.iter().map(|s| entry(s).len()).sum());
@@ -631,7 +630,11 @@ rules:
     fn every_cluster_name_of_a_kubernetes_service_is_shown() {
         let p = Policy::from_yaml_str("s.yaml", SERVICES).unwrap();
         let v = LogView::new(&p);
-        for (name, ns) in [("invoicer", "billing"), ("books", "ledger"), ("pager", "ops")] {
+        for (name, ns) in [
+            ("invoicer", "billing"),
+            ("books", "ledger"),
+            ("pager", "ops"),
+        ] {
             for shown in [
                 name.to_string(),
                 format!("{name}.{ns}"),

@@ -149,8 +149,9 @@ pub(crate) enum Shown {
 /// from; with another, rules are not found and paths come out fully redacted.
 ///
 /// It is held beside the policy for as long as records of that policy arrive, on every pod, so
-/// its names are kept in two sorted arenas ([`Names`]) rather than a boxed string each, and a
-/// Kubernetes service's three cluster names are derived from one `NAME.NS` entry.
+/// its names are kept in two sorted arenas ([`Names`]) rather than a boxed string each, a
+/// Kubernetes service's three cluster names are derived from one `NAME.NS` entry, and rules are
+/// found through the policy's own names.
 #[derive(Debug, Default)]
 pub(crate) struct LogView {
     /// Every rule, then every break-glass entry, by position in that order, sorted by name

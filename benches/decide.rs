@@ -99,8 +99,9 @@ fn main() {
     // `compile-time:N` (best of five), `memory:N` (resident memory holding the policy, before and
     // after the trim `serve` does) and `validate:N` (one compile: time and peak RSS, counted
     // from after the text is generated) report; `serve-memory:N` adds what `serve` builds
-    // beside the policy (see `serve_memory`). `compile-json`, `compile-time-json` and
-    // `validate-json` do the same with the bundle written as JSON.
+    // beside the policy (see `serve_memory`); `log-view:N`, what the decision log's view of the
+    // policy holds (see `log_view_memory`). `compile-json`, `compile-time-json` and
+    // `validate-json` do the same as their namesakes with the bundle written as JSON.
     if let Ok(spec) = std::env::var("WARDGATE_PROFILE") {
         profile(&spec);
         return;
@@ -226,6 +227,10 @@ fn profile(spec: &str) {
     }
     if what == "serve-memory" {
         serve_memory(n);
+        return;
+    }
+    if what == "log-view" {
+        log_view_memory(n);
         return;
     }
     if what == "validate" {
@@ -376,4 +381,82 @@ fn serve_memory(n: usize) {
         scraped.allocated as f64 / 1048576.0,
     );
     black_box((&policy, &telemetry));
+}
+
+/// What the decision log's view of a policy (which hosts, methods and path segments a record
+/// may show) holds for a bundle of `n` rules. The log writer builds it for the first record
+/// decided by a policy; counted as the live heap the first record of the `n`-rule policy adds,
+/// after records of a one-rule policy have warmed the writer (its buffers, a view of that
+/// policy, which the new view replaces).
+fn log_view_memory(n: usize) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use wardgate::telemetry::{
+        CheckEvent, DecisionLogConfig, Redaction, Telemetry, TelemetryConfig,
+    };
+
+    /// Counts the bytes the writer hands over, so the bench knows a record was written.
+    struct Sink(Arc<AtomicUsize>);
+    impl std::io::Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.fetch_add(buf.len(), Ordering::SeqCst);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    let written = Arc::new(AtomicUsize::new(0));
+    let telemetry = Telemetry::new(TelemetryConfig {
+        decision_log: Some(DecisionLogConfig {
+            sink: Box::new(Sink(Arc::clone(&written))),
+            description: "bench".into(),
+            queue: 16,
+            sample_allows: 1.0,
+            redaction: Redaction::default(),
+        }),
+    })
+    .expect("telemetry");
+    let compile = |rules: usize| {
+        Arc::new(Policy::from_yaml_str("bench.yaml", &support::bundle(rules)).expect("valid"))
+    };
+    // One allowed check by `policy`, recorded; returns once the writer has written it.
+    let record = |policy: &Arc<Policy>| {
+        let (src, dst, method, path) = support::hit(0);
+        let mut request = Request::new(method, &path);
+        request.source = Some(&src);
+        request.destination = Some(&dst);
+        request.host = "svc-1.clinical.svc.cluster.local:8443";
+        let decision = policy.decide(&request);
+        assert!(decision.is_allow());
+        let before = written.load(Ordering::SeqCst);
+        telemetry.record_check(&CheckEvent {
+            request: &request,
+            decision: &decision,
+            policy: Some(policy),
+            revision: Some(policy.revision()),
+            elapsed: Duration::from_micros(1),
+            request_id: None,
+            break_glass_reason: None,
+            enforced: true,
+        });
+        let start = Instant::now();
+        while written.load(Ordering::SeqCst) == before {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "record not written"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    };
+    let small = compile(3);
+    let big = compile(n);
+    record(&small);
+    record(&small);
+    let ((), view) = counted(|| record(&big));
+    // The same policy again: the view is kept, so this shows what a record alone leaves.
+    let ((), again) = counted(|| record(&big));
+    println!("log-view {n} rules: view {view}; next record {again}");
+    black_box((&small, &big, &telemetry));
 }

@@ -118,10 +118,11 @@ if [ -n "${exe[decide]:-}" ]; then
         WARDGATE_PROFILE=compile-time:10000 "${exe[decide]}" 2>/dev/null
         WARDGATE_PROFILE=memory:10000 "${exe[decide]}" 2>/dev/null
         WARDGATE_PROFILE=serve-memory:10000 "${exe[decide]}" 2>/dev/null
+        WARDGATE_PROFILE=log-view:10000 "${exe[decide]}" 2>/dev/null
         WARDGATE_PROFILE=validate:100000 "${exe[decide]}" 2>/dev/null
         WARDGATE_PROFILE=compile-time-json:10000 "${exe[decide]}" 2>/dev/null
         WARDGATE_PROFILE=validate-json:100000 "${exe[decide]}" 2>/dev/null
-    done | grep -E '^(compile|memory|serve-memory|validate) ' | tee "$RESULTS/engine.txt" || status=1
+    done | grep -E '^(compile|memory|serve-memory|log-view|validate) ' | tee "$RESULTS/engine.txt" || status=1
 fi
 
 echo "== writing $RESULTS/results.md and $RESULTS/chart.svg"
@@ -266,6 +267,11 @@ try:
               "< 30 MiB", [float(m[0]) for m in serve], "MiB", 30)
     fleet_row("heap of the telemetry's per-rule state at 10,000 rules (counted)", "-",
               [float(m[2]) for m in serve], "MiB", float("inf"))
+    if fleet and fleet[-1][1] == "-":
+        fleet[-1] = fleet[-1][:3] + ("-",)
+    view = re.findall(r"log-view 10000 rules: view ([0-9.]+) MiB", engine)
+    fleet_row("heap of the decision log's view of the 10,000-rule policy (counted)", "-",
+              [float(v) for v in view], "MiB", float("inf"), "{:.2f}")
     if fleet and fleet[-1][1] == "-":
         fleet[-1] = fleet[-1][:3] + ("-",)
     val = re.findall(r"validate 100000 rules: ([0-9.]+) s, peak rss ([0-9.]+) MiB", engine)

@@ -11,13 +11,13 @@
 //! here is pure: it reads the policy and the values it is given, never the clock or a file, and
 //! it never widens what is shown beyond what the bundle states.
 
-use std::sync::Arc;
+use std::borrow::Cow;
 
-use fnv::{FnvHashMap, FnvHashSet};
+use fnv::FnvHashSet;
 
 use super::bundle::{SourceFile, S};
 use super::error::Diagnostics;
-use super::model::{Endpoint, Policy};
+use super::model::{Endpoint, Policy, Rule};
 use super::normalize;
 use super::pattern::{split_segments, Pattern, Seg};
 
@@ -144,83 +144,159 @@ pub(crate) enum Shown {
     Truncated,
 }
 
-/// Which list a rule is in, and where.
-#[derive(Debug, Clone, Copy)]
-struct RuleAt {
-    break_glass: bool,
-    position: u32,
-}
-
 /// What one policy lets a log show, looked up by name: built once per policy by the log
 /// writer (off the check path), then asked per record. Ask it only with the policy it was built
 /// from; with another, rules are not found and paths come out fully redacted.
+///
+/// It is held beside the policy for as long as records of that policy arrive, on every pod, so
+/// its names are kept in two sorted arenas ([`Names`]) rather than a boxed string each, a
+/// Kubernetes service's three cluster names are derived from one `NAME.NS` entry, and rules are
+/// found through the policy's own names.
 #[derive(Debug, Default)]
 pub(crate) struct LogView {
-    /// By the policy's own name strings (shared, not copied).
-    rules: FnvHashMap<Arc<str>, RuleAt>,
-    hosts: FnvHashSet<Box<str>>,
+    /// Every rule, then every break-glass entry, by position in that order, sorted by name
+    /// (names are unique across both lists): the policy's own names, not a map of them.
+    rules: Box<[u32]>,
+    /// Shown as they are: the rules' `hosts` and the service name that ends a SPIFFE ID
+    /// pattern.
+    hosts: Names,
+    /// `NAME.NS` of each Kubernetes-shaped SPIFFE ID pattern (`…/ns/NS/sa/NAME`): shown as
+    /// they are and with `.svc` or `.svc.cluster.local` after them, the names a cluster gives
+    /// that service.
+    services: Names,
     methods: Vec<Box<str>>,
 }
 
-/// The host names of the service a SPIFFE ID pattern names, if it ends in a literal segment:
-/// that segment, and for Kubernetes-shaped IDs (`…/ns/NS/sa/NAME`) the names a cluster gives a
-/// service of that name (`NAME.NS`, `NAME.NS.svc`, `NAME.NS.svc.cluster.local`).
-fn service_names(p: &Pattern) -> Vec<String> {
+/// The suffixes a cluster adds to a service's `NAME.NS`.
+const SERVICE_SUFFIXES: [&str; 2] = [".svc", ".svc.cluster.local"];
+
+/// Add the host names of the service a SPIFFE ID pattern names, if it ends in a literal
+/// segment: that segment to `hosts`, and for Kubernetes-shaped IDs (`…/ns/NS/sa/NAME`)
+/// `NAME.NS` to `services`.
+fn add_service_names(p: &Pattern, hosts: &mut NamesBuilder, services: &mut NamesBuilder) {
     let segs = p.segments();
     let (false, Some(Seg::Literal(name))) = (p.more(), segs.last()) else {
-        return Vec::new();
+        return;
     };
-    let name = name.to_ascii_lowercase();
-    let mut out = Vec::new();
     if let [.., Seg::Literal(ns_key), Seg::Literal(ns), Seg::Literal(sa_key), _] = segs {
         if &**ns_key == "ns" && &**sa_key == "sa" {
-            let ns = ns.to_ascii_lowercase();
-            out.push(format!("{name}.{ns}"));
-            out.push(format!("{name}.{ns}.svc"));
-            out.push(format!("{name}.{ns}.svc.cluster.local"));
+            services.push(&[name, ".", ns]);
         }
     }
-    out.push(name);
-    out
+    hosts.push(&[name]);
+}
+
+/// A set of lower-case strings in one allocation, sorted and without duplicates, found by
+/// binary search: no heap block, pointer and hash slot per entry.
+#[derive(Debug, Default)]
+struct Names {
+    /// Every entry, back to back, in byte order.
+    text: Box<str>,
+    /// Where each entry ends in `text` (each starts where the one before ends).
+    ends: Box<[u32]>,
+}
+
+impl Names {
+    fn entry(&self, i: usize) -> &str {
+        let start = i
+            .checked_sub(1)
+            .and_then(|before| self.ends.get(before))
+            .map_or(0, |&e| e as usize);
+        let end = self.ends.get(i).map_or(start, |&e| e as usize);
+        self.text.get(start..end).unwrap_or_default()
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        let (mut low, mut high) = (0, self.ends.len());
+        while low < high {
+            let mid = low + (high - low) / 2;
+            match self.entry(mid).cmp(name) {
+                std::cmp::Ordering::Less => low = mid + 1,
+                std::cmp::Ordering::Greater => high = mid,
+                std::cmp::Ordering::Equal => return true,
+            }
+        }
+        false
+    }
+}
+
+/// Collects the entries of a [`Names`] in any order, duplicates included.
+#[derive(Debug, Default)]
+struct NamesBuilder {
+    text: String,
+    /// Start and end of each entry in `text`.
+    spans: Vec<(u32, u32)>,
+}
+
+impl NamesBuilder {
+    /// Add the lower-case form of `parts` joined. An entry that would take `text` past 4 GiB
+    /// is left out (so redacted), never truncated.
+    fn push(&mut self, parts: &[&str]) {
+        let start = self.text.len();
+        for part in parts {
+            self.text.push_str(part);
+        }
+        if let Some(added) = self.text.get_mut(start..) {
+            added.make_ascii_lowercase();
+        }
+        match (u32::try_from(start), u32::try_from(self.text.len())) {
+            (Ok(start), Ok(end)) => self.spans.push((start, end)),
+            _ => self.text.truncate(start),
+        }
+    }
+
+    fn build(self) -> Names {
+        let NamesBuilder { text, mut spans } = self;
+        let entry =
+            |&(start, end): &(u32, u32)| text.get(start as usize..end as usize).unwrap_or_default();
+        spans.sort_unstable_by(|a, b| entry(a).cmp(entry(b)));
+        spans.dedup_by(|a, b| entry(a) == entry(b));
+        let mut sorted = String::with_capacity(spans.iter().map(|s| entry(s).len()).sum());
+        let mut ends = Vec::with_capacity(spans.len());
+        for span in &spans {
+            sorted.push_str(entry(span));
+            // No longer than `text`, whose every end fit.
+            ends.push(u32::try_from(sorted.len()).unwrap_or(u32::MAX));
+        }
+        Names {
+            text: sorted.into_boxed_str(),
+            ends: ends.into_boxed_slice(),
+        }
+    }
 }
 
 impl LogView {
     /// What `policy` lets a log show.
     pub(crate) fn new(policy: &Policy) -> LogView {
         let mut view = LogView::without_policy();
-        let lists = [(false, &policy.rules), (true, &policy.break_glass)];
-        for (break_glass, rules) in lists {
-            for (i, r) in rules.iter().enumerate() {
-                let position = u32::try_from(i).unwrap_or(u32::MAX);
-                view.rules.insert(
-                    Arc::clone(&r.name),
-                    RuleAt {
-                        break_glass,
-                        position,
-                    },
-                );
-                for h in r.hosts.iter().flatten() {
-                    view.hosts.insert(h.to_ascii_lowercase().into());
+        let (mut hosts, mut services) = (NamesBuilder::default(), NamesBuilder::default());
+        for r in policy.rules.iter().chain(&policy.break_glass) {
+            for h in r.hosts.iter().flatten() {
+                hosts.push(&[h]);
+            }
+            for m in r.methods.as_deref().into_iter().flatten() {
+                if !view.methods.contains(m) {
+                    view.methods.push(m.clone());
                 }
-                for m in r.methods.as_deref().into_iter().flatten() {
-                    if !view.methods.contains(m) {
-                        view.methods.push(m.clone());
-                    }
-                }
-                for e in r.from.iter().chain(r.to.iter().flatten()) {
-                    if let Endpoint::Pattern(p) = e {
-                        view.hosts
-                            .extend(service_names(p).into_iter().map(Box::from));
-                    }
+            }
+            for e in r.from.iter().chain(r.to.iter().flatten()) {
+                if let Endpoint::Pattern(p) = e {
+                    add_service_names(p, &mut hosts, &mut services);
                 }
             }
         }
+        // Past 2^32 rules (far beyond any bundle's limit) the rest are not found: redacted.
+        let count = policy.rules.len() + policy.break_glass.len();
+        let mut rules: Vec<u32> = (0..count).map_while(|i| u32::try_from(i).ok()).collect();
+        rules.sort_unstable_by(|&a, &b| rule_name(policy, a).cmp(rule_name(policy, b)));
+        view.rules = rules.into_boxed_slice();
         for s in &policy.segments {
             for p in &s.members {
-                view.hosts
-                    .extend(service_names(p).into_iter().map(Box::from));
+                add_service_names(p, &mut hosts, &mut services);
             }
         }
+        view.hosts = hosts.build();
+        view.services = services.build();
         view
     }
 
@@ -258,16 +334,21 @@ impl LogView {
     }
 
     /// The host to log for the raw `:authority` (port and a trailing dot dropped, lower case),
-    /// when the bundle names it; `None` when it must be redacted.
-    pub(crate) fn host(&self, raw: &str) -> Option<&str> {
+    /// when the bundle names it; `None` when it must be redacted. No longer than `raw`.
+    pub(crate) fn host(&self, raw: &str) -> Option<String> {
         let name = normalize::host(raw);
-        if name.bytes().any(|b| b.is_ascii_uppercase()) {
-            self.hosts
-                .get(name.to_ascii_lowercase().as_str())
-                .map(|h| &**h)
+        let name = if name.bytes().any(|b| b.is_ascii_uppercase()) {
+            Cow::Owned(name.to_ascii_lowercase())
         } else {
-            self.hosts.get(name).map(|h| &**h)
-        }
+            Cow::Borrowed(name)
+        };
+        let named = self.hosts.contains(&name)
+            || self.services.contains(&name)
+            || SERVICE_SUFFIXES.iter().any(|suffix| {
+                name.strip_suffix(suffix)
+                    .is_some_and(|service| self.services.contains(service))
+            });
+        named.then(|| name.into_owned())
     }
 
     /// The method to log, when it is a standard one or a rule names it (upper-case
@@ -326,19 +407,35 @@ impl LogView {
         render(&segs, shown, out, max, Shown::Redacted)
     }
 
+    /// The path patterns of the rule named `name`. With a policy the view was not built
+    /// from, the search may miss, but never returns another rule's patterns.
     fn rule_paths<'p>(&self, policy: &'p Policy, name: &str) -> Option<&'p [Pattern]> {
-        let at = self.rules.get(name)?;
-        let list = if at.break_glass {
-            &policy.break_glass
-        } else {
-            &policy.rules
-        };
-        let rule = list.get(at.position as usize)?;
-        if *rule.name != *name {
-            return None;
+        let (mut low, mut high) = (0, self.rules.len());
+        while low < high {
+            let mid = low + (high - low) / 2;
+            let at = *self.rules.get(mid)?;
+            match rule_name(policy, at).cmp(name) {
+                std::cmp::Ordering::Less => low = mid + 1,
+                std::cmp::Ordering::Greater => high = mid,
+                std::cmp::Ordering::Equal => return rule_at(policy, at)?.paths.as_deref(),
+            }
         }
-        rule.paths.as_deref()
+        None
     }
+}
+
+/// The rule at `position` in `policy`'s rules followed by its break-glass entries.
+fn rule_at(policy: &Policy, position: u32) -> Option<&Rule> {
+    let i = position as usize;
+    policy.rules.get(i).or_else(|| {
+        i.checked_sub(policy.rules.len())
+            .and_then(|j| policy.break_glass.get(j))
+    })
+}
+
+/// The name of the rule at `position` (empty when there is none).
+fn rule_name(policy: &Policy, position: u32) -> &str {
+    rule_at(policy, position).map_or("", |r| &r.name)
 }
 
 /// Write `/`-joined segments, each shown or replaced by the marker, within `max` bytes.
@@ -493,14 +590,17 @@ logging:
         let p = Policy::from_yaml_str("b.yaml", BUNDLE).unwrap();
         let v = LogView::new(&p);
         assert_eq!(
-            v.host("Records.Hospital.Example:8443"),
+            v.host("Records.Hospital.Example:8443").as_deref(),
             Some("records.hospital.example")
         );
-        assert_eq!(v.host("lab:8080"), Some("lab"));
-        assert_eq!(v.host("ehr"), Some("ehr"));
-        assert_eq!(v.host("lab.clinical.svc:8443"), Some("lab.clinical.svc"));
+        assert_eq!(v.host("lab:8080").as_deref(), Some("lab"));
+        assert_eq!(v.host("ehr").as_deref(), Some("ehr"));
         assert_eq!(
-            v.host("lab.clinical.svc.cluster.local"),
+            v.host("lab.clinical.svc:8443").as_deref(),
+            Some("lab.clinical.svc")
+        );
+        assert_eq!(
+            v.host("lab.clinical.svc.cluster.local").as_deref(),
             Some("lab.clinical.svc.cluster.local")
         );
         assert_eq!(v.host("lab.admin.svc"), None);
@@ -509,6 +609,143 @@ logging:
         assert_eq!(v.method("get"), Some("GET"));
         assert_eq!(v.method("REPORT"), Some("REPORT"));
         assert_eq!(v.method("JANEDOE"), None);
+    }
+
+    /// A bundle naming services by Kubernetes-shaped IDs (in a rule and a segment), by a
+    /// non-Kubernetes ID, by patterns that end in a wildcard, and by explicit `hosts`.
+    const SERVICES: &str = r#"
+version: 1
+revision: 1
+trust_domains: [td]
+segments:
+  ops:
+    members: ["spiffe://td/ns/Ops/sa/Pager", "spiffe://td/ns/any/sa/*"]
+rules:
+  - name: billing
+    from: ["spiffe://td/ns/Billing/sa/Invoicer", "spiffe://td/reporting"]
+    to: ["spiffe://td/ns/ledger/sa/Books", "spiffe://td/ns/wide/**"]
+    hosts: [API.Example.com, cache.svc]
+"#;
+
+    #[test]
+    fn every_cluster_name_of_a_kubernetes_service_is_shown() {
+        let p = Policy::from_yaml_str("s.yaml", SERVICES).unwrap();
+        let v = LogView::new(&p);
+        for (name, ns) in [
+            ("invoicer", "billing"),
+            ("books", "ledger"),
+            ("pager", "ops"),
+        ] {
+            for shown in [
+                name.to_string(),
+                format!("{name}.{ns}"),
+                format!("{name}.{ns}.svc"),
+                format!("{name}.{ns}.svc.cluster.local"),
+            ] {
+                assert_eq!(v.host(&shown).as_deref(), Some(shown.as_str()));
+                let loud = format!("{}.:8443", shown.to_ascii_uppercase());
+                assert_eq!(v.host(&loud).as_deref(), Some(shown.as_str()), "{loud}");
+            }
+            // Not names a cluster gives the service.
+            for redacted in [
+                format!("{name}.svc"),
+                format!("{name}.svc.cluster.local"),
+                format!("{name}.{ns}.cluster.local"),
+                format!("{name}.{ns}.svc.cluster"),
+                format!("{name}.{ns}.svc.svc"),
+                format!("{ns}.svc"),
+                format!("x{name}.{ns}"),
+                format!("{name}.{ns}.svc.cluster.local.x"),
+            ] {
+                assert_eq!(v.host(&redacted), None, "{redacted}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_service_and_its_namespace_come_from_one_id() {
+        let p = Policy::from_yaml_str("s.yaml", SERVICES).unwrap();
+        let v = LogView::new(&p);
+        for mixed in [
+            "invoicer.ledger.svc",
+            "books.billing.svc.cluster.local",
+            "pager.billing",
+            "invoicer.ops.svc",
+        ] {
+            assert_eq!(v.host(mixed), None, "{mixed}");
+        }
+    }
+
+    #[test]
+    fn other_ids_and_wildcards_name_no_cluster_service() {
+        let p = Policy::from_yaml_str("s.yaml", SERVICES).unwrap();
+        let v = LogView::new(&p);
+        assert_eq!(v.host("Reporting:80").as_deref(), Some("reporting"));
+        for redacted in [
+            "reporting.svc",
+            "reporting.svc.cluster.local",
+            "reporting.td",
+            // Patterns ending in a wildcard name no service.
+            "any",
+            "*",
+            "*.any.svc",
+            "wide",
+            "ns",
+            "sa",
+        ] {
+            assert_eq!(v.host(redacted), None, "{redacted}");
+        }
+    }
+
+    #[test]
+    fn explicit_hosts_are_shown_as_named() {
+        let p = Policy::from_yaml_str("s.yaml", SERVICES).unwrap();
+        let v = LogView::new(&p);
+        assert_eq!(
+            v.host("api.EXAMPLE.com.:443").as_deref(),
+            Some("api.example.com")
+        );
+        assert_eq!(v.host("cache.svc").as_deref(), Some("cache.svc"));
+        // An explicit host is not a service: no cluster suffix is added to it.
+        assert_eq!(v.host("api.example.com.svc"), None);
+        assert_eq!(v.host("cache.svc.svc.cluster.local"), None);
+        assert_eq!(v.host("cache"), None);
+        assert_eq!(v.host(""), None);
+    }
+
+    #[test]
+    fn every_rule_and_break_glass_entry_is_found_by_name() {
+        // Names out of order, so that position and name order differ.
+        let mut y = String::from("version: 1\nrevision: 1\ntrust_domains: [td]\nrules:\n");
+        for i in (0..40).rev() {
+            y.push_str(&format!(
+                "  - name: r{i}\n    from: [\"spiffe://td/a\"]\n    paths: [\"/r{i}/*\"]\n"
+            ));
+        }
+        y.push_str("break_glass:\n  header: x-break-glass-reason\n  allow:\n");
+        for i in 0..3 {
+            y.push_str(&format!(
+                "    - name: glass{i}\n      from: [\"spiffe://td/a\"]\n      paths: [\"/glass{i}/*\"]\n"
+            ));
+        }
+        let p = Policy::from_yaml_str("r.yaml", &y).unwrap();
+        let names = (0..40)
+            .map(|i| format!("r{i}"))
+            .chain((0..3).map(|i| format!("glass{i}")));
+        for name in names {
+            assert_eq!(
+                shown(&p, Some(&name), &format!("/{name}/42"), 2048).0,
+                format!("/{name}/{{}}"),
+                "{name}"
+            );
+            // Another rule's pattern does not match this path: nothing kept.
+            assert_eq!(shown(&p, Some(&name), "/r7x/42", 2048).0, "/{}/{}");
+        }
+        // A view asked with another policy finds none of its rules.
+        let other = Policy::from_yaml_str("b.yaml", BUNDLE).unwrap();
+        let mut out = String::new();
+        LogView::new(&other).path(&p, Some("r3"), "/r3/42", &mut out, 2048);
+        assert_eq!(out, "/{}/{}");
     }
 
     #[test]

@@ -266,7 +266,7 @@ impl Redactor {
             return String::new();
         }
         let known = match self.view_of(policy) {
-            Some((_, view)) => view.host(raw).map(str::to_owned),
+            Some((_, view)) => view.host(raw),
             None => None,
         };
         known.unwrap_or_else(|| REDACTED.to_owned())

@@ -20,7 +20,9 @@
 //! has no health service), so all variants configure Envoy alike. For the authorizer the bench
 //! reads its CPU time over the measured window (utime + stime of wardgate's `/proc/<pid>/stat`,
 //! or of the allow-all runtime's threads in `/proc/self/task`) and reports CPU seconds per
-//! 10,000 checks. `$WARDGATE_SERVE_ARGS` adds `wardgate serve` arguments.
+//! 10,000 checks. `$WARDGATE_SERVE_ARGS` adds `wardgate serve` arguments. After the last round
+//! the bench reads the resident memory of the UDS `wardgate serve` (a sidecar idle after load),
+//! then again after three scrapes of its `/metrics`.
 //!
 //! The machine has 2 cores shared by Envoy, the upstream, the authorizer and the load generator;
 //! absolute figures are those of that box, the ratios within one run are what to compare.
@@ -181,14 +183,14 @@ async fn run(
         let _ = rx.wait_for(|v| *v).await;
     }));
     let ward_socket = dir.path().join("wardgate.sock");
-    let ward_uds = start_wardgate(
+    let (ward_uds, ward_uds_admin) = start_wardgate(
         &bundle_path,
         &format!("unix:{}", ward_socket.display()),
         dir.path(),
         "wardgate-uds",
     )?;
     let ward_tcp_addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-    let ward_tcp = start_wardgate(
+    let (ward_tcp, _) = start_wardgate(
         &bundle_path,
         &ward_tcp_addr.to_string(),
         dir.path(),
@@ -278,6 +280,7 @@ async fn run(
     }
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), allow_task).await;
+    let idle_rss = tokio::task::block_in_place(|| idle_rss_mib(&ward_uds, ward_uds_admin));
     drop((ward_uds, ward_tcp));
 
     println!(
@@ -315,6 +318,11 @@ async fn run(
         allow / sum["envoy"].rps(),
         sum["envoy+rbac"].rps() / sum["envoy"].rps(),
     );
+    if let Some((idle, scraped)) = idle_rss {
+        println!(
+            "wardgate serve (uds, {rules} rules, its defaults) resident after the load: {idle:.1} MiB idle, {scraped:.1} MiB after three /metrics scrapes"
+        );
+    }
     if !full {
         println!("(smoke run: debug build, short; figures are not measurements; use --bench)");
     }
@@ -325,6 +333,8 @@ async fn run(
             "conns": s.conns, "inflight": s.inflight, "variants": rows,
             "wardgate_serve_args": extra_serve_args(),
             "ratios": {"wardgate_uds_vs_allow_tcp": uds, "wardgate_tcp_vs_allow_tcp": tcp},
+            "wardgate_idle_rss_mib": idle_rss.map(|r| r.0),
+            "wardgate_scraped_rss_mib": idle_rss.map(|r| r.1),
         })
     );
     drop(upstream);
@@ -341,13 +351,35 @@ fn extra_serve_args() -> Vec<String> {
         .collect()
 }
 
-/// `wardgate serve` (the binary this bench was built with) on `listen`, admin on a free port.
+/// Resident memory (MiB) of the `wardgate serve` process `child` after the load: after a second
+/// of rest, and after three scrapes of its `/metrics` on `admin` (as Prometheus would) and
+/// another second. `None` if it cannot be read.
+fn idle_rss_mib(child: &ChildGuard, admin: SocketAddr) -> Option<(f64, f64)> {
+    use std::io::{Read, Write};
+    let pid = child.pid()?.to_string();
+    let rss = || support::proc_status_field(&pid, "VmRSS:") as f64 / 1024.0;
+    std::thread::sleep(Duration::from_secs(1));
+    let idle = rss();
+    for _ in 0..3 {
+        let mut stream = std::net::TcpStream::connect(admin).ok()?;
+        stream
+            .write_all(b"GET /metrics HTTP/1.0\r\nHost: wardgate\r\n\r\n")
+            .ok()?;
+        let mut page = Vec::new();
+        stream.read_to_end(&mut page).ok()?;
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    Some((idle, rss()))
+}
+
+/// `wardgate serve` (the binary this bench was built with) on `listen`, admin on a free port
+/// (returned).
 fn start_wardgate(
     bundle: &Path,
     listen: &str,
     dir: &Path,
     name: &str,
-) -> Result<ChildGuard, BoxError> {
+) -> Result<(ChildGuard, SocketAddr), BoxError> {
     let admin = SocketAddr::from(([127, 0, 0, 1], free_port()?));
     let mut command = Command::new(env!("CARGO_BIN_EXE_wardgate"));
     command
@@ -357,7 +389,7 @@ fn start_wardgate(
         .args(["--listen", listen, "--admin", &admin.to_string()])
         .args(extra_serve_args())
         .env("WARDGATE_LOG", "warn");
-    ChildGuard::spawn(name, command, dir)
+    Ok((ChildGuard::spawn(name, command, dir)?, admin))
 }
 
 enum GrpcTarget {

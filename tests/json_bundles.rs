@@ -214,3 +214,63 @@ fn the_binary_validates_and_checks_a_json_bundle() {
         "expected {line}:{column} in: {stdout}{stderr}"
     );
 }
+
+/// A JSON bundle text of `revision`, with or without a second rule.
+fn small_json(revision: u64, extra_rule: bool) -> String {
+    let mut rules = vec![serde_json::json!({"name": "base", "from": ["a"], "paths": ["/base"]})];
+    if extra_rule {
+        rules.push(serde_json::json!({"name": "extra", "from": ["a"], "paths": ["/extra"]}));
+    }
+    serde_json::json!({
+        "version": 1, "revision": revision, "trust_domains": ["td.example"],
+        "segments": {"a": {"members": ["spiffe://td.example/a/**"]}},
+        "rules": rules,
+    })
+    .to_string()
+}
+
+#[tokio::test]
+async fn the_reloader_takes_json_files_and_directories_and_refuses_a_broken_one() {
+    use std::sync::Arc;
+    use std::time::Duration;
+    use wardgate::reload::{BundleSource, NoObserver, Outcome, ReloadConfig, Reloader};
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bundle.json");
+    let bundle_dir = dir.path().join("bundle.d");
+    std::fs::create_dir(&bundle_dir).unwrap();
+    std::fs::write(&file, small_json(1, false)).unwrap();
+    std::fs::write(bundle_dir.join("10-rules.json"), small_json(1, true)).unwrap();
+
+    for source in [file.clone(), bundle_dir.clone()] {
+        let handle: wardgate::policy::PolicyHandle = Arc::new(arc_swap::ArcSwapOption::empty());
+        let mut config = ReloadConfig::new(BundleSource::Path(source.clone()));
+        config.settle = Duration::from_millis(20);
+        config.rewrite_grace = Duration::ZERO;
+        let mut reloader = Reloader::new(config, Arc::clone(&handle), Arc::new(NoObserver), "b");
+        assert_eq!(reloader.reload(false).await, Outcome::Swapped, "{source:?}");
+        let revision = || handle.load().as_ref().map(|p| p.revision());
+        assert_eq!(revision(), Some(1));
+
+        // JSON that YAML would take (a trailing comma) is refused; the policy stays.
+        let broken = small_json(2, true).replacen("]}", "],}", 1);
+        let target = if source.is_dir() {
+            bundle_dir.join("10-rules.json")
+        } else {
+            file.clone()
+        };
+        std::fs::write(&target, &broken).unwrap();
+        assert_eq!(reloader.reload(false).await, Outcome::Invalid, "{source:?}");
+        assert_eq!(revision(), Some(1));
+
+        std::fs::write(&target, small_json(2, true)).unwrap();
+        assert_eq!(reloader.reload(false).await, Outcome::Swapped, "{source:?}");
+        assert_eq!(revision(), Some(2));
+        let names: Vec<String> = handle
+            .load()
+            .as_ref()
+            .map(|p| p.rule_names().map(str::to_owned).collect())
+            .unwrap_or_default();
+        assert_eq!(names, ["base", "extra"]);
+    }
+}

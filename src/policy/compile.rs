@@ -22,7 +22,7 @@ use super::index::{IndexBuilder, RuleList, Selector};
 use super::limits::{CompileLimits, Meter, OverBudget, INDEX_ENTRY_BYTES, TRIE_NODE_BYTES};
 use super::model::{Action, Endpoint, Policy, Rule, Segment};
 use super::overlap::MemberTrie;
-use super::pattern::{Pattern, PatternError, Strings};
+use super::pattern::{intern, Pattern, PatternError, Strings};
 use super::schedule::{self, Schedule};
 
 /// The supported bundle format version.
@@ -632,18 +632,18 @@ fn non_empty<'a>(
     Some(list)
 }
 
-/// What rules of one compile share rather than copy: the name of the file being compiled, and
-/// one list per distinct method list and path list (generated bundles repeat a few lists across
-/// thousands of rules).
+/// What rules of one compile share rather than copy: the name of the file being compiled, one
+/// list per distinct method list and path list (generated bundles repeat a few lists across
+/// thousands of rules), one string per distinct pattern segment.
 #[derive(Default)]
 struct Shared {
     file: Arc<str>,
     methods: HashSet<Arc<[Box<str>]>>,
-    paths: HashSet<Arc<[Pattern]>>,
     /// One copy of each string of the bundle's patterns (trust domains, segments).
     strings: Strings,
     /// Path lists already compiled without a problem, by their texts ([`list_key`]): a rule
-    /// that repeats one skips parsing it again.
+    /// that repeats one shares it and skips parsing it again. (Equal patterns have equal
+    /// texts, so the texts are the only key needed.)
     path_texts: HashMap<String, Arc<[Pattern]>>,
 }
 
@@ -656,26 +656,6 @@ fn list_key(texts: &[S<String>]) -> String {
         key.push_str(&t.value);
     }
     key
-}
-
-impl Shared {
-    fn intern_methods(&mut self, list: Vec<Box<str>>) -> Arc<[Box<str>]> {
-        intern(&mut self.methods, list)
-    }
-
-    fn intern_paths(&mut self, list: Vec<Pattern>) -> Arc<[Pattern]> {
-        intern(&mut self.paths, list)
-    }
-}
-
-/// The copy of `list` already in `set`, else `list` itself, added to it.
-fn intern<T: Eq + std::hash::Hash>(set: &mut HashSet<Arc<[T]>>, list: Vec<T>) -> Arc<[T]> {
-    if let Some(known) = set.get(list.as_slice()) {
-        return Arc::clone(known);
-    }
-    let list: Arc<[T]> = list.into();
-    set.insert(Arc::clone(&list));
-    list
 }
 
 fn compile_rule(
@@ -750,7 +730,7 @@ fn compile_rule(
                 }
             })
             .collect();
-        shared.intern_methods(list)
+        intern(&mut shared.methods, list)
     });
     let paths = non_empty(cx, &r.paths, "paths").map(|l| {
         let key = list_key(&l.value);
@@ -777,7 +757,7 @@ fn compile_rule(
                 },
             )
             .collect();
-        let list = shared.intern_paths(list);
+        let list: Arc<[Pattern]> = list.into();
         if cx.errors.0.len() == problems {
             shared.path_texts.insert(key, Arc::clone(&list));
         }

@@ -14,6 +14,8 @@
 //! This module never reports anything itself and never knows segment names: it answers "which
 //! earlier member overlaps this one", by member number.
 
+use std::sync::Arc;
+
 use fnv::FnvHashMap;
 
 use super::pattern::{Pattern, Seg};
@@ -33,7 +35,7 @@ pub(crate) struct MemberTrie {
 
 #[derive(Debug)]
 struct Node {
-    literal: FnvHashMap<Box<str>, u32>,
+    literal: FnvHashMap<Arc<str>, u32>,
     star: u32,
     /// (segment, member) of members ending exactly here.
     exact: Vec<(u32, u32)>,
@@ -121,7 +123,7 @@ impl MemberTrie {
                     if let Some(parent) = self.nodes.get_mut(node as usize) {
                         match seg {
                             Seg::Literal(l) => {
-                                parent.literal.insert(Box::from(&**l), n);
+                                parent.literal.insert(Arc::clone(l), n);
                             }
                             Seg::Any => parent.star = n,
                         }

@@ -7,8 +7,10 @@
 //!
 //! This module only parses and matches; it knows nothing of rules, segments or requests.
 
+use std::borrow::Borrow;
 use std::collections::HashSet;
 use std::fmt;
+use std::hash::Hash;
 use std::sync::Arc;
 
 use super::normalize;
@@ -73,22 +75,31 @@ pub enum PatternError {
     TooLong,
 }
 
+/// The copy of `value` already in `set`, else `value` itself, shared and added to it. Sets of
+/// what a bundle wrote use the standard library's DoS-resistant hash.
+pub(crate) fn intern<T, V>(set: &mut HashSet<Arc<T>>, value: V) -> Arc<T>
+where
+    T: ?Sized + Eq + Hash,
+    V: Borrow<T> + Into<Arc<T>>,
+{
+    if let Some(known) = set.get(value.borrow()) {
+        return Arc::clone(known);
+    }
+    let value: Arc<T> = value.into();
+    set.insert(Arc::clone(&value));
+    value
+}
+
 /// The strings of the patterns parsed with it, one copy of each: a bundle's thousands of SPIFFE
 /// ID patterns repeat the same trust domain and the same few segments (`ns`, `sa`, namespaces),
-/// so a compile parses them all with one of these. Keyed with the standard library's
-/// DoS-resistant hash: the texts come from a bundle.
+/// so a compile parses them all with one of these.
 #[derive(Debug, Default)]
 pub(crate) struct Strings(HashSet<Arc<str>>);
 
 impl Strings {
     /// The copy of `text` already held, else a new one, held from now on.
     fn get(&mut self, text: &str) -> Arc<str> {
-        if let Some(known) = self.0.get(text) {
-            return Arc::clone(known);
-        }
-        let text: Arc<str> = text.into();
-        self.0.insert(Arc::clone(&text));
-        text
+        intern(&mut self.0, text)
     }
 }
 

@@ -9,8 +9,8 @@
 //! metric's description): [`RuleSeries`] renders one series per statistic of the book when the
 //! registry is gathered, from the same atomics, and `/metrics` skips even that:
 //! [`RuleBook::write_text`] writes the series straight into the exposition text, so a scrape of
-//! a large bundle allocates no message, label pair or string per rule. Rule names are the policy's own strings, shared,
-//! never copied. This module never labels a series with anything but a rule name from the
+//! a large bundle allocates no message, label pair or string per rule. Rule names are the
+//! policy's own strings, shared, never copied. This module never labels a series with anything but a rule name from the
 //! bundle and a fixed kind.
 
 use std::cell::Cell;

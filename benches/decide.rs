@@ -234,37 +234,13 @@ fn profile(spec: &str) {
         return;
     }
     if what == "validate" {
-        // What `wardgate validate` costs on a bundle of `n` rules: one compile of the text, its
-        // wall time and the process's peak resident memory (text included, as when read).
-        let yaml = support::bundle(n);
-        support::reset_hwm();
-        let start = Instant::now();
-        let policy = Policy::from_yaml_str("bench.yaml", &yaml).expect("valid");
-        let s = start.elapsed().as_secs_f64();
-        println!(
-            "validate {n} rules: {s:.2} s, peak rss {:.1} MiB ({} bytes of YAML)",
-            support::hwm_kib() as f64 / 1024.0,
-            yaml.len()
-        );
-        black_box(&policy);
+        validate(n, &BundleText::yaml(n));
         return;
     }
-    let yaml = support::bundle(n);
-    let policy = Policy::from_yaml_str("bench.yaml", &yaml).expect("valid");
+    let yaml = BundleText::yaml(n);
+    let policy = yaml.compile();
     if what == "compile-time" {
-        let best = (0..5)
-            .map(|_| {
-                let start = Instant::now();
-                let p = black_box(Policy::from_yaml_str("bench.yaml", &yaml).expect("valid"));
-                let ms = start.elapsed().as_secs_f64() * 1e3;
-                drop(p);
-                ms
-            })
-            .fold(f64::INFINITY, f64::min);
-        println!(
-            "compile {n} rules: best of 5 {best:.1} ms ({} bytes of YAML)",
-            yaml.len()
-        );
+        compile_time(n, &yaml);
     }
     if what == "decide" {
         let (src, dst, method, path) = support::hit(n - 3);
@@ -280,41 +256,85 @@ fn profile(spec: &str) {
 }
 
 /// The compile hooks for the bundle written as JSON: `compile` (once, for callgrind),
-/// `compile-time` (best of five), `validate` (one compile: time and peak RSS).
+/// `compile-time`, `validate`.
 fn profile_json(what: &str, n: usize) {
-    let json = support::bundle_json(n);
-    let compile = || Policy::from_yaml_str("bench.json", &json).expect("valid");
+    let json = BundleText::json(n);
     match what {
         "compile" => {
-            black_box(compile());
+            black_box(json.compile());
         }
-        "compile-time" => {
-            let best = (0..5)
-                .map(|_| {
-                    let start = Instant::now();
-                    black_box(compile());
-                    start.elapsed().as_secs_f64() * 1e3
-                })
-                .fold(f64::INFINITY, f64::min);
-            println!(
-                "compile {n} rules (JSON): best of 5 {best:.1} ms ({} bytes of JSON)",
-                json.len()
-            );
-        }
-        "validate" => {
-            support::reset_hwm();
-            let start = Instant::now();
-            let policy = compile();
-            let s = start.elapsed().as_secs_f64();
-            println!(
-                "validate {n} rules (JSON): {s:.2} s, peak rss {:.1} MiB ({} bytes of JSON)",
-                support::hwm_kib() as f64 / 1024.0,
-                json.len()
-            );
-            black_box(&policy);
-        }
+        "compile-time" => compile_time(n, &json),
+        "validate" => validate(n, &json),
         other => panic!("unknown profile {other}-json"),
     }
+}
+
+/// The generated bundle of a hook in one encoding: its file name (which picks the reader), its
+/// text, and how the report line names it.
+struct BundleText {
+    file: &'static str,
+    text: String,
+    encoding: &'static str,
+    /// After "N rules" in the report line: empty for YAML, as the first reports were written.
+    tag: &'static str,
+}
+
+impl BundleText {
+    fn yaml(n: usize) -> BundleText {
+        BundleText {
+            file: "bench.yaml",
+            text: support::bundle(n),
+            encoding: "YAML",
+            tag: "",
+        }
+    }
+
+    fn json(n: usize) -> BundleText {
+        BundleText {
+            file: "bench.json",
+            text: support::bundle_json(n),
+            encoding: "JSON",
+            tag: " (JSON)",
+        }
+    }
+
+    fn compile(&self) -> Policy {
+        Policy::from_yaml_str(self.file, &self.text).expect("valid")
+    }
+}
+
+/// Compile time of `bundle`, best of five.
+fn compile_time(n: usize, bundle: &BundleText) {
+    let best = (0..5)
+        .map(|_| {
+            let start = Instant::now();
+            black_box(bundle.compile());
+            start.elapsed().as_secs_f64() * 1e3
+        })
+        .fold(f64::INFINITY, f64::min);
+    println!(
+        "compile {n} rules{}: best of 5 {best:.1} ms ({} bytes of {})",
+        bundle.tag,
+        bundle.text.len(),
+        bundle.encoding
+    );
+}
+
+/// What `wardgate validate` costs on `bundle`: one compile of the text, its wall time and the
+/// process's peak resident memory from then on (text included, as when read).
+fn validate(n: usize, bundle: &BundleText) {
+    support::reset_hwm();
+    let start = Instant::now();
+    let policy = bundle.compile();
+    let s = start.elapsed().as_secs_f64();
+    println!(
+        "validate {n} rules{}: {s:.2} s, peak rss {:.1} MiB ({} bytes of {})",
+        bundle.tag,
+        support::hwm_kib() as f64 / 1024.0,
+        bundle.text.len(),
+        bundle.encoding
+    );
+    black_box(&policy);
 }
 
 /// What `wardgate serve` (decision log off) holds for a bundle of `n` rules, counted by the
